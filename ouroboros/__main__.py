@@ -1,0 +1,2 @@
+from ouroboros.cli import main
+main()

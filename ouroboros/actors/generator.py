@@ -1,0 +1,65 @@
+"""Generator: owns one model backend; generates and loads published weights."""
+from __future__ import annotations
+
+import time
+
+from ouroboros.backends import BackendError, backend_class
+from ouroboros.config import Config
+from ouroboros.types import Completion, Request, WeightsRef
+
+
+def backend_kwargs(cfg: Config) -> dict:
+    """Constructor arguments of the configured backend, from the config sections it reads."""
+    g = cfg.generator
+    if g.backend == "hf":
+        from ouroboros import models
+
+        return {
+            "model": models.resolve(cfg.policy.model),
+            "dtype": cfg.policy.dtype,
+            "threads": g.threads,
+            "max_batch": g.max_batch,
+            "lora": lora_settings(cfg),
+        }
+    if g.backend == "scripted":
+        return {"script": g.script, "script_file": g.script_file}
+    if g.backend in ("anthropic", "openai"):
+        if not g.api.model:
+            raise BackendError(f"generator.api.model is empty: name the {g.backend} model to call")
+        kw = {"model": g.api.model, "base_url": g.api.base_url, "max_retries": g.api.max_retries,
+              "timeout_s": g.api.timeout_s}
+        if g.api.api_key_env:
+            kw["api_key_env"] = g.api.api_key_env
+        return kw
+    return {"model": cfg.policy.model}
+
+
+def lora_settings(cfg: Config) -> dict:
+    l = cfg.learner
+    return {"r": l.lora_r, "lora_alpha": l.lora_alpha, "lora_dropout": l.lora_dropout,
+            "target_modules": list(l.target_modules), "task_type": "CAUSAL_LM"}
+
+
+class Generator:
+    def __init__(self, cfg: Config) -> None:
+        self.backend = backend_class(cfg.generator.backend)(**backend_kwargs(cfg))
+        self.weights_checksum = ""
+
+    def generate(self, requests: list[Request]) -> list[Completion]:
+        return self.backend.generate(requests)
+
+    def load_weights(self, weights: WeightsRef) -> dict:
+        """Make `weights` live. Returns how long it took, for the broadcast benchmark."""
+        import ray
+
+        started = time.perf_counter()
+        tensors = ray.get(weights.ref) if isinstance(weights.ref, ray.ObjectRef) else weights.ref
+        fetched = time.perf_counter()
+        self.backend.load_weights(tensors, weights.kind, weights.version)
+        self.weights_checksum = weights.checksum
+        done = time.perf_counter()
+        return {"version": weights.version, "fetch_s": fetched - started, "copy_s": done - fetched,
+                "total_s": done - started}
+
+    def weights_version(self) -> int:
+        return self.backend.weights_version

@@ -1,0 +1,148 @@
+"""Learner: DPO with TRL on a PEFT LoRA adapter; the frozen base model is the reference.
+
+One step, top to bottom: the round's preference pairs arrive as object refs,
+become a `datasets.Dataset`, and TRL's DPOTrainer runs `epochs` passes over
+them with an AdamW optimizer that lives across rounds. `publish` then copies
+the adapter tensors out once, puts them in the object store and returns a
+versioned, checksummed `WeightsRef`.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+import time
+
+from ouroboros.actors.generator import lora_settings
+from ouroboros.config import Config
+from ouroboros.types import PreferencePair, WeightsRef
+
+log = logging.getLogger(__name__)
+
+
+def checksum(tensors: dict) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(memoryview(tensors[name]).cast("B"))
+    return h.hexdigest()
+
+
+class Learner:
+    def __init__(self, cfg: Config) -> None:
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from ouroboros import models
+
+        self.cfg = cfg
+        torch.set_num_threads(cfg.learner.threads)
+        torch.manual_seed(cfg.run.seed)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        path = models.resolve(cfg.policy.model)
+        self.base_model = cfg.policy.model
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        base = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, cfg.policy.dtype)).to(self.device)
+        # B starts at zero, so version 0 (no adapter) and the fresh adapter are the same policy.
+        self.model = get_peft_model(base, LoraConfig(**lora_settings(cfg)))
+        self.optimizer = torch.optim.AdamW(
+            [p for p in self.model.parameters() if p.requires_grad], lr=cfg.learner.learning_rate)
+        self.version = 0
+        self.steps = 0
+
+    def _dataset(self, pairs: list[PreferencePair]):
+        from datasets import Dataset
+
+        return Dataset.from_list([
+            {"prompt": p.prompt,
+             "chosen": [{"role": "assistant", "content": p.chosen}],
+             "rejected": [{"role": "assistant", "content": p.rejected}]}
+            for p in pairs
+        ])
+
+    def train(self, batch_refs) -> dict:
+        """One policy update from the round's pairs (refs, or lists of pairs in tests)."""
+        import ray
+        from trl import DPOConfig, DPOTrainer
+
+        pairs = _flatten(batch_refs, ray)
+        if not pairs:
+            return {"dpo_loss": None, "pairs": 0, "steps": 0, "seconds": 0.0}
+        started = time.monotonic()
+        l = self.cfg.learner
+        with tempfile.TemporaryDirectory(prefix="ouroboros-dpo-") as tmp:
+            args = DPOConfig(
+                output_dir=tmp,
+                per_device_train_batch_size=min(l.batch_size, len(pairs)),
+                num_train_epochs=l.epochs,
+                learning_rate=l.learning_rate,
+                lr_scheduler_type="constant",
+                beta=l.beta,
+                max_length=l.max_length,
+                logging_steps=1,
+                report_to=[],
+                save_strategy="no",
+                disable_tqdm=True,
+                gradient_checkpointing=False,
+                use_cpu=self.device == "cpu",
+                bf16=False,
+                seed=self.cfg.run.seed + self.version,
+                dataloader_num_workers=0,
+            )
+            trainer = DPOTrainer(model=self.model, args=args, train_dataset=self._dataset(pairs),
+                                 processing_class=self.tokenizer, optimizers=(self.optimizer, None))
+            # Handed a PeftModel, TRL copies the current adapter as a "ref" adapter. We want the
+            # base model as the reference in every round, which TRL uses when no "ref" adapter exists.
+            if "ref" in self.model.peft_config:
+                self.model.delete_adapter("ref")
+            self.model.set_adapter("default")
+            result = trainer.train()
+        history = [h for h in trainer.state.log_history if "loss" in h]
+        self.steps += trainer.state.global_step
+        metrics = {
+            "dpo_loss": float(result.training_loss),
+            "pairs": len(pairs),
+            "steps": trainer.state.global_step,
+            "seconds": time.monotonic() - started,
+        }
+        if history:
+            last = history[-1]
+            for key in ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected"):
+                if key in last:
+                    metrics[key.replace("/", "_")] = float(last[key])
+        self.model.eval()
+        return metrics
+
+    def publish(self) -> WeightsRef:
+        """A new policy version: the adapter tensors, copied once and put in the object store."""
+        import ray
+
+        tensors = {name: p.detach().to("cpu", copy=True).numpy()
+                   for name, p in self.model.named_parameters() if "lora_" in name}
+        self.version += 1
+        ref = ray.put(tensors) if ray.is_initialized() else tensors
+        return WeightsRef(version=self.version, kind="lora", ref=ref, checksum=checksum(tensors),
+                          num_bytes=sum(a.nbytes for a in tensors.values()), base_model=self.base_model)
+
+    def copy_benchmark(self) -> float:
+        """Seconds for one in-memory copy of the published tensors: the broadcast's yardstick."""
+        tensors = [p.detach() for name, p in self.model.named_parameters() if "lora_" in name]
+        started = time.perf_counter()
+        for t in tensors:
+            t.to("cpu", copy=True)
+        return time.perf_counter() - started
+
+
+def _flatten(batch_refs, ray) -> list[PreferencePair]:
+    items = batch_refs if isinstance(batch_refs, list) else [batch_refs]
+    out: list[PreferencePair] = []
+    for item in items:
+        value = ray.get(item) if isinstance(item, ray.ObjectRef) else item
+        if isinstance(value, PreferencePair):
+            out.append(value)
+        else:
+            out.extend(value)
+    return out

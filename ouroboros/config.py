@@ -1,0 +1,190 @@
+"""Configuration: pydantic models for configs/*.yaml.
+
+The YAML key, the field and its help text are one thing. Every section forbids
+unknown keys, so a typo is an error that names the key rather than a silently
+ignored setting.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A config problem a user can fix. str() is one line naming key, value and expectation."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(Section):
+    name: str = Field("ouroboros", description="Name recorded in the runs table.")
+    seed: int = Field(0, description="Seed for task sampling, generation and training.")
+    rounds: int = Field(5, ge=0, description="Learning rounds after the round-0 evaluation of the base model.")
+    out: str = Field("runs/latest", description="Run directory: ouroboros.db, shards/, summary.json.")
+
+
+class PolicyConfig(Section):
+    model: str = Field(
+        "smollm2-135m-instruct",
+        description="Packaged name (smollm2-135m-instruct, tiny-smollm2), a Hugging Face id or a local path.",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype on load.")
+
+
+class ApiConfig(Section):
+    model: str = Field("", description="Provider model name, e.g. claude-sonnet-4-5 or gpt-4o-mini.")
+    base_url: str | None = Field(None, description="Override the provider endpoint (a proxy, or a test server).")
+    api_key_env: str | None = Field(None, description="Environment variable holding the key; provider default if unset.")
+    max_retries: int = Field(4, ge=0, description="SDK retries on rate limits and 5xx errors.")
+    timeout_s: float = Field(60.0, gt=0, description="Per-request timeout.")
+
+
+class GeneratorConfig(Section):
+    backend: Literal["hf", "vllm", "scripted", "anthropic", "openai"] = Field("hf", description="Model backend.")
+    count: int = Field(1, ge=1, description="Number of Generator actors.")
+    num_cpus: float = Field(1, ge=0, description="Ray CPUs reserved per generator.")
+    num_gpus: float = Field(0, ge=0, description="GPU fraction per generator where there is one.")
+    threads: int = Field(2, ge=1, description="torch threads per generator process.")
+    max_batch: int = Field(32, ge=1, description="Largest batch one generate call runs at once.")
+    max_new_tokens: int = Field(192, ge=1, description="Tokens generated per completion at most.")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature for training rollouts.")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling for training rollouts.")
+    eval_temperature: float = Field(0.0, ge=0, description="Held-out evaluation temperature; 0 is greedy.")
+    script: list[str] = Field(default_factory=list, description="Replies the scripted backend replays in order.")
+    script_file: str | None = Field(None, description="JSONL of replies (a 'text' field each) for the scripted backend.")
+    api: ApiConfig = Field(default_factory=ApiConfig, description="Settings of the anthropic and openai backends.")
+
+
+class SandboxConfig(Section):
+    backend: Literal["bwrap", "process"] = Field("bwrap", description="Sandbox backend for model-written code.")
+    runners: int = Field(2, ge=1, description="SandboxRunner actors; each takes one unit of the 'sandbox' resource.")
+    unsafe: bool = Field(False, description="Required for the 'process' backend, which does not isolate.")
+    timeout_s: float = Field(5.0, gt=0, description="Wall time per exec; the whole process tree is killed.")
+    memory_mb: int = Field(512, ge=16, description="Address-space limit per exec.")
+    pids: int = Field(64, ge=1, description="Process and thread limit per exec.")
+    output_bytes: int = Field(1 << 20, ge=1024, description="Captured bytes per stream; the rest is dropped.")
+    file_size_mb: int = Field(256, ge=1, description="Largest file an exec may write.")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables passed in; nothing else is.")
+
+
+class JudgeConfig(Section):
+    valid_weight: float = Field(0.2, ge=0, description="Reward for a reply that parses as a valid run action.")
+    runs_weight: float = Field(0.3, ge=0, description="Reward for code that executes without error.")
+    tests_weight: float = Field(0.5, ge=0, description="Reward times the fraction of hidden tests passed.")
+
+
+class LearnerConfig(Section):
+    algorithm: Literal["dpo"] = Field("dpo", description="Policy update; DPO through TRL.")
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha.")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], description="Modules LoRA adapts."
+    )
+    learning_rate: float = Field(2e-4, gt=0, description="AdamW learning rate (kept across rounds).")
+    beta: float = Field(0.1, gt=0, description="DPO temperature beta.")
+    batch_size: int = Field(8, ge=1, description="Pairs per optimizer step.")
+    epochs: int = Field(2, ge=1, description="Passes over each round's pairs.")
+    max_length: int = Field(768, ge=32, description="Prompt plus completion tokens kept per pair.")
+    threads: int = Field(2, ge=1, description="torch threads in the learner process.")
+    num_gpus: float = Field(0, ge=0, description="GPUs for the learner where there are some.")
+
+
+class EnvConfig(Section):
+    name: Literal["tasks"] = Field("tasks", description="Environment the agents run.")
+    agents: int = Field(2, ge=1, description="Agent actors running episodes in parallel.")
+    train_tasks_per_round: int = Field(8, ge=1, description="Train tasks sampled each round.")
+    samples_per_task: int = Field(4, ge=2, description="Completions per train task; pairs need two or more.")
+    heldout_tasks: int = Field(0, ge=0, description="Held-out tasks evaluated each round; 0 means all.")
+
+
+class RayConfig(Section):
+    address: str | None = Field(None, description="Cluster address; None starts a local Ray.")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs a local Ray advertises; None lets Ray count.")
+
+
+class Config(Section):
+    run: RunConfig = Field(default_factory=RunConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+
+def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
+    key = ".".join(str(p) for p in error["loc"])
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        allowed = _fields_at(model, error["loc"][:-1])
+        hint = f"; expected one of: {', '.join(allowed)}" if allowed else ""
+        return f"unknown config key '{key}'{hint}"
+    value = error.get("input")
+    return f"bad value for '{key}': {value!r}: {error['msg'].lower()}"
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None) if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=value` -> (["a", "b"], value), the value read as YAML so numbers and lists work."""
+    if "=" not in text:
+        raise ConfigError(f"bad --set {text!r}: expected key.sub=value")
+    key, raw = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"bad --set {text!r}: the key is empty")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def apply_override(data: dict, path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"bad --set: '{'.'.join(path)}' goes through '{part}', which is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def validate(data: dict) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc.errors()[0], Config)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} not found: pass a YAML file such as configs/default.yaml")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections, got {type(loaded).__name__}")
+        data = loaded or {}
+    for item in overrides:
+        apply_override(data, *parse_override(item))
+    return validate(data)

@@ -1,0 +1,222 @@
+"""The driver: builds the actors on Ray and runs rounds.
+
+Round 0 evaluates the base policy (weights version 0) on the held-out tasks.
+Each later round: agents roll out the current policy on sampled train tasks,
+the judge scores the trajectories, the recorder stores them and forms
+preference pairs, the learner trains on those pairs and publishes a new
+weights version, every generator loads it, and the agents evaluate it on the
+held-out tasks.
+
+The driver holds actor handles, ObjectRefs and small metric dicts only:
+completions, scores, pairs and weights move between actors by reference.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from ouroboros.config import Config
+from ouroboros.envs.tasks import load_tasks
+
+
+class Reporter:
+    """Progress callbacks; the CLI draws them with rich, tests ignore them."""
+
+    def phase(self, round_: int, name: str, total: int) -> None: ...
+    def advance(self, n: int) -> None: ...
+    def round_done(self, row: dict) -> None: ...
+    def message(self, text: str) -> None: ...
+
+
+@dataclass
+class Actors:
+    generators: list
+    runners: list
+    agents: list
+    judge: object
+    learner: object
+    recorder: object
+    all: list = field(default_factory=list)
+
+
+def ray_resources(cfg: Config) -> tuple[int, dict]:
+    """Logical CPUs and custom resources a local Ray must advertise for this config's actors."""
+    needed = cfg.generator.num_cpus * cfg.generator.count + 1  # generators + learner
+    return max(os.cpu_count() or 1, math.ceil(needed), cfg.ray.num_cpus or 0), {"sandbox": cfg.sandbox.runners}
+
+
+def init_ray(cfg: Config) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if cfg.ray.address:
+        ray.init(address=cfg.ray.address, log_to_driver=False)
+        return
+    num_cpus, resources = ray_resources(cfg)
+    ray.init(num_cpus=num_cpus, resources=resources, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+
+
+def build_actors(cfg: Config, run_dir: str, run_id: str) -> Actors:
+    import ray
+
+    from ouroboros.actors.agent import TasksAgent
+    from ouroboros.actors.generator import Generator
+    from ouroboros.actors.judge import TasksJudge
+    from ouroboros.actors.learner import Learner
+    from ouroboros.actors.recorder import Recorder
+    from ouroboros.actors.sandbox_runner import SandboxRunner
+
+    # Resource needs sit here, next to where each actor is made; placement is Ray's.
+    gen_cls = ray.remote(num_cpus=cfg.generator.num_cpus, num_gpus=cfg.generator.num_gpus)(Generator)
+    runner_cls = ray.remote(num_cpus=0, resources={"sandbox": 1})(SandboxRunner)
+    learner_cls = ray.remote(num_cpus=1, num_gpus=cfg.learner.num_gpus)(Learner)
+    generators = [gen_cls.remote(cfg) for _ in range(cfg.generator.count)]
+    runners = [runner_cls.remote(cfg.sandbox) for _ in range(cfg.sandbox.runners)]
+    agents = [ray.remote(num_cpus=0)(TasksAgent).remote(generators, runners, cfg.generator.max_new_tokens)
+              for _ in range(cfg.env.agents)]
+    judge = ray.remote(num_cpus=0)(TasksJudge).remote(cfg.judge)
+    learner = learner_cls.remote(cfg)
+    recorder = ray.remote(num_cpus=0)(Recorder).remote(run_dir, run_id, cfg.run.name, cfg.model_dump())
+    everything = [*generators, *runners, *agents, judge, learner, recorder]
+    # Surface construction errors (a missing model, a missing bwrap) now, with their own message.
+    ray.get([g.weights_version.remote() for g in generators] + [r.cleanup.remote() for r in runners]
+            + [learner.copy_benchmark.remote()])
+    return Actors(generators, runners, agents, judge, learner, recorder, everything)
+
+
+class Loop:
+    def __init__(self, cfg: Config, reporter: Reporter | None = None) -> None:
+        self.cfg = cfg
+        self.reporter = reporter or Reporter()
+        self.run_id = f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        self.train_tasks = load_tasks("train")
+        heldout = load_tasks("heldout")
+        self.heldout = heldout[: cfg.env.heldout_tasks] if cfg.env.heldout_tasks else heldout
+        self.rows: list[dict] = []
+
+    # -- phases ------------------------------------------------------------------
+    def _episodes(self, a: Actors, round_: int, phase: str, tasks, samples: int, temperature: float):
+        """Roll out `tasks` over the agents in chunks; returns (metrics, pairs_ref)."""
+        import ray
+
+        cfg = self.cfg
+        n_chunks = min(len(tasks), 2 * len(a.agents))  # two chunks per agent keeps generation and execs overlapping
+        chunks = [tasks[i::n_chunks] for i in range(n_chunks)]
+        self.reporter.phase(round_, phase, len(tasks) * samples)
+        traj_refs = [
+            a.agents[i % len(a.agents)].run_episodes.remote(
+                chunk, samples, round_, temperature, cfg.generator.top_p, cfg.run.seed * 1000 + round_ * 10 + i)
+            for i, chunk in enumerate(chunks)
+        ]
+        score_refs = [a.judge.score.remote(ref) for ref in traj_refs]
+        pending = list(score_refs)
+        sizes = {ref: len(chunk) * samples for ref, chunk in zip(score_refs, chunks)}
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            self.reporter.advance(sizes[done[0]])
+        metrics_ref, pairs_ref = a.recorder.record.options(num_returns=2).remote(
+            round_, phase, traj_refs, score_refs, phase == "train")
+        return ray.get(metrics_ref), pairs_ref
+
+    def _evaluate(self, a: Actors, round_: int) -> dict:
+        metrics, _ = self._episodes(a, round_, "eval", self.heldout, 1, self.cfg.generator.eval_temperature)
+        return metrics
+
+    # -- the run -------------------------------------------------------------------
+    def run(self, rounds: int | None = None, run_dir: str | None = None) -> list[dict]:
+        import ray
+
+        cfg = self.cfg
+        rounds = cfg.run.rounds if rounds is None else rounds
+        run_dir = run_dir or cfg.run.out
+        init_ray(cfg)
+        a = None
+        status = "failed"
+        try:
+            self.reporter.message(f"starting actors (run {self.run_id})")
+            a = build_actors(cfg, run_dir, self.run_id)
+            version = 0
+            for round_ in range(rounds + 1):
+                started = time.monotonic()
+                ray.get(a.recorder.start_round.remote(round_, version))
+                row = {"round": round_, "train_reward_mean": None, "train_valid_rate": None, "train_samples": 0,
+                       "pairs": 0, "dpo_loss": None, "seconds": {}}
+                tokens = 0
+                if round_ > 0:
+                    t = time.monotonic()
+                    rng = random.Random(cfg.run.seed * 7919 + round_)
+                    tasks = rng.sample(self.train_tasks, min(cfg.env.train_tasks_per_round, len(self.train_tasks)))
+                    train, pairs_ref = self._episodes(a, round_, "train", tasks, cfg.env.samples_per_task,
+                                                      cfg.generator.temperature)
+                    row["seconds"]["rollout"] = time.monotonic() - t
+                    row.update(train_reward_mean=train["reward_mean"], train_valid_rate=train["valid_rate"],
+                               train_pass_rate=train["pass_rate"], train_samples=train["samples"],
+                               pairs=train["pairs"])
+                    tokens += train["tokens"]
+
+                    t = time.monotonic()
+                    self.reporter.phase(round_, "learn", 1)
+                    learn = ray.get(a.learner.train.remote(pairs_ref))
+                    weights = ray.get(a.learner.publish.remote())  # small: version, checksum and a ref
+                    row["seconds"]["learn"] = time.monotonic() - t
+                    row["dpo_loss"] = learn["dpo_loss"]
+                    row["learner"] = learn
+                    self.reporter.advance(1)
+
+                    t = time.monotonic()
+                    self.reporter.phase(round_, "broadcast", len(a.generators))
+                    loads = ray.get([g.load_weights.remote(weights) for g in a.generators])
+                    broadcast_s = time.monotonic() - t
+                    copy_s = ray.get(a.learner.copy_benchmark.remote())
+                    ray.get(a.recorder.record_weights.remote(weights))
+                    self.reporter.advance(len(a.generators))
+                    row["seconds"]["broadcast"] = broadcast_s
+                    row["broadcast"] = {"bytes": weights.num_bytes, "generators": len(loads),
+                                        "load_s_max": max(x["total_s"] for x in loads),
+                                        "wall_s": broadcast_s, "one_copy_s": copy_s}
+                    version = weights.version
+
+                t = time.monotonic()
+                ev = self._evaluate(a, round_)
+                row["seconds"]["eval"] = time.monotonic() - t
+                tokens += ev["tokens"]
+                row.update(weights_version=version, heldout_valid_rate=ev["valid_rate"],
+                           heldout_pass_rate=ev["pass_rate"], heldout_reward_mean=ev["reward_mean"],
+                           heldout_samples=ev["samples"], eval_weights_versions=ev["weights_versions"],
+                           tokens_generated=tokens)
+                row["seconds"]["total"] = time.monotonic() - started
+                ray.get(a.recorder.finish_round.remote(row))
+                self.rows.append(row)
+                self.reporter.round_done(row)
+            status = "done"
+            return self.rows
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        finally:
+            if a is not None:
+                try:
+                    ray.get(a.recorder.close.remote(status), timeout=30)
+                except Exception:  # the store keeps every finished round whatever happens here
+                    pass
+            shutdown(a)
+
+
+def shutdown(a: Actors | None) -> None:
+    """Stop every actor and Ray itself; sandboxes die with their runner (bwrap --die-with-parent)."""
+    import ray
+
+    if a is not None:
+        for handle in a.all:
+            try:
+                ray.kill(handle)
+            except Exception:
+                pass
+    if ray.is_initialized():
+        ray.shutdown()

@@ -1,0 +1,570 @@
+"""Running one Python program as a limited child process: the parts the local backends share.
+
+`bwrap` and `process` differ only in the command line they start (bwrap wraps Python in
+namespaces; process runs it bare). Everything else lives here:
+
+- `Workdir`: a fresh temporary directory holding `main.py` and the extra files.
+- `ChildCgroup`: a per-exec cgroup (v1 `pids` and `memory` controllers) when the host lets us
+  make one; otherwise nothing, and the rlimits alone apply.
+- `sandbox_ids`: when the harness runs as root, the child is dropped to a fresh unprivileged host
+  uid, so RLIMIT_NPROC is enforced (the kernel does not enforce it for root) and a program
+  that escapes its namespaces is not root on the host.
+- `run_limited`: spawn with rlimits (in `preexec_fn`) in a new session, read stdout and stderr
+  with a per-stream cap while draining the rest, kill the whole tree at the wall timeout or
+  as soon as the main process exits, and build the `ExecResult`.
+
+Exit codes follow the shell convention: a child killed by signal N reports 128 + N (this is
+also what bwrap reports for the program it ran).
+"""
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import math
+import os
+import re
+import resource
+import secrets
+import select
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Callable, Sequence
+
+from ouroboros.sandbox.base import Limits, SandboxUnavailable
+from ouroboros.types import ExecResult
+
+log = logging.getLogger(__name__)
+
+MIB = 1 << 20
+READ_CHUNK = 1 << 16
+STDERR_TAIL = 8192  # bytes of stderr kept past the cap, to see how the program ended
+EXIT_GRACE_S = 0.25  # after the main process exits, how long to wait for the pipes to close
+KILL_DRAIN_S = 0.5  # after a timeout kill, how long to keep reading what was already written
+
+# Host uids handed to sandboxed children when the harness is root: far above regular users,
+# subordinate-id ranges and systemd's dynamic users, and below 2**31.
+SANDBOX_UID_BASE = 0x70000000
+SANDBOX_UID_SPAN = 1 << 24
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+CGROUP_PREFIX = "ouroboros-"
+
+_MEMORY_ERROR = re.compile(
+    rb"(^|\n)MemoryError\b|Cannot allocate memory|Fatal Python error: .*(memory|alloc)|out of memory",
+    re.IGNORECASE,
+)
+
+
+# ----------------------------------------------------------------------------- workdir
+
+
+def check_filename(name: str) -> str:
+    """A relative path inside the workdir, or ValueError."""
+    path = PurePosixPath(name)
+    if not name or path.is_absolute() or any(part in ("", ".", "..") for part in path.parts) or "\0" in name:
+        raise ValueError(f"sandbox file name must be a plain relative path, got {name!r}")
+    if str(path) == "main.py":
+        raise ValueError("sandbox files must not contain 'main.py': that is the program itself")
+    return str(path)
+
+
+class Workdir:
+    """A fresh directory with `main.py` and `files`, owned by `owner` (uid, gid) when given."""
+
+    def __init__(self, program: str, files: dict[str, str] | None, owner: tuple[int, int] | None):
+        names = {check_filename(name): text for name, text in (files or {}).items()}
+        self.path = tempfile.mkdtemp(prefix="ouroboros-sbx-")
+        try:
+            self._write("main.py", program, owner)
+            for name, text in names.items():
+                parent = os.path.dirname(name)
+                if parent:
+                    self._makedirs(parent, owner)
+                self._write(name, text, owner)
+            if owner is not None:
+                os.chown(self.path, *owner)
+        except BaseException:
+            self.remove()
+            raise
+
+    def _write(self, name: str, text: str, owner: tuple[int, int] | None) -> None:
+        full = os.path.join(self.path, name)
+        with open(full, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        if owner is not None:
+            os.chown(full, *owner)
+
+    def _makedirs(self, rel: str, owner: tuple[int, int] | None) -> None:
+        current = self.path
+        for part in PurePosixPath(rel).parts:
+            current = os.path.join(current, part)
+            if not os.path.isdir(current):
+                os.mkdir(current)
+                if owner is not None:
+                    os.chown(current, *owner)
+
+    def remove(self) -> None:
+        def fix_and_retry(func, path, _exc):  # the program may have chmod-ed things away
+            try:
+                os.chmod(os.path.dirname(path), 0o700)
+                func(path)
+            except OSError:
+                pass
+
+        shutil.rmtree(self.path, onerror=fix_and_retry)
+
+
+# ----------------------------------------------------------------------------- ids
+
+
+def sandbox_ids() -> tuple[int, int] | None:
+    """A fresh unprivileged (uid, gid) for one child when we are root, else None (keep ours)."""
+    if os.geteuid() != 0:
+        return None
+    uid = SANDBOX_UID_BASE + secrets.randbelow(SANDBOX_UID_SPAN)
+    return uid, uid
+
+
+def kill_uid(uid: int, rounds: int = 20) -> None:
+    """SIGKILL every process owned by host `uid` (only used for uids made by `sandbox_ids`)."""
+    for _ in range(rounds):
+        found = False
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                if entry.stat().st_uid == uid:
+                    found = True
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except OSError:
+                pass
+        if not found:
+            return
+        time.sleep(0.01)
+
+
+# ----------------------------------------------------------------------------- cgroups
+
+
+def _own_cgroup(controller: str) -> str | None:
+    try:
+        with open("/proc/self/cgroup") as fh:
+            for line in fh:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if controller in controllers.split(","):
+                    return path
+    except OSError:
+        pass
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def cgroup_bases() -> dict[str, str]:
+    """{controller: directory to make per-exec cgroups in}, for the v1 controllers we can use.
+
+    Per-exec cgroups are made inside this process's own cgroup (not at the hierarchy's root), so
+    whatever limits and accounting enclose the harness also enclose its children, and nothing is
+    left behind there once they are removed. Probed once per process.
+    """
+    bases: dict[str, str] = {}
+    for controller in ("pids", "memory"):
+        own = _own_cgroup(controller)
+        if own is None:
+            continue
+        base = os.path.join(CGROUP_ROOT, controller, own.lstrip("/"))
+        probe = os.path.join(base, f"{CGROUP_PREFIX}probe-{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            os.mkdir(probe)
+            ok = os.path.exists(os.path.join(probe, "cgroup.procs"))
+            os.rmdir(probe)
+        except OSError as exc:
+            log.info("cgroup controller %s unusable at %s (%s); relying on rlimits", controller, base, exc)
+            continue
+        if ok:
+            bases[controller] = base
+    if not bases:
+        log.warning("no usable cgroup v1 controllers; sandbox limits fall back to rlimits only")
+    return bases
+
+
+_stale_cgroups: set[str] = set()
+
+
+class ChildCgroup:
+    """The per-exec cgroups (one per usable controller) that the child joins in preexec_fn."""
+
+    def __init__(self, limits: Limits):
+        self.paths: dict[str, str] = {}
+        name = f"{CGROUP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
+        try:
+            for controller, base in cgroup_bases().items():
+                path = os.path.join(base, name)
+                os.mkdir(path)
+                self.paths[controller] = path
+                if controller == "pids":
+                    _write(path, "pids.max", str(max(1, limits.pids)))
+                elif controller == "memory":
+                    limit = str(limits.memory_mb * MIB)
+                    _write(path, "memory.limit_in_bytes", limit)
+                    try:  # no swap beyond the limit, where swap accounting exists
+                        _write(path, "memory.memsw.limit_in_bytes", limit)
+                    except OSError:
+                        pass
+        except OSError as exc:
+            log.warning("could not set up a cgroup for this exec (%s); relying on rlimits", exc)
+            self.remove()
+            self.paths = {}
+
+    @property
+    def enforces_pids(self) -> bool:
+        return "pids" in self.paths
+
+    def open_procs(self) -> list[int]:
+        """Write-only fds of each cgroup.procs; the child writes b"0" (itself) to join."""
+        return [os.open(os.path.join(p, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC) for p in self.paths.values()]
+
+    def oom_killed(self) -> bool:
+        path = self.paths.get("memory")
+        if path is None:
+            return False
+        try:
+            with open(os.path.join(path, "memory.oom_control")) as fh:
+                for line in fh:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill" and int(value) > 0:
+                        return True
+        except (OSError, ValueError):
+            pass
+        return False
+
+    def kill_all(self) -> None:
+        """Stop forks, then SIGKILL everything in the cgroups until they are empty."""
+        if "pids" in self.paths:
+            try:
+                _write(self.paths["pids"], "pids.max", "0")
+            except OSError:
+                pass
+        for _ in range(200):
+            pids = self._pids()
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(0.002)
+        log.warning("processes left in sandbox cgroups %s after kill", list(self.paths.values()))
+
+    def _pids(self) -> set[int]:
+        pids: set[int] = set()
+        for path in self.paths.values():
+            try:
+                with open(os.path.join(path, "cgroup.procs")) as fh:
+                    pids.update(int(line) for line in fh if line.strip())
+            except (OSError, ValueError):
+                pass
+        return pids
+
+    def remove(self) -> None:
+        for path in self.paths.values():
+            _rmdir_cgroup(path)
+        self.paths = {}
+        remove_stale_cgroups()
+
+
+def _write(directory: str, name: str, value: str) -> None:
+    with open(os.path.join(directory, name), "w") as fh:
+        fh.write(value)
+
+
+def _rmdir_cgroup(path: str, tries: int = 50) -> bool:
+    for attempt in range(tries):
+        try:
+            os.rmdir(path)
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or attempt == tries - 1:
+                if path not in _stale_cgroups:
+                    log.warning("could not remove sandbox cgroup %s (%s); will retry later", path, exc)
+                _stale_cgroups.add(path)
+                return False
+            time.sleep(0.002)
+    return False
+
+
+def remove_stale_cgroups() -> None:
+    for path in list(_stale_cgroups):
+        if _rmdir_cgroup(path, tries=1):
+            _stale_cgroups.discard(path)
+
+
+# ----------------------------------------------------------------------------- spawning
+
+
+def cpu_seconds(limits: Limits) -> int:
+    return limits.cpu_s if limits.cpu_s is not None else math.ceil(limits.timeout_s) + 1
+
+
+def make_preexec(limits: Limits, procs_fds: Sequence[int], ids: tuple[int, int] | None) -> Callable[[], None]:
+    """What the child does between fork and exec: join cgroups, set rlimits, drop to `ids`.
+
+    The rlimits bind bwrap's own helper processes too: `pids` counts them (two or three).
+
+    Only plain system calls: this runs in a forked child of a possibly multi-threaded parent.
+    """
+    cpu = cpu_seconds(limits)
+    rlimits = [
+        (resource.RLIMIT_AS, (limits.memory_mb * MIB,) * 2),
+        (resource.RLIMIT_FSIZE, (limits.file_size_mb * MIB,) * 2),
+        (resource.RLIMIT_CPU, (cpu, cpu + 1)),  # SIGXCPU at the soft limit, SIGKILL one second on
+        (resource.RLIMIT_NPROC, (limits.pids,) * 2),
+        (resource.RLIMIT_CORE, (0, 0)),
+    ]
+    fds = tuple(procs_fds)
+
+    def preexec() -> None:
+        for fd in fds:
+            os.write(fd, b"0")
+        try:  # if the host runs out of memory, the sandbox goes before the harness
+            fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
+            os.write(fd, b"1000")
+            os.close(fd)
+        except OSError:
+            pass
+        for which, value in rlimits:
+            resource.setrlimit(which, value)
+        if ids is not None:
+            uid, gid = ids
+            os.setgroups([])
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+
+    return preexec
+
+
+@dataclass
+class Outcome:
+    returncode: int  # shell convention: 128 + N for signal N
+    stdout: bytes
+    stderr: bytes
+    stderr_tail: bytes
+    truncated: bool
+    timed_out: bool
+    duration_s: float
+
+
+class _Capped:
+    __slots__ = ("cap", "chunks", "size", "truncated", "tail")
+
+    def __init__(self, cap: int):
+        self.cap, self.chunks, self.size, self.truncated, self.tail = cap, [], 0, False, b""
+
+    def add(self, data: bytes, keep_tail: bool) -> None:
+        room = self.cap - self.size
+        if len(data) <= room:
+            self.chunks.append(data)
+            self.size += len(data)
+        else:
+            if room > 0:
+                self.chunks.append(data[:room])
+                self.size = self.cap
+            self.truncated = True
+        if keep_tail:
+            self.tail = (self.tail + data)[-STDERR_TAIL:]
+
+    def value(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+def run_limited(
+    argv: Sequence[str],
+    *,
+    cwd: str,
+    env: dict[str, str],
+    limits: Limits,
+    cgroup: ChildCgroup,
+    ids: tuple[int, int] | None,
+    pass_fds: Sequence[int] = (),
+) -> Outcome:
+    """Run `argv` under `limits`; never raises for what the program does."""
+    procs_fds = cgroup.open_procs()
+    preexec = make_preexec(limits, procs_fds, ids)
+    start = time.monotonic()
+    deadline = start + limits.timeout_s
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            env=env,
+            preexec_fn=preexec,
+            start_new_session=True,
+            pass_fds=tuple(pass_fds),
+            bufsize=0,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise SandboxUnavailable(f"could not start {argv[0]}: {exc}") from exc
+    finally:
+        for fd in procs_fds:
+            os.close(fd)
+
+    def kill_tree() -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the leader is unreaped, so the pgid is still ours
+        except OSError:
+            pass
+        cgroup.kill_all()
+        if ids is not None and not cgroup.enforces_pids:
+            kill_uid(ids[0])
+
+    out, err = _Capped(limits.output_bytes), _Capped(limits.output_bytes)
+    streams = {proc.stdout.fileno(): (out, False), proc.stderr.fileno(): (err, True)}
+    poller = select.poll()
+    for fd in streams:
+        poller.register(fd, select.POLLIN)
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+        poller.register(pidfd, select.POLLIN)
+    except (AttributeError, OSError):
+        pidfd = -1
+
+    timed_out = exited = False
+    end = None
+    stop_at = deadline  # becomes a short grace once the main process has exited
+    try:
+        while True:
+            now = time.monotonic()
+            if not exited and pidfd < 0 and not streams:  # no pidfd: pipes closed, now wait
+                try:
+                    proc.wait(max(0.0, deadline - now))
+                    exited, end = True, time.monotonic()
+                    kill_tree()
+                except subprocess.TimeoutExpired:
+                    pass
+            if exited and not streams:
+                break
+            now = time.monotonic()
+            if now >= stop_at:
+                if not exited:
+                    timed_out, end = True, now
+                    kill_tree()
+                    _drain(poller, streams, time.monotonic() + KILL_DRAIN_S)
+                break
+            for fd, _event in poller.poll(max(1, math.ceil((stop_at - now) * 1000))):
+                if fd == pidfd:
+                    exited, end = True, time.monotonic()
+                    poller.unregister(pidfd)
+                    kill_tree()
+                    stop_at = min(stop_at, end + EXIT_GRACE_S)
+                    continue
+                _read(fd, poller, streams)
+    finally:
+        if pidfd >= 0:
+            os.close(pidfd)
+        proc.stdout.close()
+        proc.stderr.close()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:  # unkillable (D state); do not hang the harness
+            log.error("sandbox child %d did not die after SIGKILL", proc.pid)
+    returncode = proc.returncode if proc.returncode is not None else 128 + signal.SIGKILL
+    if returncode < 0:
+        returncode = 128 - returncode
+    return Outcome(
+        returncode=returncode,
+        stdout=out.value(),
+        stderr=err.value(),
+        stderr_tail=err.tail,
+        truncated=out.truncated or err.truncated,
+        timed_out=timed_out,
+        duration_s=(end or time.monotonic()) - start,
+    )
+
+
+def _read(fd: int, poller: select.poll, streams: dict) -> None:
+    try:
+        data = os.read(fd, READ_CHUNK)
+    except BlockingIOError:
+        return
+    except OSError:
+        data = b""
+    if data:
+        sink, keep_tail = streams[fd]
+        sink.add(data, keep_tail)
+    else:
+        poller.unregister(fd)
+        del streams[fd]
+
+
+def _drain(poller: select.poll, streams: dict, until: float) -> None:
+    while streams:
+        now = time.monotonic()
+        if now >= until:
+            return
+        for fd, _event in poller.poll(max(1, math.ceil((until - now) * 1000))):
+            if fd in streams:
+                _read(fd, poller, streams)
+
+
+def run_in_workdir(
+    program: str,
+    files: dict[str, str] | None,
+    limits: Limits,
+    ids: tuple[int, int] | None,
+    command: Callable[[str], tuple[list[str], str, dict[str, str]]],
+) -> tuple[Outcome, bool]:
+    """Write a workdir, make the cgroups, run `command(workdir) -> (argv, cwd, env)`, clean up.
+
+    Returns the outcome and whether the memory cgroup OOM-killed anything.
+    """
+    workdir = Workdir(program, files, ids)
+    cgroup = None
+    try:
+        cgroup = ChildCgroup(limits)
+        argv, cwd, env = command(workdir.path)
+        outcome = run_limited(argv, cwd=cwd, env=env, limits=limits, cgroup=cgroup, ids=ids)
+        return outcome, cgroup.oom_killed()
+    finally:
+        if cgroup is not None:
+            cgroup.remove()
+        workdir.remove()
+
+
+def build_result(outcome: Outcome, cgroup_oom: bool) -> ExecResult:
+    timed_out = outcome.timed_out or outcome.returncode == 128 + signal.SIGXCPU
+    oom = cgroup_oom or (outcome.returncode != 0 and bool(_MEMORY_ERROR.search(outcome.stderr_tail)))
+    return ExecResult(
+        exit_code=outcome.returncode,
+        stdout=outcome.stdout.decode("utf-8", errors="replace"),
+        stderr=outcome.stderr.decode("utf-8", errors="replace"),
+        timed_out=timed_out,
+        oom=oom,
+        duration_s=outcome.duration_s,
+        truncated=outcome.truncated,
+    )
+
+
+def base_env(home: str, extra: dict[str, str] | None) -> dict[str, str]:
+    """The whole environment of a sandboxed program: these four plus the allowlisted `extra`."""
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": home,
+        "LANG": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    for key, value in (extra or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str) or not key or "=" in key or "\0" in key + value:
+            raise ValueError(f"sandbox env entries must be str -> str without '=' in names, got {key!r}")
+        env[key] = value
+    return env

@@ -1,0 +1,171 @@
+"""The data that moves between actors.
+
+Plain dataclasses: they pickle cheaply through the Ray object store and can be
+built in tests without Ray. Records that land in Parquet shards carry an Arrow
+schema next to them, so a shard's columns are declared in one place.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+
+@dataclass
+class Task:
+    """One programming task with hidden tests; the model sees only `prompt`."""
+
+    id: str
+    split: str  # "train" or "heldout"
+    prompt: str
+    entry_point: str
+    tests: list[str]
+    reference: str = ""  # a known-good solution, used to check the tests themselves
+
+
+@dataclass
+class Request:
+    """One prompt for a generator. `messages` are chat turns: {"role", "content"}."""
+
+    id: str
+    messages: list[dict[str, str]]
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+@dataclass
+class Completion:
+    request_id: str
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]
+    weights_version: int
+    backend: str
+    prompt_tokens: int = 0
+    finish_reason: str = "stop"  # "stop" or "length"
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass
+class Action:
+    """A parsed reply in the seed-000 protocol: {"action", "data", "notes"}."""
+
+    name: str | None
+    data: str
+    notes: str
+    valid: bool
+    error: str = ""  # why the reply is not a valid action, for the store and the model
+
+
+@dataclass
+class ExecResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+    timed_out: bool
+    oom: bool
+    duration_s: float
+    truncated: bool
+    error: str = ""  # a harness failure (sandbox could not start), never the program's own
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Step:
+    """One turn of an episode: what was asked, what came back, what ran."""
+
+    index: int
+    request: Request
+    completion: Completion
+    action: Action
+    result: ExecResult | None
+    outcome: dict[str, Any] = field(default_factory=dict)  # environment facts (tests passed, ...)
+
+
+@dataclass
+class Trajectory:
+    id: str
+    task_id: str
+    split: str
+    round: int
+    sample: int
+    steps: list[Step]
+
+
+@dataclass
+class Score:
+    trajectory_id: str
+    components: dict[str, float]
+    total: float
+    judge: str
+
+
+@dataclass
+class PreferencePair:
+    id: str
+    round: int
+    task_id: str
+    prompt: list[dict[str, str]]
+    chosen: str
+    rejected: str
+    chosen_reward: float
+    rejected_reward: float
+    chosen_trajectory: str
+    rejected_trajectory: str
+
+
+@dataclass
+class WeightsRef:
+    """A published policy version. `ref` is the ObjectRef of a dict of numpy arrays."""
+
+    version: int
+    kind: str  # "lora" or "full"
+    ref: Any
+    checksum: str
+    num_bytes: int
+    base_model: str
+
+
+# Arrow schemas of what goes into shards/round-NNNN/*.parquet.
+COMPLETION_SCHEMA = pa.schema(
+    [
+        ("trajectory_id", pa.string()),
+        ("round", pa.int32()),
+        ("task_id", pa.string()),
+        ("split", pa.string()),
+        ("sample", pa.int32()),
+        ("prompt", pa.string()),
+        ("text", pa.string()),
+        ("token_ids", pa.list_(pa.int32())),
+        ("logprobs", pa.list_(pa.float32())),
+        ("weights_version", pa.int32()),
+        ("action_valid", pa.bool_()),
+        ("action_error", pa.string()),
+        ("exit_code", pa.int32()),
+        ("tests_passed", pa.int32()),
+        ("tests_total", pa.int32()),
+        ("reward", pa.float32()),
+    ]
+)
+
+PAIR_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("round", pa.int32()),
+        ("task_id", pa.string()),
+        ("prompt", pa.string()),
+        ("chosen", pa.string()),
+        ("rejected", pa.string()),
+        ("chosen_reward", pa.float32()),
+        ("rejected_reward", pa.float32()),
+    ]
+)

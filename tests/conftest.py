@@ -1,0 +1,64 @@
+
+# --- loopback fakes of the Anthropic / OpenAI HTTP APIs (tests/api_servers.py) -------
+import ipaddress as _ipaddress
+import socket as _socket
+
+import pytest as _pytest
+
+try:  # tests/ as a package, or tests/ on sys.path (pytest's default "prepend" mode)
+    from tests.api_servers import FakeAnthropicServer, FakeOpenAIServer
+except ImportError:  # pragma: no cover
+    from api_servers import FakeAnthropicServer, FakeOpenAIServer
+
+_PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+
+
+def _is_loopback(address) -> bool:
+    if not isinstance(address, tuple):  # AF_UNIX paths and the like
+        return True
+    host = address[0]
+    if host == "localhost":
+        return True
+    try:
+        return _ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+@_pytest.fixture
+def loopback_only(monkeypatch):
+    """Fail any socket connection to a non-loopback address; clear proxy/base-URL env vars."""
+    for var in _PROXY_VARS + ("ANTHROPIC_BASE_URL", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost,::1")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost,::1")
+    real_connect, real_connect_ex = _socket.socket.connect, _socket.socket.connect_ex
+
+    def guard(address):
+        if not _is_loopback(address):
+            raise AssertionError(f"test tried to reach non-loopback address {address!r}")
+
+    def connect(self, address):
+        guard(address)
+        return real_connect(self, address)
+
+    def connect_ex(self, address):
+        guard(address)
+        return real_connect_ex(self, address)
+
+    monkeypatch.setattr(_socket.socket, "connect", connect)
+    monkeypatch.setattr(_socket.socket, "connect_ex", connect_ex)
+
+
+@_pytest.fixture
+def anthropic_server(loopback_only):
+    """A FakeAnthropicServer on 127.0.0.1; pass `.base_url` to the backend."""
+    with FakeAnthropicServer() as server:
+        yield server
+
+
+@_pytest.fixture
+def openai_server(loopback_only):
+    """A FakeOpenAIServer on 127.0.0.1; pass `.base_url` (ends in /v1) to the backend."""
+    with FakeOpenAIServer() as server:
+        yield server

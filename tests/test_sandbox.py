@@ -1,0 +1,367 @@
+"""The local sandbox backends against the real thing: bubblewrap, rlimits, cgroups.
+
+Hostile programs (fork bombs, escapes, network probes) only ever run inside bwrap. The
+`process` backend (no isolation) only runs programs that are bounded by its rlimits.
+
+Where bwrap is missing these tests skip, unless OUROBOROS_REQUIRE_SANDBOX=1 (CI), where they
+fail instead.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+
+import pytest
+
+from ouroboros.sandbox import Limits, SandboxUnavailable, sandbox_class
+from ouroboros.sandbox import runner
+from ouroboros.sandbox.bwrap import BwrapSandbox
+from ouroboros.sandbox.process import ProcessSandbox
+
+REQUIRE = os.environ.get("OUROBOROS_REQUIRE_SANDBOX") == "1"
+TAG = f"ouroboros-test-{secrets.token_hex(6)}"  # in every sandboxed program's environment
+LIMITS = Limits(timeout_s=5.0, memory_mb=256, pids=32, output_bytes=64 * 1024, file_size_mb=16)
+
+
+@pytest.fixture(scope="module")
+def bwrap() -> BwrapSandbox:
+    try:
+        sandbox = BwrapSandbox(limits=LIMITS, env={"OUROBOROS_TAG": TAG})
+    except SandboxUnavailable as exc:
+        if REQUIRE:
+            pytest.fail(f"OUROBOROS_REQUIRE_SANDBOX=1 but bwrap is unavailable: {exc}")
+        pytest.skip(f"bwrap unavailable: {exc}")
+    yield sandbox
+    sandbox.cleanup()
+
+
+@pytest.fixture(scope="module")
+def process() -> ProcessSandbox:
+    sandbox = ProcessSandbox(limits=LIMITS, env={"OUROBOROS_TAG": TAG}, unsafe=True)
+    yield sandbox
+    sandbox.cleanup()
+
+
+@pytest.fixture(params=["bwrap", "process"])
+def sandbox(request):
+    return request.getfixturevalue(request.param)
+
+
+def tagged_pids() -> list[int]:
+    """Host processes that carry this test run's TAG in their environment (live ones only)."""
+    pids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as fh:
+                if TAG.encode() in fh.read():
+                    pids.append(int(name))
+        except OSError:
+            pass
+    return pids
+
+
+def assert_nothing_left(within_s: float = 1.0) -> None:
+    deadline = time.monotonic() + within_s
+    while tagged_pids() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert tagged_pids() == []
+
+
+# ----------------------------------------------------------------------------- both backends
+
+
+def test_marker_and_exit_zero(sandbox):
+    result = sandbox.exec("print('MARKER-42')")
+    assert result.exit_code == 0, result
+    assert result.stdout == "MARKER-42\n"
+    assert not (result.timed_out or result.oom or result.truncated) and result.error == ""
+    assert 0 < result.duration_s < LIMITS.timeout_s
+
+
+def test_nonzero_exit_and_traceback(sandbox):
+    assert sandbox.exec("import sys; sys.exit(7)").exit_code == 7
+    result = sandbox.exec("raise ValueError('boom')")
+    assert result.exit_code == 1 and "ValueError: boom" in result.stderr
+    assert not result.oom and not result.timed_out
+
+
+def test_files_are_written_and_importable(sandbox):
+    files = {"helper.py": "VALUE = 'from-helper'\n", "data/input.txt": "héllo\n"}
+    result = sandbox.exec("import helper; print(helper.VALUE, open('data/input.txt').read().strip())", files=files)
+    assert result.stdout == "from-helper héllo\n", result
+
+
+def test_bad_file_names_are_rejected(sandbox):
+    for name in ("../escape.py", "/etc/x", "main.py", ""):
+        with pytest.raises(ValueError):
+            sandbox.exec("pass", files={name: "x"})
+
+
+def test_infinite_loop_times_out_and_leaves_nothing(sandbox):
+    # A child that leaves the process group (where that can still be cleaned up), then spin.
+    escape = isinstance(sandbox, BwrapSandbox) or "pids" in runner.cgroup_bases() or os.geteuid() == 0
+    program = (
+        "import subprocess, sys, time\n"
+        f"subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], start_new_session={escape})\n"
+        "print('started', flush=True)\n"
+        "while True: pass\n"
+    )
+    start = time.monotonic()
+    result = sandbox.exec(program, limits=LIMITS.override(timeout_s=1.0))
+    assert time.monotonic() - start < 1.0 + 2.0
+    assert result.timed_out and not result.oom, result
+    assert result.stdout == "started\n"
+    assert_nothing_left()
+
+
+def test_memory_bomb_is_oom_not_timeout(sandbox):
+    result = sandbox.exec("chunks = []\nwhile True:\n    chunks.append(b'x' * 10_000_000)\n")
+    assert result.oom and not result.timed_out, result
+    assert result.exit_code != 0
+
+
+def test_output_flood_is_capped(sandbox):
+    cap = LIMITS.output_bytes
+    result = sandbox.exec("import sys\nsys.stdout.write('x' * 10_000_000)\nsys.stderr.write('e' * 3_000_000)\nprint('done', file=sys.stderr)")
+    assert result.exit_code == 0, result.stderr[-500:]
+    assert result.truncated
+    assert len(result.stdout.encode()) <= cap and len(result.stderr.encode()) <= cap
+    assert result.stdout == "x" * cap
+
+
+def test_binary_garbage_is_decoded(sandbox):
+    result = sandbox.exec("import os, sys\nsys.stdout.buffer.write(os.urandom(50_000) + b'\\xff\\xfe\\x00END')")
+    assert result.exit_code == 0
+    assert result.stdout.endswith("\x00END") and "\ufffd" in result.stdout
+
+
+def test_host_environment_is_not_visible(sandbox, monkeypatch):
+    canary = f"canary-{secrets.token_hex(8)}"
+    monkeypatch.setenv("OUROBOROS_SECRET_CANARY", canary)
+    result = sandbox.exec("import os; print(sorted(os.environ.items()))")
+    assert result.exit_code == 0
+    assert canary not in result.stdout and "OUROBOROS_SECRET_CANARY" not in result.stdout
+    assert TAG in result.stdout  # the allowlisted variable does get through
+    assert "PYTHONDONTWRITEBYTECODE" in result.stdout and "C.UTF-8" in result.stdout
+
+
+def test_cpu_rlimit_counts_as_timeout(sandbox):
+    result = sandbox.exec("while True: pass", limits=LIMITS.override(cpu_s=1, timeout_s=5.0))
+    assert result.timed_out and not result.oom, result
+    assert result.duration_s < 4.0
+
+
+# ----------------------------------------------------------------------------- bwrap isolation
+
+
+def test_registry_names_the_backends():
+    assert sandbox_class("bwrap") is BwrapSandbox
+    assert sandbox_class("process") is ProcessSandbox
+
+
+def test_network_is_unreachable(bwrap):
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    listener.settimeout(5)
+    port = listener.getsockname()[1]
+    accepted = []
+    thread = threading.Thread(target=lambda: _accept(listener, accepted), daemon=True)
+    thread.start()
+    probe = (
+        "import socket\n"
+        "try:\n"
+        f"    socket.create_connection(('127.0.0.1', {port}), timeout=2).sendall(b'hi')\n"
+        "    print('CONNECTED')\n"
+        "except OSError as exc:\n"
+        "    print('BLOCKED', type(exc).__name__)\n"
+    )
+    try:
+        result = bwrap.exec(probe)
+        assert result.stdout.startswith("BLOCKED"), result
+        # The same probe with the network shared does connect: the test can tell the difference.
+        shared = BwrapSandbox(limits=LIMITS, network=True)
+        assert shared.exec(probe).stdout.startswith("CONNECTED")
+        thread.join(5)
+        assert len(accepted) == 1
+    finally:
+        listener.close()
+
+
+def _accept(listener: socket.socket, accepted: list) -> None:
+    try:
+        while True:
+            conn, _ = listener.accept()
+            accepted.append(conn)
+            conn.close()
+            return
+    except OSError:
+        pass
+
+
+def test_host_files_are_not_visible(bwrap, tmp_path):
+    secret = secrets.token_hex(8)  # the canaries' content; their names are in the program
+    canaries = [tmp_path / "canary.txt", f"/root/ouroboros-canary-{secrets.token_hex(6)}.txt"]
+    for path in canaries:
+        with open(path, "w") as fh:
+            fh.write(secret)
+    try:
+        program = (
+            "import os\n"
+            f"for path in {[str(p) for p in canaries]!r} + ['/etc/passwd', '/etc/shadow', '/root', '/home']:\n"
+            "    try:\n"
+            "        print(path, 'READ', open(path).read()[:40])\n"
+            "    except OSError as exc:\n"
+            "        print(path, 'DENIED', type(exc).__name__)\n"
+            "print(sorted(os.listdir('/')))\n"
+        )
+        result = bwrap.exec(program)
+        assert result.exit_code == 0, result
+        assert secret not in result.stdout and "READ" not in result.stdout, result.stdout
+        assert result.stdout.splitlines()[-1] == str(sorted(["bin", "dev", "lib", "lib64", "proc", "sbin", "tmp", "usr", "work"]))
+    finally:
+        os.unlink(canaries[1])
+
+
+def test_runs_as_non_root(bwrap):
+    result = bwrap.exec("import os; print(os.getuid(), os.geteuid(), os.getgid(), os.getgroups())")
+    uid, euid, gid, *_ = result.stdout.split()
+    assert (uid, euid, gid) == ("65534", "65534", "65534")
+    # Seen from the host, the sandboxed program is not root either (bwrap run by root would map
+    # it to host uid 0, so the backend starts bwrap as a throwaway unprivileged uid).
+    found: list[int] = []
+    thread = threading.Thread(target=lambda: found.append(bwrap.exec("import time; time.sleep(1.5)").exit_code))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 1.4
+        host_uids = set()
+        while not host_uids and time.monotonic() < deadline:
+            host_uids = {os.stat(f"/proc/{pid}").st_uid for pid in tagged_pids()}
+            time.sleep(0.02)
+    finally:
+        thread.join()
+    assert found == [0]
+    assert host_uids and 0 not in host_uids
+
+
+def test_cannot_write_outside_work(bwrap):
+    leak = f"ouroboros-leak-{secrets.token_hex(6)}"
+    program = (
+        f"for path in ['/usr/{leak}', '/{leak}', '/etc/{leak}', '/proc/sys/kernel/hostname', '/dev/{leak}']:\n"
+        "    try:\n"
+        "        open(path, 'w').write('x')\n"
+        "        print(path, 'WROTE')\n"
+        "    except OSError as exc:\n"
+        "        print(path, 'DENIED')\n"
+        "open('/dev/null', 'w').write('x'); print('devnull ok')\n"
+        "open('/work/ok.txt', 'w').write('fine'); print('work ok')\n"
+        f"open('/tmp/{leak}', 'w').write('private'); print('tmp ok')\n"
+    )
+    result = bwrap.exec(program)
+    assert result.exit_code == 0, result
+    assert "WROTE" not in result.stdout, result.stdout
+    assert "work ok" in result.stdout and "tmp ok" in result.stdout and "devnull ok" in result.stdout
+    assert not os.path.exists(f"/tmp/{leak}") and not os.path.exists(f"/usr/{leak}")
+
+
+def test_file_size_limit(bwrap):
+    program = (
+        "try:\n"
+        "    open('big', 'wb').write(b'x' * (64 << 20))\n"
+        "    print('WROTE')\n"
+        "except OSError as exc:\n"
+        "    print('LIMITED', exc.errno)\n"
+    )
+    result = bwrap.exec(program)
+    assert result.stdout.startswith("LIMITED"), result
+
+
+def test_fork_bomb_is_contained(bwrap):
+    program = (
+        "import os\n"
+        "print('bomb', flush=True)\n"
+        "while True:\n"
+        "    try:\n"
+        "        os.fork()\n"
+        "    except OSError:\n"
+        "        pass\n"
+    )
+    start = time.monotonic()
+    result = bwrap.exec(program, limits=LIMITS.override(timeout_s=2.0, pids=24))
+    assert time.monotonic() - start < 2.0 + 2.0
+    assert result.timed_out and result.stdout.startswith("bomb"), result
+    assert_nothing_left()
+    assert bwrap.exec("print('alive')").stdout == "alive\n"  # the harness and sandbox survive
+
+
+def test_fork_bomb_is_contained_by_rlimits_alone(bwrap, monkeypatch):
+    # As on a host without usable cgroups: RLIMIT_NPROC must hold on its own. (Run by root,
+    # bwrap would map the program to host uid 0, where the kernel ignores NPROC.)
+    monkeypatch.setattr(runner, "cgroup_bases", lambda: {})
+    program = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    result = bwrap.exec(program, limits=LIMITS.override(timeout_s=1.5, pids=24))
+    assert result.timed_out, result
+    assert_nothing_left()
+    assert bwrap.exec("print('alive')").stdout == "alive\n"
+
+
+def test_memory_cgroup_oom_kill_is_reported(bwrap):
+    if "memory" not in runner.cgroup_bases():
+        if REQUIRE:
+            pytest.fail("memory cgroup unusable on this host")
+        pytest.skip("memory cgroup unusable on this host")
+    # Each child stays under RLIMIT_AS (per process) but together they exceed the cgroup limit.
+    program = (
+        "import os, time\n"
+        "kids = []\n"
+        "for _ in range(4):\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        block = bytearray(b'\\x01') * (120 << 20)\n"
+        "        time.sleep(1)\n"
+        "        os._exit(0)\n"
+        "    kids.append(pid)\n"
+        "codes = [os.waitpid(pid, 0)[1] for pid in kids]\n"
+        "print(codes)\n"
+    )
+    result = bwrap.exec(program, limits=LIMITS.override(memory_mb=256))
+    assert result.oom and not result.timed_out, result
+
+
+def test_forged_bwrap_error_is_the_programs_own(bwrap):
+    result = bwrap.exec("import sys; sys.stderr.write('bwrap: pretend setup failure\\n'); sys.exit(1)")
+    assert result.exit_code == 1 and result.stderr.startswith("bwrap: pretend")
+
+
+def test_missing_bwrap_names_the_package(monkeypatch):
+    monkeypatch.setattr("ouroboros.sandbox.bwrap.shutil.which", lambda name: None)
+    with pytest.raises(SandboxUnavailable, match="apt-get install -y bubblewrap"):
+        BwrapSandbox()
+
+
+def test_no_cgroups_left_behind(bwrap):
+    bwrap.exec("pass")
+    for base in runner.cgroup_bases().values():
+        ours = f"{runner.CGROUP_PREFIX}{os.getpid()}-"
+        assert [n for n in os.listdir(base) if n.startswith(ours)] == []
+
+
+# ----------------------------------------------------------------------------- process backend
+
+
+def test_process_backend_requires_unsafe():
+    with pytest.raises(SandboxUnavailable, match="unsafe: true"):
+        ProcessSandbox()
+
+
+def test_process_backend_warns_on_every_exec(process, caplog):
+    with caplog.at_level(logging.WARNING, logger="ouroboros.sandbox.process"):
+        process.exec("pass")
+        process.exec("pass")
+    assert sum("WITHOUT isolation" in r.getMessage() for r in caplog.records) == 2
