@@ -201,7 +201,8 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except _user_errors() as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        # Plain write, not rich: the message must stay one line whatever the terminal width.
+        sys.stderr.write(f"error: {exc}\n")
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

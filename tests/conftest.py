@@ -62,3 +62,31 @@ def openai_server(loopback_only):
     """A FakeOpenAIServer on 127.0.0.1; pass `.base_url` (ends in /v1) to the backend."""
     with FakeOpenAIServer() as server:
         yield server
+
+
+# --- engine fixtures: the tiny model, configs, a sandbox --------------------------------
+import os as _os
+import shutil as _shutil
+
+
+@_pytest.fixture(scope="session")
+def tiny_model_path():
+    """The tiny test policy (built once into the cache; `make test` prepares it first)."""
+    from ouroboros.models import tiny
+
+    return str(tiny.prepare())
+
+
+@_pytest.fixture
+def tiny_cfg(tmp_path):
+    from ouroboros.config import load_config
+
+    return load_config("configs/smoke.yaml", [f"run.out={tmp_path / 'run'}"])
+
+
+def require_bwrap():
+    """Skip without bwrap, unless CI said a missing sandbox is a failure."""
+    if _shutil.which("bwrap") is None:
+        if _os.environ.get("OUROBOROS_REQUIRE_SANDBOX") == "1":
+            _pytest.fail("bwrap is required here (OUROBOROS_REQUIRE_SANDBOX=1): apt-get install -y bubblewrap")
+        _pytest.skip("bwrap is not installed (apt-get install -y bubblewrap)")

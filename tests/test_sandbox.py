@@ -339,6 +339,13 @@ def test_forged_bwrap_error_is_the_programs_own(bwrap):
     assert result.exit_code == 1 and result.stderr.startswith("bwrap: pretend")
 
 
+def test_bwrap_setup_failure_raises_unavailable(bwrap):
+    # Too few pids for bwrap's own helper processes: bwrap itself cannot start, which is the
+    # harness's problem (config), not the program's.
+    with pytest.raises(SandboxUnavailable, match="bwrap: "):
+        bwrap.exec("print('never')", limits=LIMITS.override(pids=2))
+
+
 def test_missing_bwrap_names_the_package(monkeypatch):
     monkeypatch.setattr("ouroboros.sandbox.bwrap.shutil.which", lambda name: None)
     with pytest.raises(SandboxUnavailable, match="apt-get install -y bubblewrap"):

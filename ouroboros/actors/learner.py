@@ -35,7 +35,9 @@ class Learner:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from ouroboros import models
+        from ouroboros.learn.trl_cpu import score_completion_tokens_only_on_cpu
 
+        score_completion_tokens_only_on_cpu()
         self.cfg = cfg
         torch.set_num_threads(cfg.learner.threads)
         torch.manual_seed(cfg.run.seed)

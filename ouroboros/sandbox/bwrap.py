@@ -50,32 +50,39 @@ class BwrapSandbox(Sandbox):
         bwrap = shutil.which("bwrap")
         if bwrap is None:
             raise SandboxUnavailable(f"bubblewrap (bwrap) is not installed: {INSTALL_HINT}")
-        real = os.path.realpath(python)
-        if not real.startswith("/usr/") or not os.access(real, os.X_OK):
+        found = shutil.which(python)
+        real = os.path.realpath(found) if found else ""
+        if not real.startswith("/usr/"):
             raise SandboxUnavailable(
                 f"sandbox python {python!r} must be an executable under /usr (the only host tree "
                 f"mounted in the sandbox), e.g. /usr/bin/python3 from Debian package 'python3'"
             )
         self.bwrap = bwrap
         self.limits = limits or Limits()
-        self.python = python
+        self.python = found if found.startswith("/usr/") else real
         self.network = network
         self.env = runner.base_env("/work", env)
         # Root starts bwrap as a throwaway unprivileged uid (NPROC applies, no root on the host).
         # If this kernel refuses unprivileged user namespaces, fall back to bwrap as root.
-        self.unprivileged = os.geteuid() == 0
+        self.fresh_uid = os.geteuid() == 0
         self._head = self._static_args()
-        failure = self._probe(self.limits)
-        if failure and self.unprivileged:
-            self.unprivileged = False
-            if self._probe(self.limits) is None:
+        # Whether bwrap works here at all: under default limits, so a tight config is not
+        # mistaken for a host without unprivileged user namespaces (exec reports those).
+        failure = self._probe(Limits())
+        if failure and self.fresh_uid:
+            self.fresh_uid = False
+            as_root = self._probe(Limits())
+            if as_root is None:
                 runner.log.warning(
                     "bwrap cannot run as an unprivileged uid here (%s); running it as root, where "
                     "RLIMIT_NPROC is not enforced", failure,
                 )
-                failure = None
+            failure = None if as_root is None else f"{failure}; as root: {as_root}"
         if failure:
-            raise SandboxUnavailable(f"bubblewrap (bwrap) cannot create a sandbox on this host: {failure}")
+            raise SandboxUnavailable(
+                f"bubblewrap (bwrap) cannot create a sandbox on this host: {failure}. It needs user "
+                f"namespaces (sysctl user.max_user_namespaces > 0)"
+            )
 
     def _static_args(self) -> list[str]:
         args = [self.bwrap, "--unshare-all", "--unshare-user"]
@@ -114,7 +121,7 @@ class BwrapSandbox(Sandbox):
         ]
 
     def _run(self, program: str, files: dict[str, str] | None, limits: Limits) -> tuple[runner.Outcome, bool]:
-        ids = runner.sandbox_ids() if self.unprivileged else None
+        ids = runner.sandbox_ids() if self.fresh_uid else None
         return runner.run_in_workdir(
             program, files, limits, ids,
             lambda workdir: (self._argv(workdir, limits), "/", {"PATH": "/usr/bin:/bin"}),
@@ -140,7 +147,10 @@ class BwrapSandbox(Sandbox):
             # program-free probe under the same limits tells the two apart.
             failure = self._probe(limits)
             if failure:
-                raise SandboxUnavailable(f"bubblewrap (bwrap) failed to start the sandbox: {failure}")
+                raise SandboxUnavailable(
+                    f"bubblewrap (bwrap) failed to start the sandbox under {limits}: {failure} "
+                    f"(its two helper processes count against `pids`)"
+                )
         return runner.build_result(outcome, cgroup_oom)
 
     def cleanup(self) -> None:

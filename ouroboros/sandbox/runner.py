@@ -139,14 +139,18 @@ def kill_uid(uid: int, rounds: int = 20) -> None:
             if not entry.name.isdigit():
                 continue
             try:
-                if entry.stat().st_uid == uid:
-                    found = True
-                    os.kill(int(entry.name), signal.SIGKILL)
-            except OSError:
+                if entry.stat().st_uid != uid:
+                    continue
+                with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                    if fh.read().rpartition(b")")[2].split()[0] == b"Z":
+                        continue  # dead already, waiting to be reaped
+                found = True
+                os.kill(int(entry.name), signal.SIGKILL)
+            except (OSError, IndexError):
                 pass
         if not found:
             return
-        time.sleep(0.01)
+        time.sleep(0.005)
 
 
 # ----------------------------------------------------------------------------- cgroups
@@ -227,7 +231,17 @@ class ChildCgroup:
 
     def open_procs(self) -> list[int]:
         """Write-only fds of each cgroup.procs; the child writes b"0" (itself) to join."""
-        return [os.open(os.path.join(p, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC) for p in self.paths.values()]
+        fds: list[int] = []
+        try:
+            for path in self.paths.values():
+                fds.append(os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC))
+        except OSError as exc:
+            log.warning("could not open sandbox cgroup (%s); relying on rlimits", exc)
+            for fd in fds:
+                os.close(fd)
+            self.remove()
+            return []
+        return fds
 
     def oom_killed(self) -> bool:
         path = self.paths.get("memory")
@@ -322,13 +336,22 @@ def make_preexec(limits: Limits, procs_fds: Sequence[int], ids: tuple[int, int] 
     Only plain system calls: this runs in a forked child of a possibly multi-threaded parent.
     """
     cpu = cpu_seconds(limits)
-    rlimits = [
-        (resource.RLIMIT_AS, (limits.memory_mb * MIB,) * 2),
-        (resource.RLIMIT_FSIZE, (limits.file_size_mb * MIB,) * 2),
-        (resource.RLIMIT_CPU, (cpu, cpu + 1)),  # SIGXCPU at the soft limit, SIGKILL one second on
-        (resource.RLIMIT_NPROC, (limits.pids,) * 2),
-        (resource.RLIMIT_CORE, (0, 0)),
+    # RLIMIT_NPROC counts every process of the host uid. A fresh uid from `sandbox_ids` has none
+    # but the sandbox's; otherwise the harness user's own processes count too.
+    nproc = limits.pids if ids is not None else limits.pids + _processes_of(os.getuid())
+    wanted = [
+        (resource.RLIMIT_AS, limits.memory_mb * MIB, limits.memory_mb * MIB),
+        (resource.RLIMIT_FSIZE, limits.file_size_mb * MIB, limits.file_size_mb * MIB),
+        (resource.RLIMIT_CPU, cpu, cpu + 1),  # SIGXCPU at the soft limit, SIGKILL one second on
+        (resource.RLIMIT_NPROC, nproc, nproc),
+        (resource.RLIMIT_CORE, 0, 0),
     ]
+    rlimits = []
+    for which, soft, hard in wanted:  # never above what this process may grant (non-root)
+        _, ceiling = resource.getrlimit(which)
+        if ceiling != resource.RLIM_INFINITY and os.geteuid() != 0:
+            soft, hard = min(soft, ceiling), min(hard, ceiling)
+        rlimits.append((which, (soft, hard)))
     fds = tuple(procs_fds)
 
     def preexec() -> None:
@@ -349,6 +372,17 @@ def make_preexec(limits: Limits, procs_fds: Sequence[int], ids: tuple[int, int] 
             os.setresuid(uid, uid, uid)
 
     return preexec
+
+
+def _processes_of(uid: int) -> int:
+    count = 0
+    for entry in os.scandir("/proc"):
+        try:
+            if entry.name.isdigit() and entry.stat().st_uid == uid:
+                count += 1
+        except OSError:
+            pass
+    return count
 
 
 @dataclass
@@ -393,7 +427,6 @@ def run_limited(
     limits: Limits,
     cgroup: ChildCgroup,
     ids: tuple[int, int] | None,
-    pass_fds: Sequence[int] = (),
 ) -> Outcome:
     """Run `argv` under `limits`; never raises for what the program does."""
     procs_fds = cgroup.open_procs()
@@ -410,7 +443,6 @@ def run_limited(
             env=env,
             preexec_fn=preexec,
             start_new_session=True,
-            pass_fds=tuple(pass_fds),
             bufsize=0,
         )
     except (OSError, subprocess.SubprocessError) as exc:

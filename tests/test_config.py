@@ -1,0 +1,53 @@
+import subprocess
+import sys
+
+import pytest
+
+from ouroboros.config import ConfigError, load_config
+
+
+def test_default_and_smoke_configs_validate():
+    assert load_config("configs/default.yaml").policy.model == "smollm2-135m-instruct"
+    smoke = load_config("configs/smoke.yaml")
+    assert smoke.policy.model == "tiny-smollm2" and smoke.run.rounds == 2
+
+
+def test_unknown_key_names_the_key_and_the_choices(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("learner:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(p)
+    msg = str(err.value)
+    assert "learner.lr" in msg and "learning_rate" in msg and "\n" not in msg
+
+
+def test_bad_value_names_key_value_and_expectation(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("sandbox:\n  timeout_s: soon\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(p)
+    msg = str(err.value)
+    assert "sandbox.timeout_s" in msg and "'soon'" in msg and "number" in msg
+
+
+def test_set_overrides_nested_fields_with_yaml_values():
+    cfg = load_config("configs/smoke.yaml", ["learner.beta=0.25", "env.agents=3",
+                                             "learner.target_modules=[q_proj]"])
+    assert cfg.learner.beta == 0.25 and cfg.env.agents == 3 and cfg.learner.target_modules == ["q_proj"]
+    with pytest.raises(ConfigError, match="generator.nonsense"):
+        load_config("configs/smoke.yaml", ["generator.nonsense=1"])
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--set", "learner.lr=0.1"], "unknown config key 'learner.lr'"),
+    (["--set", "env.samples_per_task=1"], "env.samples_per_task"),
+    ([], None),
+])
+def test_cli_exits_2_with_one_line_and_no_traceback(args, needle, tmp_path):
+    config = "configs/smoke.yaml" if args else str(tmp_path / "missing.yaml")
+    proc = subprocess.run([sys.executable, "-m", "ouroboros", "run", config, "--out", str(tmp_path), *args],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert (needle or "not found") in lines[0]

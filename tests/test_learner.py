@@ -1,0 +1,55 @@
+"""The Learner as a plain object: TRL DPO on a LoRA adapter of the tiny model, base model as reference."""
+import numpy as np
+import pytest
+
+from ouroboros.actors.generator import Generator
+from ouroboros.actors.learner import Learner, checksum
+from ouroboros.config import load_config
+from ouroboros.envs.tasks import build_messages, load_tasks, reference_reply
+from ouroboros.types import PreferencePair, Request
+
+
+def _pairs(n):
+    out = []
+    for i, task in enumerate(load_tasks("train")[:n]):
+        out.append(PreferencePair(id=f"p{i}", round=1, task_id=task.id, prompt=build_messages(task),
+                                  chosen=reference_reply(task), rejected="no idea", chosen_reward=1.0,
+                                  rejected_reward=0.0, chosen_trajectory="a", rejected_trajectory="b"))
+    return out
+
+
+@pytest.mark.slow
+def test_dpo_trains_publishes_versions_and_generators_follow(tiny_model_path, tmp_path):
+    cfg = load_config("configs/smoke.yaml", ["learner.epochs=3", "learner.learning_rate=0.005"])
+    learner = Learner(cfg)
+    assert learner.train([]) == {"dpo_loss": None, "pairs": 0, "steps": 0, "seconds": 0.0}
+
+    pairs = _pairs(8)
+    first = learner.train(pairs)
+    assert first["pairs"] == 8 and first["steps"] == 3
+    # DPO loss starts at log 2 (policy == reference) and must fall as the policy moves.
+    assert first["dpo_loss"] < 0.6931 and first["rewards_margins"] > 0
+    w1 = learner.publish()
+    assert w1.version == 1 and w1.kind == "lora" and w1.checksum == checksum(w1.ref)
+    assert all(".default." in name for name in w1.ref) and w1.num_bytes > 0
+
+    # The reference stays the base model: TRL's "ref" adapter copy is removed every round.
+    second = learner.train([pairs[:4], pairs[4:]])
+    assert "ref" not in learner.model.peft_config and second["steps"] > 0
+    w2 = learner.publish()
+    assert w2.version == 2 and w2.checksum != w1.checksum
+
+    gen = Generator(cfg)
+    task = load_tasks("train")[0]
+    req = [Request(id="x", messages=build_messages(task), max_new_tokens=16, temperature=0.0)]
+    gen.load_weights(w2)
+    out = gen.generate(req)[0]
+    assert out.weights_version == 2
+    # The generator now computes what the learner's policy computes.
+    import torch
+    ids = torch.tensor([gen.backend.tokenizer.apply_chat_template(req[0].messages, add_generation_prompt=True,
+                                                                  return_dict=False)])
+    with torch.no_grad():
+        a = gen.backend.model(ids).logits[0, -1]
+        b = learner.model(ids).logits[0, -1]
+    assert np.allclose(a.numpy(), b.numpy(), atol=1e-4)
