@@ -106,7 +106,9 @@ class Loop:
         import ray
 
         cfg = self.cfg
-        n_chunks = min(len(tasks), 2 * len(a.agents))  # two chunks per agent keeps generation and execs overlapping
+        # One chunk per generator: generation dominates a round, and a generator is fastest on one large
+        # batch. (Sandbox execs take milliseconds, so there is little to overlap them with.)
+        n_chunks = max(1, min(len(tasks), len(a.generators), len(a.agents)))
         chunks = [tasks[i::n_chunks] for i in range(n_chunks)]
         self.reporter.phase(round_, phase, len(tasks) * samples)
         traj_refs = [
@@ -123,6 +125,23 @@ class Loop:
         metrics_ref, pairs_ref = a.recorder.record.options(num_returns=2).remote(
             round_, phase, traj_refs, score_refs, phase == "train")
         return ray.get(metrics_ref), pairs_ref
+
+    def _broadcast(self, a: Actors, weights, row: dict) -> int:
+        """Make `weights` live on every generator; time it against one in-memory copy of the tensors."""
+        import ray
+
+        t = time.monotonic()
+        self.reporter.phase(row["round"], "broadcast", len(a.generators))
+        loads = ray.get([g.load_weights.remote(weights) for g in a.generators])
+        broadcast_s = time.monotonic() - t
+        self.reporter.advance(len(a.generators))
+        copy_s = ray.get(a.learner.copy_benchmark.remote())
+        ray.get(a.recorder.record_weights.remote(weights))
+        row["seconds"]["broadcast"] = broadcast_s
+        row["broadcast"] = {"bytes": weights.num_bytes, "generators": len(loads),
+                            "load_s_max": max(x["total_s"] for x in loads), "wall_s": broadcast_s,
+                            "one_copy_s": copy_s}
+        return weights.version
 
     def _evaluate(self, a: Actors, round_: int) -> dict:
         metrics, _ = self._episodes(a, round_, "eval", self.heldout, 1, self.cfg.generator.eval_temperature)
@@ -163,24 +182,18 @@ class Loop:
                     t = time.monotonic()
                     self.reporter.phase(round_, "learn", 1)
                     learn = ray.get(a.learner.train.remote(pairs_ref))
-                    weights = ray.get(a.learner.publish.remote())  # small: version, checksum and a ref
-                    row["seconds"]["learn"] = time.monotonic() - t
                     row["dpo_loss"] = learn["dpo_loss"]
                     row["learner"] = learn
                     self.reporter.advance(1)
-
-                    t = time.monotonic()
-                    self.reporter.phase(round_, "broadcast", len(a.generators))
-                    loads = ray.get([g.load_weights.remote(weights) for g in a.generators])
-                    broadcast_s = time.monotonic() - t
-                    copy_s = ray.get(a.learner.copy_benchmark.remote())
-                    ray.get(a.recorder.record_weights.remote(weights))
-                    self.reporter.advance(len(a.generators))
-                    row["seconds"]["broadcast"] = broadcast_s
-                    row["broadcast"] = {"bytes": weights.num_bytes, "generators": len(loads),
-                                        "load_s_max": max(x["total_s"] for x in loads),
-                                        "wall_s": broadcast_s, "one_copy_s": copy_s}
-                    version = weights.version
+                    if not learn["pairs"]:
+                        # Nothing to learn from (every reward tied): the policy is unchanged, so no new version.
+                        row["seconds"]["learn"] = time.monotonic() - t
+                        self.reporter.message(f"round {round_}: no preference pairs (all rewards tied); "
+                                              f"keeping weights v{version}")
+                    else:
+                        weights = ray.get(a.learner.publish.remote())  # small: version, checksum and a ref
+                        row["seconds"]["learn"] = time.monotonic() - t
+                        version = self._broadcast(a, weights, row)
 
                 t = time.monotonic()
                 ev = self._evaluate(a, round_)

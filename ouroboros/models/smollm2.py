@@ -12,7 +12,7 @@ import shutil
 import time
 from pathlib import Path
 
-from ouroboros.models.cache import model_cache_dir
+from ouroboros.models.cache import model_cache_dir, prepare_lock
 
 NAME = "smollm2-135m-instruct"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -50,6 +50,13 @@ def prepare(force: bool = False, log=print) -> Path:
     out = prepared_dir()
     if is_prepared() and not force:
         return out
+    with prepare_lock(NAME):
+        if is_prepared() and not force:  # another process finished it while we waited
+            return out
+        return _build(out, log)
+
+
+def _build(out: Path, log) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

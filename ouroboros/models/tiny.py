@@ -14,7 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
-from ouroboros.models.cache import model_cache_dir
+from ouroboros.models.cache import model_cache_dir, prepare_lock
 
 NAME = "tiny-smollm2"
 RECIPE = {
@@ -31,9 +31,12 @@ RECIPE = {
 
 
 def _recipe_key() -> str:
+    from ouroboros.envs.tasks import prompt
     from ouroboros.envs.tasks.dataset import DATA
 
-    blob = json.dumps(RECIPE, sort_keys=True).encode() + DATA.read_bytes()
+    # The model is trained on prompts and replies, so a change to either makes a new model.
+    blob = (json.dumps(RECIPE, sort_keys=True) + prompt.SYSTEM + prompt.EXAMPLE_TASK + prompt.EXAMPLE_REPLY).encode()
+    blob += DATA.read_bytes()
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
@@ -49,6 +52,13 @@ def prepare(force: bool = False, log=print) -> Path:
     out = prepared_dir()
     if is_prepared() and not force:
         return out
+    with prepare_lock(NAME):
+        if is_prepared() and not force:  # another process finished it while we waited
+            return out
+        return _build(out, log)
+
+
+def _build(out: Path, log) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 

@@ -476,14 +476,10 @@ def run_limited(
     stop_at = deadline  # becomes a short grace once the main process has exited
     try:
         while True:
-            now = time.monotonic()
-            if not exited and pidfd < 0 and not streams:  # no pidfd: pipes closed, now wait
-                try:
-                    proc.wait(max(0.0, deadline - now))
-                    exited, end = True, time.monotonic()
-                    kill_tree()
-                except subprocess.TimeoutExpired:
-                    pass
+            if not exited and pidfd < 0 and _has_exited(proc.pid):  # kernels without pidfd
+                exited, end = True, time.monotonic()
+                kill_tree()
+                stop_at = min(stop_at, end + EXIT_GRACE_S)
             if exited and not streams:
                 break
             now = time.monotonic()
@@ -493,7 +489,8 @@ def run_limited(
                     kill_tree()
                     _drain(poller, streams, time.monotonic() + KILL_DRAIN_S)
                 break
-            for fd, _event in poller.poll(max(1, math.ceil((stop_at - now) * 1000))):
+            wait_ms = max(1, math.ceil((stop_at - now) * 1000))
+            for fd, _event in poller.poll(wait_ms if pidfd >= 0 else min(wait_ms, 10)):
                 if fd == pidfd:
                     exited, end = True, time.monotonic()
                     poller.unregister(pidfd)
@@ -522,6 +519,14 @@ def run_limited(
         timed_out=timed_out,
         duration_s=(end or time.monotonic()) - start,
     )
+
+
+def _has_exited(pid: int) -> bool:
+    """Whether the child has exited, leaving it unreaped (so its pid and pgid stay ours)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
 
 
 def _read(fd: int, poller: select.poll, streams: dict) -> None:
