@@ -91,6 +91,8 @@ class LearnerConfig(Section):
     batch_size: int = Field(8, ge=1, description="Pairs per optimizer step.")
     epochs: int = Field(2, ge=1, description="Passes over each round's pairs.")
     max_length: int = Field(768, ge=32, description="Prompt plus completion tokens kept per pair.")
+    publish: Literal["lora", "full"] = Field(
+        "lora", description="What a new version sends to generators: the adapter, or merged full weights.")
     threads: int = Field(2, ge=1, description="torch threads in the learner process.")
     num_gpus: float = Field(0, ge=0, description="GPUs for the learner where there are some.")
 

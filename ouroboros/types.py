@@ -125,7 +125,11 @@ class PreferencePair:
 
 @dataclass
 class WeightsRef:
-    """A published policy version. `ref` is the ObjectRef of a dict of numpy arrays."""
+    """A published policy version.
+
+    `ref` is the ObjectRef of one flat float32 buffer (or the buffer itself outside Ray);
+    `index` says which tensor lives where in it (see ouroboros/weights.py).
+    """
 
     version: int
     kind: str  # "lora" or "full"
@@ -133,6 +137,7 @@ class WeightsRef:
     checksum: str
     num_bytes: int
     base_model: str
+    index: tuple = ()
 
 
 # Arrow schemas of what goes into shards/round-NNNN/*.parquet.

@@ -1,11 +1,13 @@
 import numpy as np
 import pytest
+import torch
 
 from ouroboros.actors.generator import Generator, lora_settings
 from ouroboros.backends import BackendError, backend_class
 from ouroboros.config import load_config
 from ouroboros.envs.tasks import build_messages, load_tasks
 from ouroboros.types import Request, WeightsRef
+from ouroboros.weights import pack
 
 
 def _requests(n, temperature=1.0, seed=0):
@@ -49,19 +51,28 @@ def test_lora_weights_load_changes_outputs_and_tags_version(tiny_model_path):
     from transformers import AutoModelForCausalLM
 
     peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_path), LoraConfig(**lora_settings(cfg)))
-    rng = np.random.default_rng(0)
-    tensors = {n: rng.normal(0, 0.5, tuple(p.shape)).astype(np.float32)
-               for n, p in peft_model.named_parameters() if "lora_" in n}
-    info = gen.load_weights(WeightsRef(version=3, kind="lora", ref=tensors, checksum="x", num_bytes=0,
-                                       base_model="tiny"))
+    torch.manual_seed(0)
+    bucket = pack([(n, torch.randn(p.shape) * 0.5) for n, p in peft_model.named_parameters() if "lora_" in n])
+    info = gen.load_weights(WeightsRef(version=3, kind="lora", ref=bucket.flat, checksum="x", num_bytes=0,
+                                       base_model="tiny", index=bucket.index))
     assert info["version"] == 3 and gen.weights_version() == 3
     after = gen.generate(_requests(1, temperature=0.0))[0]
     assert after.weights_version == 3 and after.token_ids != before.token_ids
+    # The live parameters are views of one flat tensor holding exactly the published buffer.
+    live = dict(gen.backend.model.named_parameters())
+    for name, value in bucket.tensors().items():
+        assert np.array_equal(live[name].detach().numpy(), value)
+    # A second version of the same layout is one copy into the same storage.
+    flat_before = gen.backend._flat.flat.data_ptr()
+    gen.load_weights(WeightsRef(4, "lora", np.zeros_like(bucket.flat), "y", 0, "tiny", bucket.index))
+    assert gen.backend._flat.flat.data_ptr() == flat_before and gen.weights_version() == 4
+    assert gen.generate(_requests(1, temperature=0.0))[0].token_ids == before.token_ids  # zero adapter == base
 
 
 def test_unknown_tensor_names_are_refused(hf_generator):
+    bucket = pack([("nope.weight", torch.zeros(2))])
     with pytest.raises(BackendError, match="unknown tensors"):
-        hf_generator.load_weights(WeightsRef(1, "full", {"nope.weight": np.zeros(2, np.float32)}, "", 0, "tiny"))
+        hf_generator.load_weights(WeightsRef(1, "full", bucket.flat, "", 0, "tiny", bucket.index))
 
 
 def test_scripted_replays_in_order_and_follows_versions(tmp_path):
@@ -71,7 +82,7 @@ def test_scripted_replays_in_order_and_follows_versions(tmp_path):
     out = b.generate(_requests(4))
     assert [c.text for c in out] == ["one", "two", "from file", "one"]
     assert out[0].token_ids == list(b"one") and out[0].logprobs == [0.0, 0.0, 0.0]
-    b.load_weights({}, "lora", 5)
+    b.load_weights(np.zeros(0, np.float32), (), "lora", 5)
     assert b.generate(_requests(1))[0].weights_version == 5
     with pytest.raises(BackendError, match="nothing to replay"):
         backend_class("scripted")()

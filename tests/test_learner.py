@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from ouroboros.actors.generator import Generator
-from ouroboros.actors.learner import Learner, checksum
+from ouroboros.actors.learner import Learner
+from ouroboros.weights import checksum
 from ouroboros.config import load_config
 from ouroboros.envs.tasks import build_messages, load_tasks, reference_reply
 from ouroboros.types import PreferencePair, Request
@@ -30,8 +31,8 @@ def test_dpo_trains_publishes_versions_and_generators_follow(tiny_model_path, tm
     # DPO loss starts at log 2 (policy == reference) and must fall as the policy moves.
     assert first["dpo_loss"] < 0.6931 and first["rewards_margins"] > 0
     w1 = learner.publish()
-    assert w1.version == 1 and w1.kind == "lora" and w1.checksum == checksum(w1.ref)
-    assert all(".default." in name for name in w1.ref) and w1.num_bytes > 0
+    assert w1.version == 1 and w1.kind == "lora" and w1.checksum == checksum(w1.ref, w1.index)
+    assert all(".default." in e.name for e in w1.index) and w1.num_bytes == w1.ref.nbytes > 0
 
     # The reference stays the base model: TRL's "ref" adapter copy is removed every round.
     second = learner.train([pairs[:4], pairs[4:]])
@@ -53,3 +54,16 @@ def test_dpo_trains_publishes_versions_and_generators_follow(tiny_model_path, tm
         a = gen.backend.model(ids).logits[0, -1]
         b = learner.model(ids).logits[0, -1]
     assert np.allclose(a.numpy(), b.numpy(), atol=1e-4)
+
+    # Full weights (the adapter merged into the base) reach the same policy, and replace the adapter.
+    w3 = learner.publish("full")
+    names = [e.name for e in w3.index]
+    assert w3.kind == "full" and w3.version == 3 and not any("lora_" in n or ".base_layer" in n for n in names)
+    assert w3.checksum == checksum(w3.ref, w3.index)
+    gen.load_weights(w3)
+    assert not hasattr(gen.backend.model, "peft_config") and gen.weights_version() == 3
+    with torch.no_grad():
+        c = gen.backend.model(ids).logits[0, -1]
+    assert np.allclose(c.numpy(), b.numpy(), atol=1e-4)
+    # The learner's own adapter survives the merge for later rounds.
+    assert "default" in learner.model.peft_config and learner.train(pairs[:2])["steps"] > 0

@@ -8,7 +8,6 @@ versioned, checksummed `WeightsRef`.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import tempfile
 import time
@@ -16,16 +15,9 @@ import time
 from ouroboros.actors.generator import lora_settings
 from ouroboros.config import Config
 from ouroboros.types import PreferencePair, WeightsRef
+from ouroboros.weights import checksum, pack
 
 log = logging.getLogger(__name__)
-
-
-def checksum(tensors: dict) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    for name in sorted(tensors):
-        h.update(name.encode())
-        h.update(memoryview(tensors[name]).cast("B"))
-    return h.hexdigest()
 
 
 class Learner:
@@ -118,23 +110,45 @@ class Learner:
         self.model.eval()
         return metrics
 
-    def publish(self) -> WeightsRef:
-        """A new policy version: the adapter tensors, copied once and put in the object store."""
+    def _named(self, kind: str) -> list:
+        """What a version of `kind` publishes, as (name, tensor): the adapter alone, or the base
+        weights with the adapter merged in (call `pack` before unmerging)."""
+        if kind == "lora":
+            return [(n, p) for n, p in self.model.named_parameters() if "lora_" in n]
+        # Base-model names: PEFT renames each adapted weight to `<module>.base_layer.weight`.
+        return [(n.replace(".base_layer", ""), p) for n, p in self.model.get_base_model().named_parameters()
+                if "lora_" not in n]
+
+    def publish(self, kind: str | None = None) -> WeightsRef:
+        """A new policy version: its tensors packed once into one bucket and put in the object store."""
         import ray
 
-        tensors = {name: p.detach().to("cpu", copy=True).numpy()
-                   for name, p in self.model.named_parameters() if "lora_" in name}
+        kind = kind or self.cfg.learner.publish
+        if kind == "full":
+            self.model.merge_adapter()
+        try:
+            bucket = pack(self._named(kind))
+        finally:
+            if kind == "full":
+                self.model.unmerge_adapter()
         self.version += 1
-        ref = ray.put(tensors) if ray.is_initialized() else tensors
-        return WeightsRef(version=self.version, kind="lora", ref=ref, checksum=checksum(tensors),
-                          num_bytes=sum(a.nbytes for a in tensors.values()), base_model=self.base_model)
+        self._last_published = bucket.flat
+        ref = ray.put(bucket.flat) if ray.is_initialized() else bucket.flat
+        return WeightsRef(version=self.version, kind=kind, ref=ref, checksum=checksum(bucket.flat, bucket.index),
+                          num_bytes=bucket.flat.nbytes, base_model=self.base_model, index=bucket.index)
 
-    def copy_benchmark(self) -> float:
-        """Seconds for one in-memory copy of the published tensors: the broadcast's yardstick."""
-        tensors = [p.detach() for name, p in self.model.named_parameters() if "lora_" in name]
+    def copy_benchmark(self, kind: str | None = None) -> float:
+        """Seconds for one in-memory copy of the last published buffer (into memory already
+        allocated, the cheapest copy there is): the yardstick a broadcast is measured against."""
+        import numpy as np
+
+        flat = getattr(self, "_last_published", None)
+        if flat is None:
+            flat = pack(self._named(kind or self.cfg.learner.publish)).flat
+        dst = np.empty_like(flat)
+        np.copyto(dst, flat)  # touch the pages once so the timed copy measures bandwidth, not faults
         started = time.perf_counter()
-        for t in tensors:
-            t.to("cpu", copy=True)
+        np.copyto(dst, flat)
         return time.perf_counter() - started
 
 

@@ -28,8 +28,9 @@ class ModelBackend(abc.ABC):
     def generate(self, requests: list[Request]) -> list[Completion]:
         """One completion per request, in order."""
 
-    def load_weights(self, tensors: dict[str, Any], kind: str, version: int) -> None:
-        """Make a published policy version live. Backends without local weights refuse."""
+    def load_weights(self, flat: Any, index: tuple, kind: str, version: int) -> None:
+        """Make a published policy version live (a flat buffer laid out by `index`, see
+        ouroboros/weights.py). Backends without local weights refuse."""
         raise BackendError(
             f"backend {self.name!r} has no local weights to update; "
             "use the 'hf' or 'vllm' backend for the policy being trained"

@@ -46,7 +46,7 @@ class HFBackend(ModelBackend):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.max_batch = max_batch
         self.lora = lora  # the learner's LoRA settings; the adapter is attached on the first LoRA load
-        self.weights_checksum = ""
+        self._flat = None  # FlatParams, built on the first load of a given layout
 
     # -- weights -------------------------------------------------------------
     def _attach_lora(self) -> None:
@@ -57,20 +57,23 @@ class HFBackend(ModelBackend):
         self.model = get_peft_model(self.model, LoraConfig(**self.lora))
         self.model.eval()
 
-    def load_weights(self, tensors: dict[str, Any], kind: str, version: int) -> None:
-        """Copy published tensors into the live model: one copy per tensor, no re-allocation."""
-        torch = self.torch
+    def load_weights(self, flat: Any, index: tuple, kind: str, version: int) -> None:
+        """Make a published version live with one copy into a flat tensor the parameters live in."""
+        from ouroboros.weights import FlatParams
+
         if kind == "lora" and not hasattr(self.model, "peft_config"):
             self._attach_lora()
-        params = dict(self.model.named_parameters())
+            self._flat = None
         if kind == "full" and hasattr(self.model, "peft_config"):
-            params = {k.replace("base_model.model.", "", 1): v for k, v in params.items()}
-        missing = [name for name in tensors if name not in params]
-        if missing:
-            raise BackendError(f"weights version {version} names {len(missing)} unknown tensors, e.g. {missing[0]!r}")
-        with torch.no_grad():
-            for name, array in tensors.items():
-                params[name].copy_(torch.from_numpy(array))
+            # Full weights already hold any adapter merged in: drop ours so it is not applied twice.
+            self.model = self.model.unload()
+            self._flat = None
+        if self._flat is None or not self._flat.matches(index):
+            try:
+                self._flat = FlatParams(dict(self.model.named_parameters()), index)
+            except (KeyError, ValueError) as exc:
+                raise BackendError(f"weights version {version} does not fit this model: {exc}") from None
+        self._flat.load(flat)
         self.weights_version = version
 
     # -- generation ------------------------------------------------------------

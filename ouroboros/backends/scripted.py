@@ -54,7 +54,7 @@ class ScriptedBackend(ModelBackend):
                     finish_reason="length" if length else "stop"))
         return out
 
-    def load_weights(self, tensors: dict[str, Any], kind: str, version: int) -> None:
+    def load_weights(self, flat: Any, index: tuple, kind: str, version: int) -> None:
         # Replies do not depend on weights, but the version tag must follow the published policy
         # so a scripted run records which version each completion was made under.
         self.weights_version = version

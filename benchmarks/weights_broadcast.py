@@ -1,0 +1,60 @@
+"""Weight broadcast: the time to make a new version live on every generator, against one
+in-memory copy of the published tensors, measured in the same run.
+
+    .venv/bin/python benchmarks/weights_broadcast.py [--generators 2] [--repeats 5] [--model smollm2-135m-instruct]
+
+For each kind (lora: the adapter; full: base with adapter merged), the learner publishes a
+version (tensors copied once, put into the Ray object store), and every generator actor
+fetches it zero-copy and copies it into its live model. "broadcast" is the driver's wall time
+from issuing the loads to all generators reporting the version live; "one copy" is the
+learner copying the same tensors once in memory. Prints one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--generators", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    args = ap.parse_args()
+
+    import ray
+
+    from ouroboros.actors.generator import Generator
+    from ouroboros.actors.learner import Learner
+    from ouroboros.config import load_config
+
+    cfg = load_config("configs/default.yaml", [f"policy.model={args.model}", "generator.threads=1",
+                                               "learner.threads=1"])
+    ray.init(num_cpus=args.generators + 1, include_dashboard=False, log_to_driver=False)
+    learner = ray.remote(num_cpus=1)(Learner).remote(cfg)
+    gens = [ray.remote(num_cpus=1)(Generator).remote(cfg) for _ in range(args.generators)]
+    ray.get([g.weights_version.remote() for g in gens] + [learner.copy_benchmark.remote()])
+    results = {"model": args.model, "generators": args.generators, "repeats": args.repeats}
+    for kind in ("lora", "full"):
+        broadcast, copy, publish, nbytes = [], [], [], 0
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            weights = ray.get(learner.publish.remote(kind))
+            publish.append(time.perf_counter() - t)
+            nbytes = weights.num_bytes
+            t = time.perf_counter()
+            loads = ray.get([g.load_weights.remote(weights) for g in gens])
+            broadcast.append(time.perf_counter() - t)
+            assert all(x["version"] == weights.version for x in loads)
+            copy.append(ray.get(learner.copy_benchmark.remote(kind)))
+        b, c = statistics.median(broadcast), statistics.median(copy)
+        results[kind] = {"bytes": nbytes, "publish_s": statistics.median(publish), "broadcast_s": b,
+                         "one_copy_s": c, "ratio": b / c}
+    ray.shutdown()
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""The CLI as a user meets it: doctor, and Ctrl-C in the middle of a run."""
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import require_bwrap
+
+
+def test_doctor_reports_components_and_key_names_only(monkeypatch):
+    env = dict(os.environ, OPENAI_API_KEY="sk-secret-value-123")
+    env.pop("ANTHROPIC_API_KEY", None)
+    proc = subprocess.run([sys.executable, "-m", "ouroboros", "doctor", "--json"], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    facts = json.loads(proc.stdout)
+    for key in ("ray", "torch", "cuda", "vllm", "bwrap", "docker_engine", "api_keys_set"):
+        assert key in facts
+    assert facts["ray"] and facts["torch"]
+    assert facts["api_keys_set"] == ["OPENAI_API_KEY"]
+    assert "sk-secret" not in proc.stdout + proc.stderr
+
+
+def _ray_processes() -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,stat,args"], capture_output=True, text=True).stdout
+    return [l for l in out.splitlines()[1:]
+            if any(k in l for k in ("raylet", "gcs_server", "ray::", "default_worker.py", "bwrap --"))
+            and " Z" not in l]
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_finished_rounds_and_leaves_nothing_behind(tiny_model_path, tmp_path):
+    require_bwrap()
+    assert not _ray_processes(), "another Ray is running; this test needs the host to itself"
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "ouroboros", "run", "configs/smoke.yaml", "--rounds", "6",
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    summary = out / "summary.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if summary.exists() and len(json.loads(summary.read_text())["rounds"]) >= 2:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.stderr.read()[-2000:]
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "interrupted" in stderr
+
+    rounds = json.loads(summary.read_text())["rounds"]
+    assert len(rounds) >= 2 and [r["round"] for r in rounds] == list(range(len(rounds)))
+    db = sqlite3.connect(out / "ouroboros.db")
+    assert db.execute("SELECT status FROM runs").fetchone()[0] == "interrupted"
+    statuses = dict(db.execute("SELECT round, status FROM rounds"))
+    assert all(statuses[r["round"]] == "done" for r in rounds)
+    assert set(statuses.values()) <= {"done", "interrupted"}
+    deadline = time.monotonic() + 30
+    while _ray_processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _ray_processes()
