@@ -3,10 +3,11 @@
 What the program sees: /usr read-only (plus the merged-usr links /bin, /lib, ...), a fresh
 /proc, a minimal read-only /dev, private /tmp and /dev/shm (tmpfs, each capped at the memory
 limit), and its workdir at /work (read-write, the cwd). No other host file; the rest of the
-root is an empty read-only tmpfs. It runs as uid/gid 65534 with no
-capabilities, in its own user, pid, network (unless `network=True`), ipc, uts and cgroup
-namespaces, in a new session, with a cleared environment: PATH, HOME=/work, LANG=C.UTF-8,
-PYTHONDONTWRITEBYTECODE=1 and the allowlisted `env`.
+root is an empty read-only tmpfs. (With `network=True` also /etc/resolv.conf, hosts,
+nsswitch.conf and ssl, read-only.) It runs as uid/gid 65534 with no capabilities, in its own
+user, pid, network (unless `network=True`), ipc, uts and cgroup namespaces, in a new session,
+with a cleared environment: PATH, HOME=/work, LANG=C.UTF-8, PYTHONDONTWRITEBYTECODE=1 and the
+allowlisted `env`. Nested user namespaces are disabled.
 
 When the harness is root, bwrap itself is started as a fresh unprivileged host uid (see
 `runner.sandbox_ids`): run by root, bwrap maps the sandbox uid to host uid 0, where
@@ -154,5 +155,5 @@ class BwrapSandbox(Sandbox):
         return runner.build_result(outcome, cgroup_oom)
 
     def cleanup(self) -> None:
-        runner.remove_stale_cgroups()
+        runner.remove_stale_cgroups(wait_s=1.0)
 

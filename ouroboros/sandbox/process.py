@@ -9,7 +9,6 @@ development and trusted programs only; it refuses to start unless configured `un
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 
 from ouroboros.sandbox import runner
@@ -62,4 +61,4 @@ class ProcessSandbox(Sandbox):
         return runner.build_result(outcome, cgroup_oom)
 
     def cleanup(self) -> None:
-        runner.remove_stale_cgroups()
+        runner.remove_stale_cgroups(wait_s=1.0)

@@ -18,6 +18,7 @@ also what bwrap reports for the program it ran).
 """
 from __future__ import annotations
 
+import atexit
 import errno
 import functools
 import logging
@@ -30,7 +31,9 @@ import select
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -117,7 +120,10 @@ class Workdir:
             except OSError:
                 pass
 
-        shutil.rmtree(self.path, onerror=fix_and_retry)
+        if sys.version_info >= (3, 12):
+            shutil.rmtree(self.path, onexc=fix_and_retry)
+        else:
+            shutil.rmtree(self.path, onerror=fix_and_retry)
 
 
 # ----------------------------------------------------------------------------- ids
@@ -197,7 +203,8 @@ def cgroup_bases() -> dict[str, str]:
     return bases
 
 
-_stale_cgroups: set[str] = set()
+_stale_cgroups: set[str] = set()  # removed from use, rmdir pending until their tasks are gone
+_stale_lock = threading.Lock()
 
 
 class ChildCgroup:
@@ -230,11 +237,16 @@ class ChildCgroup:
         return "pids" in self.paths
 
     def open_procs(self) -> list[int]:
-        """Write-only fds of each cgroup.procs; the child writes b"0" (itself) to join."""
+        """Write-only fds of each cgroup's `tasks`; the child writes b"0" (itself) to join.
+
+        `tasks`, not `cgroup.procs`: moving the current (single) thread skips the global
+        threadgroup lock, whose write side waits out an RCU grace period (about 15 ms here,
+        on every exec that is not right after another one).
+        """
         fds: list[int] = []
         try:
             for path in self.paths.values():
-                fds.append(os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC))
+                fds.append(os.open(os.path.join(path, "tasks"), os.O_WRONLY | os.O_CLOEXEC))
         except OSError as exc:
             log.warning("could not open sandbox cgroup (%s); relying on rlimits", exc)
             for fd in fds:
@@ -258,23 +270,28 @@ class ChildCgroup:
         return False
 
     def kill_all(self) -> None:
-        """Stop forks, then SIGKILL everything in the cgroups until they are empty."""
+        """Stop forks, then SIGKILL everything in the cgroups.
+
+        Does not wait for the killed to finish dying (tearing down a namespace takes the kernel a
+        few ms); `remove` leaves a still-busy cgroup for a later sweep instead.
+        """
         if "pids" in self.paths:
             try:
                 _write(self.paths["pids"], "pids.max", "0")
             except OSError:
                 pass
-        for _ in range(200):
-            pids = self._pids()
-            if not pids:
+        killed: set[int] = set()
+        for _ in range(100):  # repeat only while new pids show up (forks that raced pids.max)
+            fresh = self._pids() - killed
+            if not fresh:
                 return
-            for pid in pids:
+            for pid in fresh:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
                     pass
-            time.sleep(0.002)
-        log.warning("processes left in sandbox cgroups %s after kill", list(self.paths.values()))
+            killed |= fresh
+        log.warning("processes still appearing in sandbox cgroups %s after kill", list(self.paths.values()))
 
     def _pids(self) -> set[int]:
         pids: set[int] = set()
@@ -287,8 +304,9 @@ class ChildCgroup:
         return pids
 
     def remove(self) -> None:
-        for path in self.paths.values():
-            _rmdir_cgroup(path)
+        """rmdir the cgroups; one whose killed processes are still exiting is swept later."""
+        with _stale_lock:
+            _stale_cgroups.update(self.paths.values())
         self.paths = {}
         remove_stale_cgroups()
 
@@ -298,27 +316,34 @@ def _write(directory: str, name: str, value: str) -> None:
         fh.write(value)
 
 
-def _rmdir_cgroup(path: str, tries: int = 50) -> bool:
-    for attempt in range(tries):
-        try:
-            os.rmdir(path)
-            return True
-        except FileNotFoundError:
-            return True
-        except OSError as exc:
-            if exc.errno != errno.EBUSY or attempt == tries - 1:
-                if path not in _stale_cgroups:
-                    log.warning("could not remove sandbox cgroup %s (%s); will retry later", path, exc)
-                _stale_cgroups.add(path)
-                return False
-            time.sleep(0.002)
-    return False
+def remove_stale_cgroups(wait_s: float = 0.0) -> None:
+    """rmdir every per-exec cgroup not yet removed; keep trying for up to `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        with _stale_lock:
+            pending = list(_stale_cgroups)
+        for path in pending:
+            try:
+                os.rmdir(path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                if exc.errno != errno.EBUSY:
+                    log.warning("cannot remove sandbox cgroup %s (%s); leaving it", path, exc)
+                else:
+                    continue
+            with _stale_lock:
+                _stale_cgroups.discard(path)
+        with _stale_lock:
+            left = sorted(_stale_cgroups)
+        if not left or time.monotonic() >= deadline:
+            if left and wait_s > 0:
+                log.warning("sandbox cgroups still busy after %.1f s: %s", wait_s, left)
+            return
+        time.sleep(0.005)
 
 
-def remove_stale_cgroups() -> None:
-    for path in list(_stale_cgroups):
-        if _rmdir_cgroup(path, tries=1):
-            _stale_cgroups.discard(path)
+atexit.register(remove_stale_cgroups, 1.0)
 
 
 # ----------------------------------------------------------------------------- spawning
@@ -338,7 +363,12 @@ def make_preexec(limits: Limits, procs_fds: Sequence[int], ids: tuple[int, int] 
     cpu = cpu_seconds(limits)
     # RLIMIT_NPROC counts every process of the host uid. A fresh uid from `sandbox_ids` has none
     # but the sandbox's; otherwise the harness user's own processes count too.
-    nproc = limits.pids if ids is not None else limits.pids + _processes_of(os.getuid())
+    if ids is not None:
+        nproc = limits.pids
+    elif os.geteuid() == 0:
+        nproc = limits.pids  # not enforced for root anyway
+    else:
+        nproc = limits.pids + _processes_of(os.getuid())
     wanted = [
         (resource.RLIMIT_AS, limits.memory_mb * MIB, limits.memory_mb * MIB),
         (resource.RLIMIT_FSIZE, limits.file_size_mb * MIB, limits.file_size_mb * MIB),
