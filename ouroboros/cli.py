@@ -199,7 +199,9 @@ def sandbox_exec(
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # Non-standalone mode returns a typer.Exit's code instead of exiting: pass it on.
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except _user_errors() as exc:
         # Plain write, not rich: the message must stay one line whatever the terminal width.
         sys.stderr.write(f"error: {exc}\n")

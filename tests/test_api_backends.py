@@ -250,7 +250,7 @@ def test_anthropic_connection_refused(loopback_only, monkeypatch):
 
 def test_anthropic_refuses_weight_updates(anthropic_backend):
     with pytest.raises(BackendError, match="no local weights"):
-        anthropic_backend().load_weights({}, "lora", 1)
+        anthropic_backend().load_weights(None, (), "lora", 1)
 
 
 # -- OpenAI -----------------------------------------------------------------------------
