@@ -47,9 +47,13 @@ class Completion:
     backend: str
     prompt_tokens: int = 0
     finish_reason: str = "stop"  # "stop" or "length"
+    # The provider's own count, for backends that return text without token ids (APIs).
+    output_tokens: int | None = None
 
     @property
     def completion_tokens(self) -> int:
+        if self.output_tokens is not None:
+            return self.output_tokens
         return len(self.token_ids)
 
 

@@ -102,7 +102,8 @@ def test_anthropic_generate(anthropic_server, anthropic_backend):
     for c in out:
         assert c.backend == "anthropic"
         assert c.weights_version == 3
-        assert c.token_ids == [] and c.logprobs == [] and c.completion_tokens == 0
+        assert c.token_ids == [] and c.logprobs == []
+    assert [c.completion_tokens for c in out] == [4, 2]  # the fake's usage.output_tokens
 
     posts = anthropic_server.posts
     assert len(posts) == 2
@@ -273,6 +274,7 @@ def test_openai_generate(openai_server, openai_backend):
     for c in out:
         assert c.backend == "openai" and c.weights_version == 5
         assert c.token_ids == [] and c.logprobs == []
+    assert [c.completion_tokens for c in out] == [2, 2]  # the fake's usage.completion_tokens
 
     posts = openai_server.posts
     assert all(r.path == "/v1/chat/completions" for r in posts)

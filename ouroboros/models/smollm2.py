@@ -8,11 +8,10 @@ model built fresh from the same config and saved from there.
 from __future__ import annotations
 
 import importlib.util
-import shutil
 import time
 from pathlib import Path
 
-from ouroboros.models.cache import model_cache_dir, prepare_lock
+from ouroboros.models.cache import model_cache_dir, prepare_once
 
 NAME = "smollm2-135m-instruct"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -47,16 +46,10 @@ def is_prepared() -> bool:
 
 def prepare(force: bool = False, log=print) -> Path:
     """Convert the packaged GGUF to a safetensors folder in the cache; a no-op when cached."""
-    out = prepared_dir()
-    if is_prepared() and not force:
-        return out
-    with prepare_lock(NAME):
-        if is_prepared() and not force:  # another process finished it while we waited
-            return out
-        return _build(out, log)
+    return prepare_once(NAME, prepared_dir(), is_prepared, lambda tmp: _build(tmp, log), force)
 
 
-def _build(out: Path, log) -> Path:
+def _build(tmp: Path, log) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -75,12 +68,6 @@ def _build(out: Path, log) -> Path:
     if missing or unexpected:
         raise ModelUnavailable(f"GGUF conversion mismatch: missing={missing[:5]} unexpected={unexpected[:5]}")
     fresh.generation_config = loaded.generation_config
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
     fresh.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    # Rename last so a killed conversion never leaves a folder that looks complete.
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    log(f"saved {NAME} to {out} in {time.monotonic() - started:.1f} s")
-    return out
+    log(f"converted {NAME} in {time.monotonic() - started:.1f} s")

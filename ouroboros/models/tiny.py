@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from pathlib import Path
 
-from ouroboros.models.cache import model_cache_dir, prepare_lock
+from ouroboros.models.cache import model_cache_dir, prepare_once
 
 NAME = "tiny-smollm2"
 RECIPE = {
@@ -49,16 +48,10 @@ def is_prepared() -> bool:
 
 
 def prepare(force: bool = False, log=print) -> Path:
-    out = prepared_dir()
-    if is_prepared() and not force:
-        return out
-    with prepare_lock(NAME):
-        if is_prepared() and not force:  # another process finished it while we waited
-            return out
-        return _build(out, log)
+    return prepare_once(NAME, prepared_dir(), is_prepared, lambda tmp: _build(tmp, log), force)
 
 
-def _build(out: Path, log) -> Path:
+def _build(tmp: Path, log) -> None:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -112,13 +105,8 @@ def _build(out: Path, log) -> Path:
         optimizer.step()
         optimizer.zero_grad()
     model.eval()
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    (tmp / "recipe.json").write_text(json.dumps({**RECIPE, "final_sft_loss": float(loss)}, indent=1))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    (tmp / "recipe.json").write_text(json.dumps({**RECIPE, "final_sft_loss": float(loss.detach())}, indent=1))
     log(f"built {NAME} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, "
-        f"sft loss {float(loss):.2f}) in {time.monotonic() - started:.1f} s at {out}")
-    return out
+        f"sft loss {float(loss.detach()):.2f}) in {time.monotonic() - started:.1f} s")
