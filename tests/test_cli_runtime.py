@@ -36,6 +36,9 @@ def _ray_processes() -> list[str]:
 @pytest.mark.slow
 def test_ctrl_c_keeps_finished_rounds_and_leaves_nothing_behind(tiny_model_path, tmp_path):
     require_bwrap()
+    deadline = time.monotonic() + 30  # an earlier test's Ray may still be shutting down
+    while _ray_processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert not _ray_processes(), "another Ray is running; this test needs the host to itself"
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "ouroboros", "run", "configs/smoke.yaml", "--rounds", "6",
