@@ -18,11 +18,17 @@ def submit(handle: Any, method: str, *args, **kwargs) -> Any:
 
 
 def resolve(value: Any) -> Any:
-    """Wait for what `submit` returned (an ObjectRef or a list of them); plain values pass through."""
+    """Wait for what `submit` returned: an ObjectRef is fetched, a plain value passes through."""
     import ray
 
-    if isinstance(value, ray.ObjectRef):
-        return ray.get(value)
-    if isinstance(value, list) and value and all(isinstance(v, ray.ObjectRef) for v in value):
-        return ray.get(value)
-    return value
+    return ray.get(value) if isinstance(value, ray.ObjectRef) else value
+
+
+def gather(items: Any) -> list:
+    """One flat list from a batch handed over by reference: a ref or list of refs, each to a
+    list of records (or to one record), or the same without refs when wired without Ray."""
+    out: list = []
+    for item in items if isinstance(items, list) else [items]:
+        value = resolve(item)
+        out.extend(value if isinstance(value, list) else [value])
+    return out

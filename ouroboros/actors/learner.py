@@ -13,6 +13,7 @@ import tempfile
 import time
 
 from ouroboros.actors.generator import lora_settings
+from ouroboros.actors.handles import gather
 from ouroboros.config import Config
 from ouroboros.types import PreferencePair, WeightsRef
 from ouroboros.weights import checksum, pack
@@ -59,10 +60,9 @@ class Learner:
 
     def train(self, batch_refs) -> dict:
         """One policy update from the round's pairs (refs, or lists of pairs in tests)."""
-        import ray
         from trl import DPOConfig, DPOTrainer
 
-        pairs = _flatten(batch_refs, ray)
+        pairs: list[PreferencePair] = gather(batch_refs)
         if not pairs:
             return {"dpo_loss": None, "pairs": 0, "steps": 0, "seconds": 0.0}
         started = time.monotonic()
@@ -150,15 +150,3 @@ class Learner:
         started = time.perf_counter()
         np.copyto(dst, flat)
         return time.perf_counter() - started
-
-
-def _flatten(batch_refs, ray) -> list[PreferencePair]:
-    items = batch_refs if isinstance(batch_refs, list) else [batch_refs]
-    out: list[PreferencePair] = []
-    for item in items:
-        value = ray.get(item) if isinstance(item, ray.ObjectRef) else item
-        if isinstance(value, PreferencePair):
-            out.append(value)
-        else:
-            out.extend(value)
-    return out

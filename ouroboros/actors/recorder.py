@@ -11,21 +11,12 @@ import json
 import time
 from pathlib import Path
 
+from ouroboros.actors.handles import gather
 from ouroboros.learn.pairs import build_pairs
 from ouroboros.store.db import RunDB
 from ouroboros.store.shards import write_shard
 from ouroboros.store.summary import Summary
 from ouroboros.types import COMPLETION_SCHEMA, PAIR_SCHEMA, Score, Trajectory, WeightsRef
-
-
-def _gather(refs) -> list:
-    import ray
-
-    out = []
-    for item in refs if isinstance(refs, list) else [refs]:
-        value = ray.get(item) if isinstance(item, ray.ObjectRef) else item
-        out.extend(value if isinstance(value, list) else [value])
-    return out
 
 
 class Recorder:
@@ -44,8 +35,8 @@ class Recorder:
 
     def record(self, round_: int, phase: str, trajectory_refs, score_refs, make_pairs: bool = False):
         """Store a phase's episodes; return (metrics, pairs). Called with num_returns=2 under Ray."""
-        trajectories: list[Trajectory] = _gather(trajectory_refs)
-        scores: list[Score] = _gather(score_refs)
+        trajectories: list[Trajectory] = gather(trajectory_refs)
+        scores: list[Score] = gather(score_refs)
         by_id = {s.trajectory_id: s for s in scores}
         completions, shard_rows, score_rows = [], [], []
         for t in trajectories:
