@@ -86,7 +86,7 @@ def build_actors(cfg: Config, run_dir: str, run_id: str) -> Actors:
     everything = [*generators, *runners, *agents, judge, learner, recorder]
     # Surface construction errors (a missing model, a missing bwrap) now, with their own message.
     ray.get([g.weights_version.remote() for g in generators] + [r.cleanup.remote() for r in runners]
-            + [learner.copy_benchmark.remote()])
+            + [learner.weights_version.remote()])
     return Actors(generators, runners, agents, judge, learner, recorder, everything)
 
 

@@ -23,6 +23,9 @@ def _pairs(n):
 def test_dpo_trains_publishes_versions_and_generators_follow(tiny_model_path, tmp_path):
     cfg = load_config("configs/smoke.yaml", ["learner.epochs=3", "learner.learning_rate=0.005"])
     learner = Learner(cfg)
+    assert learner.weights_version() == 0
+    with pytest.raises(RuntimeError, match="publish"):
+        learner.copy_benchmark()
     assert learner.train([]) == {"dpo_loss": None, "pairs": 0, "steps": 0, "seconds": 0.0}
 
     pairs = _pairs(8)
@@ -39,6 +42,7 @@ def test_dpo_trains_publishes_versions_and_generators_follow(tiny_model_path, tm
     assert "ref" not in learner.model.peft_config and second["steps"] > 0
     w2 = learner.publish()
     assert w2.version == 2 and w2.checksum != w1.checksum
+    assert learner.weights_version() == 2 and learner.copy_benchmark() > 0
 
     gen = Generator(cfg)
     task = load_tasks("train")[0]

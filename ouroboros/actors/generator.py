@@ -43,7 +43,6 @@ def lora_settings(cfg: Config) -> dict:
 class Generator:
     def __init__(self, cfg: Config) -> None:
         self.backend = backend_class(cfg.generator.backend)(**backend_kwargs(cfg))
-        self.weights_checksum = ""
 
     def generate(self, requests: list[Request]) -> list[Completion]:
         return self.backend.generate(requests)
@@ -56,7 +55,6 @@ class Generator:
         flat = ray.get(weights.ref) if isinstance(weights.ref, ray.ObjectRef) else weights.ref  # zero-copy
         fetched = time.perf_counter()
         self.backend.load_weights(flat, weights.index, weights.kind, weights.version)
-        self.weights_checksum = weights.checksum
         done = time.perf_counter()
         return {"version": weights.version, "fetch_s": fetched - started, "copy_s": done - fetched,
                 "total_s": done - started}

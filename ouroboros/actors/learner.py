@@ -47,6 +47,7 @@ class Learner:
             [p for p in self.model.parameters() if p.requires_grad], lr=cfg.learner.learning_rate)
         self.version = 0
         self.steps = 0
+        self._last_published = None  # the buffer of the latest version, for copy_benchmark
 
     def _dataset(self, pairs: list[PreferencePair]):
         from datasets import Dataset
@@ -137,14 +138,18 @@ class Learner:
         return WeightsRef(version=self.version, kind=kind, ref=ref, checksum=checksum(bucket.flat, bucket.index),
                           num_bytes=bucket.flat.nbytes, base_model=self.base_model, index=bucket.index)
 
-    def copy_benchmark(self, kind: str | None = None) -> float:
+    def weights_version(self) -> int:
+        """The latest published version (0 before any): also a cheap call to see the actor is up."""
+        return self.version
+
+    def copy_benchmark(self) -> float:
         """Seconds for one in-memory copy of the last published buffer (into memory already
         allocated, the cheapest copy there is): the yardstick a broadcast is measured against."""
         import numpy as np
 
-        flat = getattr(self, "_last_published", None)
+        flat = self._last_published
         if flat is None:
-            flat = pack(self._named(kind or self.cfg.learner.publish)).flat
+            raise RuntimeError("copy_benchmark measures a published version: call publish() first")
         dst = np.empty_like(flat)
         np.copyto(dst, flat)  # touch the pages once so the timed copy measures bandwidth, not faults
         started = time.perf_counter()
