@@ -23,11 +23,19 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-# System packages the sandboxes need, installed when we are root and they are missing.
+# System packages the sandboxes need, installed when we are root and they are missing; then a
+# Docker engine (started if none answers) and the sandbox base image (built once, cached).
 system:
-	@if ! command -v bwrap >/dev/null; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null; \
-	  else echo "bubblewrap is missing: sudo apt-get install -y bubblewrap"; fi; fi
+	@missing=""; \
+	command -v bwrap >/dev/null || missing="$$missing bubblewrap"; \
+	command -v dockerd >/dev/null || missing="$$missing docker.io"; \
+	command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then echo "installing$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing system packages:$$missing (sudo apt-get install -y$$missing)"; fi; fi
+	@if command -v dockerd >/dev/null; then \
+	  cluster/start_dockerd.sh && cluster/build_sandbox_image.sh \
+	    || echo "no Docker sandbox on this host: the docker backend is unavailable"; fi
 
 models: venv
 	$(VENV)/bin/ouroboros models prepare smollm2-135m-instruct

@@ -7,6 +7,7 @@ import shutil
 import sys
 from typing import Optional
 
+import pydantic
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -27,9 +28,9 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError,)
 def _user_errors() -> tuple[type[BaseException], ...]:
     from ouroboros.backends import BackendError
     from ouroboros.models.smollm2 import ModelUnavailable
-    from ouroboros.sandbox import SandboxUnavailable
+    from ouroboros.sandbox import SandboxError, SandboxUnavailable
 
-    return USER_ERRORS + (BackendError, SandboxUnavailable, ModelUnavailable)
+    return USER_ERRORS + (BackendError, SandboxUnavailable, SandboxError, ModelUnavailable)
 
 
 class RichReporter:
@@ -150,9 +151,16 @@ def _docker_engine() -> str | bool:
         import docker
 
         client = docker.from_env(timeout=3)
-        return f"engine {client.version().get('Version', '?')}"
+        version = client.version().get("Version", "?")
     except Exception:
         return False
+    from ouroboros.sandbox.docker import DEFAULT_IMAGE
+
+    try:
+        client.images.get(DEFAULT_IMAGE)
+        return f"engine {version}, {DEFAULT_IMAGE} present"
+    except Exception:
+        return f"engine {version}, {DEFAULT_IMAGE} missing (cluster/build_sandbox_image.sh)"
 
 
 @models_app.command("prepare")
@@ -172,24 +180,45 @@ def models_prepare(
 @sandbox_app.command("exec")
 def sandbox_exec(
     file: str = typer.Argument(..., help="Python file to run."),
-    backend: str = typer.Option("bwrap", "--backend", help="bwrap or process"),
+    backend: str = typer.Option("bwrap", "--backend", help="bwrap, docker or process"),
     timeout: float = typer.Option(10.0, "--timeout", help="Wall time in seconds."),
     memory: int = typer.Option(512, "--memory", help="Memory limit in MB."),
     unsafe: bool = typer.Option(False, "--unsafe", help="Allow the process backend, which does not isolate."),
     json_out: bool = typer.Option(False, "--json", help="Print exactly one JSON ExecResult."),
 ) -> None:
     """Run one Python file in a sandbox and print its ExecResult."""
-    from ouroboros.config import SandboxConfig
     from ouroboros.actors.sandbox_runner import SandboxRunner
+    from ouroboros.config import SandboxConfig
+    from ouroboros.sandbox import SandboxError, SandboxUnavailable
+    from ouroboros.types import ExecResult
 
     try:
-        program = open(file, encoding="utf-8", errors="replace").read()
+        with open(file, "rb") as fh:
+            program = fh.read().decode("utf-8", errors="replace")
     except OSError as exc:
         raise ConfigError(f"cannot read {file!r}: {exc.strerror}") from None
-    cfg = SandboxConfig(backend=backend, unsafe=unsafe, timeout_s=timeout, memory_mb=memory)
-    result = SandboxRunner(cfg).exec(program)
+    try:
+        cfg = SandboxConfig(backend=backend, unsafe=unsafe, timeout_s=timeout, memory_mb=memory)
+    except pydantic.ValidationError as exc:
+        raise ConfigError(f"sandbox exec: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None
+    runner = None
+    try:
+        runner = SandboxRunner(cfg)
+        result = runner.exec(program)
+    except (SandboxUnavailable, SandboxError) as exc:
+        if not json_out:
+            raise
+        # Still exactly one JSON object on stdout: the harness failure goes in `error`.
+        result = ExecResult(exit_code=-1, stdout="", stderr="", timed_out=False, oom=False,
+                            duration_s=0.0, truncated=False, error=str(exc))
+    finally:
+        if runner is not None:
+            runner.cleanup()
     if json_out:
-        print(json.dumps(result.to_dict()))
+        sys.stdout.write(json.dumps(result.to_dict()) + "\n")
+        sys.stdout.flush()
+        if result.error:
+            raise typer.Exit(2)
         return
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)

@@ -61,15 +61,24 @@ class GeneratorConfig(Section):
 
 
 class SandboxConfig(Section):
-    backend: Literal["bwrap", "process"] = Field("bwrap", description="Sandbox backend for model-written code.")
+    backend: Literal["bwrap", "docker", "process"] = Field(
+        "bwrap", description="Sandbox backend for model-written code: bwrap (default), docker, or process (unsafe)."
+    )
     runners: int = Field(2, ge=1, description="SandboxRunner actors; each takes one unit of the 'sandbox' resource.")
     unsafe: bool = Field(False, description="Required for the 'process' backend, which does not isolate.")
     timeout_s: float = Field(5.0, gt=0, description="Wall time per exec; the whole process tree is killed.")
-    memory_mb: int = Field(512, ge=16, description="Address-space limit per exec.")
+    memory_mb: int = Field(512, ge=16, description="Memory per exec (container); going over is reported as oom.")
     pids: int = Field(64, ge=1, description="Process and thread limit per exec.")
     output_bytes: int = Field(1 << 20, ge=1024, description="Captured bytes per stream; the rest is dropped.")
-    file_size_mb: int = Field(256, ge=1, description="Largest file an exec may write.")
-    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables passed in; nothing else is.")
+    disk_mb: int = Field(256, ge=1, description="Data an experiment may write into its workdir (and the largest file).")
+    cpus: float = Field(1.0, gt=0, description="CPU share per exec, in cores.")
+    env: dict[str, str] = Field(default_factory=dict, description="Environment variables passed in; nothing else is.")
+    network: bool = Field(False, description="Give sandboxed programs a network (off: no interface but loopback).")
+    image: str = Field("ouroboros-sandbox:base", description="docker: the base image (cluster/build_sandbox_image.sh).")
+    gpus: int = Field(0, ge=-1, description="docker: GPUs to request per container (-1: all).")
+    build_timeout_s: float = Field(600.0, gt=0, description="docker: time limit for building a Dockerfile.")
+    build_memory_mb: int = Field(2048, ge=64, description="docker: memory limit for a build's RUN steps.")
+    build_network: bool = Field(False, description="docker: let builds use the network (off: --network none).")
 
 
 class JudgeConfig(Section):

@@ -74,10 +74,12 @@ def build_actors(cfg: Config, run_dir: str, run_id: str) -> Actors:
 
     # Resource needs sit here, next to where each actor is made; placement is Ray's.
     gen_cls = ray.remote(num_cpus=cfg.generator.num_cpus, num_gpus=cfg.generator.num_gpus)(Generator)
-    runner_cls = ray.remote(num_cpus=0, resources={"sandbox": 1})(SandboxRunner)
+    # A docker runner that passes GPUs into its containers holds them in Ray's accounting too.
+    runner_gpus = max(cfg.sandbox.gpus, 0) if cfg.sandbox.backend == "docker" else 0
+    runner_cls = ray.remote(num_cpus=0, num_gpus=runner_gpus, resources={"sandbox": 1})(SandboxRunner)
     learner_cls = ray.remote(num_cpus=1, num_gpus=cfg.learner.num_gpus)(Learner)
     generators = [gen_cls.remote(cfg) for _ in range(cfg.generator.count)]
-    runners = [runner_cls.remote(cfg.sandbox) for _ in range(cfg.sandbox.runners)]
+    runners = [runner_cls.remote(cfg.sandbox, run_id) for _ in range(cfg.sandbox.runners)]
     agents = [ray.remote(num_cpus=0)(TasksAgent).remote(generators, runners, cfg.generator.max_new_tokens)
               for _ in range(cfg.env.agents)]
     judge = ray.remote(num_cpus=0)(TasksJudge).remote(cfg.judge)

@@ -78,6 +78,7 @@ class ExecResult:
     duration_s: float
     truncated: bool
     error: str = ""  # a harness failure (sandbox could not start), never the program's own
+    image: str = ""  # the image digest the program ran in, where the backend has images
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,4 +1,6 @@
-"""The local sandbox backends against the real thing: bubblewrap, rlimits, cgroups.
+"""bwrap- and process-specific behaviour: cgroups, rlimits, bwrap set-up failures, the unsafe flag.
+
+The behaviour every backend shares, and the attack suite, are in test_sandbox_conformance.py.
 
 Hostile programs (fork bombs, escapes, network probes) only ever run inside bwrap. The
 `process` backend (no isolation) only runs programs that are bounded by its rlimits.
@@ -24,7 +26,7 @@ from ouroboros.sandbox.process import ProcessSandbox
 
 REQUIRE = os.environ.get("OUROBOROS_REQUIRE_SANDBOX") == "1"
 TAG = f"ouroboros-test-{secrets.token_hex(6)}"  # in every sandboxed program's environment
-LIMITS = Limits(timeout_s=5.0, memory_mb=256, pids=32, output_bytes=64 * 1024, file_size_mb=16)
+LIMITS = Limits(timeout_s=5.0, memory_mb=256, pids=32, output_bytes=64 * 1024, disk_mb=16)
 
 
 @pytest.fixture(scope="module")
@@ -74,81 +76,6 @@ def assert_nothing_left(within_s: float = 1.0) -> None:
 
 
 # ----------------------------------------------------------------------------- both backends
-
-
-def test_marker_and_exit_zero(sandbox):
-    result = sandbox.exec("print('MARKER-42')")
-    assert result.exit_code == 0, result
-    assert result.stdout == "MARKER-42\n"
-    assert not (result.timed_out or result.oom or result.truncated) and result.error == ""
-    assert 0 < result.duration_s < LIMITS.timeout_s
-
-
-def test_nonzero_exit_and_traceback(sandbox):
-    assert sandbox.exec("import sys; sys.exit(7)").exit_code == 7
-    result = sandbox.exec("raise ValueError('boom')")
-    assert result.exit_code == 1 and "ValueError: boom" in result.stderr
-    assert not result.oom and not result.timed_out
-
-
-def test_files_are_written_and_importable(sandbox):
-    files = {"helper.py": "VALUE = 'from-helper'\n", "data/input.txt": "héllo\n"}
-    result = sandbox.exec("import helper; print(helper.VALUE, open('data/input.txt').read().strip())", files=files)
-    assert result.stdout == "from-helper héllo\n", result
-
-
-def test_bad_file_names_are_rejected(sandbox):
-    for name in ("../escape.py", "/etc/x", "main.py", ""):
-        with pytest.raises(ValueError):
-            sandbox.exec("pass", files={name: "x"})
-
-
-def test_infinite_loop_times_out_and_leaves_nothing(sandbox):
-    # A child that leaves the process group (where that can still be cleaned up), then spin.
-    escape = isinstance(sandbox, BwrapSandbox) or "pids" in runner.cgroup_bases() or os.geteuid() == 0
-    program = (
-        "import subprocess, sys, time\n"
-        f"subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], start_new_session={escape})\n"
-        "print('started', flush=True)\n"
-        "while True: pass\n"
-    )
-    start = time.monotonic()
-    result = sandbox.exec(program, limits=LIMITS.override(timeout_s=1.0))
-    assert time.monotonic() - start < 1.0 + 2.0
-    assert result.timed_out and not result.oom, result
-    assert result.stdout == "started\n"
-    assert_nothing_left()
-
-
-def test_memory_bomb_is_oom_not_timeout(sandbox):
-    result = sandbox.exec("chunks = []\nwhile True:\n    chunks.append(b'x' * 10_000_000)\n")
-    assert result.oom and not result.timed_out, result
-    assert result.exit_code != 0
-
-
-def test_output_flood_is_capped(sandbox):
-    cap = LIMITS.output_bytes
-    result = sandbox.exec("import sys\nsys.stdout.write('x' * 10_000_000)\nsys.stderr.write('e' * 3_000_000)\nprint('done', file=sys.stderr)")
-    assert result.exit_code == 0, result.stderr[-500:]
-    assert result.truncated
-    assert len(result.stdout.encode()) <= cap and len(result.stderr.encode()) <= cap
-    assert result.stdout == "x" * cap
-
-
-def test_binary_garbage_is_decoded(sandbox):
-    result = sandbox.exec("import os, sys\nsys.stdout.buffer.write(os.urandom(50_000) + b'\\xff\\xfe\\x00END')")
-    assert result.exit_code == 0
-    assert result.stdout.endswith("\x00END") and "\ufffd" in result.stdout
-
-
-def test_host_environment_is_not_visible(sandbox, monkeypatch):
-    canary = f"canary-{secrets.token_hex(8)}"
-    monkeypatch.setenv("OUROBOROS_SECRET_CANARY", canary)
-    result = sandbox.exec("import os; print(sorted(os.environ.items()))")
-    assert result.exit_code == 0
-    assert canary not in result.stdout and "OUROBOROS_SECRET_CANARY" not in result.stdout
-    assert TAG in result.stdout  # the allowlisted variable does get through
-    assert "PYTHONDONTWRITEBYTECODE" in result.stdout and "C.UTF-8" in result.stdout
 
 
 def test_cpu_rlimit_counts_as_timeout(sandbox):
@@ -251,26 +178,6 @@ def test_runs_as_non_root(bwrap):
         assert 0 not in host_uids
 
 
-def test_cannot_write_outside_work(bwrap):
-    leak = f"ouroboros-leak-{secrets.token_hex(6)}"
-    program = (
-        f"for path in ['/usr/{leak}', '/{leak}', '/etc/{leak}', '/proc/sys/kernel/hostname', '/dev/{leak}']:\n"
-        "    try:\n"
-        "        open(path, 'w').write('x')\n"
-        "        print(path, 'WROTE')\n"
-        "    except OSError as exc:\n"
-        "        print(path, 'DENIED')\n"
-        "open('/dev/null', 'w').write('x'); print('devnull ok')\n"
-        "open('/work/ok.txt', 'w').write('fine'); print('work ok')\n"
-        f"open('/tmp/{leak}', 'w').write('private'); print('tmp ok')\n"
-    )
-    result = bwrap.exec(program)
-    assert result.exit_code == 0, result
-    assert "WROTE" not in result.stdout, result.stdout
-    assert "work ok" in result.stdout and "tmp ok" in result.stdout and "devnull ok" in result.stdout
-    assert not os.path.exists(f"/tmp/{leak}") and not os.path.exists(f"/usr/{leak}")
-
-
 def test_file_size_limit(bwrap):
     program = (
         "try:\n"
@@ -281,24 +188,6 @@ def test_file_size_limit(bwrap):
     )
     result = bwrap.exec(program)
     assert result.stdout.startswith("LIMITED"), result
-
-
-def test_fork_bomb_is_contained(bwrap):
-    program = (
-        "import os\n"
-        "print('bomb', flush=True)\n"
-        "while True:\n"
-        "    try:\n"
-        "        os.fork()\n"
-        "    except OSError:\n"
-        "        pass\n"
-    )
-    start = time.monotonic()
-    result = bwrap.exec(program, limits=LIMITS.override(timeout_s=1.5, pids=24))
-    assert time.monotonic() - start < 1.5 + 2.0
-    assert result.timed_out and result.stdout.startswith("bomb"), result
-    assert_nothing_left()
-    assert bwrap.exec("print('alive')").stdout == "alive\n"  # the harness and sandbox survive
 
 
 def test_fork_bomb_is_contained_by_rlimits_alone(bwrap, monkeypatch):
@@ -375,3 +264,28 @@ def test_process_backend_warns_on_every_exec(process, caplog):
         process.exec("pass")
         process.exec("pass")
     assert sum("WITHOUT isolation" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_allowlisted_values_are_not_on_any_command_line(bwrap):
+    """The env allowlist reaches the program through bwrap's environment, not `--setenv`
+    arguments, which every host user can read in `ps`."""
+    secret = f"value-{secrets.token_hex(8)}"
+    box = BwrapSandbox(limits=LIMITS, env={"OUROBOROS_TAG": TAG, "SERVICE_TOKEN": secret})
+    seen: list[str] = []
+    thread = threading.Thread(target=lambda: seen.append(box.exec("import os, time; time.sleep(1)\n"
+                                                                  "print(os.environ['SERVICE_TOKEN'])").stdout))
+    thread.start()
+    try:
+        time.sleep(0.5)
+        cmdlines = []
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                try:
+                    cmdlines.append(open(f"/proc/{name}/cmdline", "rb").read())
+                except OSError:
+                    pass
+    finally:
+        thread.join()
+        box.cleanup()
+    assert seen == [secret + "\n"]
+    assert any(b"bwrap" in c for c in cmdlines) and not any(secret.encode() in c for c in cmdlines)

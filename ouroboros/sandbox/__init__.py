@@ -1,3 +1,16 @@
-from ouroboros.sandbox.base import Limits, Sandbox, SandboxUnavailable, sandbox_class, sandbox_names
+from ouroboros.sandbox.base import (
+    BuildFailed,
+    BuildUnsupported,
+    Limits,
+    Sandbox,
+    SandboxError,
+    SandboxUnavailable,
+    sandbox_class,
+    sandbox_names,
+)
+from ouroboros.sandbox.traits import TRAITS, Traits
 
-__all__ = ["Limits", "Sandbox", "SandboxUnavailable", "sandbox_class", "sandbox_names"]
+__all__ = [
+    "BuildFailed", "BuildUnsupported", "Limits", "Sandbox", "SandboxError", "SandboxUnavailable",
+    "TRAITS", "Traits", "sandbox_class", "sandbox_names",
+]

@@ -7,7 +7,8 @@ root is an empty read-only tmpfs. (With `network=True` also /etc/resolv.conf, ho
 nsswitch.conf and ssl, read-only.) It runs as uid/gid 65534 with no capabilities, in its own
 user, pid, network (unless `network=True`), ipc, uts and cgroup namespaces, in a new session,
 with a cleared environment: PATH, HOME=/work, LANG=C.UTF-8, PYTHONDONTWRITEBYTECODE=1 and the
-allowlisted `env`. Nested user namespaces are disabled.
+allowlisted `env`. Nested user namespaces are disabled. The environment reaches the program as
+bwrap's own environment, never as `--setenv` arguments, which any host user could read in `ps`.
 
 When the harness is root, bwrap itself is started as a fresh unprivileged host uid (see
 `runner.sandbox_ids`): run by root, bwrap maps the sandbox uid to host uid 0, where
@@ -19,7 +20,8 @@ import os
 import shutil
 
 from ouroboros.sandbox import runner
-from ouroboros.sandbox.base import Limits, Sandbox, SandboxUnavailable
+from ouroboros.sandbox.base import Limits, SandboxUnavailable
+from ouroboros.sandbox.local import LocalSandbox
 from ouroboros.types import ExecResult
 
 INSTALL_HINT = "run `apt-get install -y bubblewrap` (Debian package 'bubblewrap')"
@@ -38,7 +40,7 @@ def _system_dirs() -> list[str]:
     return args
 
 
-class BwrapSandbox(Sandbox):
+class BwrapSandbox(LocalSandbox):
     name = "bwrap"
 
     def __init__(
@@ -58,13 +60,11 @@ class BwrapSandbox(Sandbox):
                 f"sandbox python {python!r} must be an executable under /usr (the only host tree "
                 f"mounted in the sandbox), e.g. /usr/bin/python3 from Debian package 'python3'"
             )
+        super().__init__(limits, found if found.startswith("/usr/") else real, env, network)
         self.bwrap = bwrap
-        self.limits = limits or Limits()
-        self.python = found if found.startswith("/usr/") else real
-        self.network = network
-        self.env = runner.base_env("/work", env)
-        # Root starts bwrap as a throwaway unprivileged uid (NPROC applies, no root on the host).
-        # If this kernel refuses unprivileged user namespaces, fall back to bwrap as root.
+        self.env = runner.base_env("/work", self.extra_env)
+        # Root starts bwrap as the workdir's throwaway unprivileged uid (NPROC applies, no root
+        # on the host). If this kernel refuses unprivileged user namespaces, bwrap runs as root.
         self.fresh_uid = os.geteuid() == 0
         self._head = self._static_args()
         # Whether bwrap works here at all: under default limits, so a tight config is not
@@ -85,6 +85,9 @@ class BwrapSandbox(Sandbox):
                 f"namespaces (sysctl user.max_user_namespaces > 0)"
             )
 
+    def _ids(self) -> tuple[int, int] | None:
+        return runner.sandbox_ids() if self.fresh_uid else None
+
     def _static_args(self) -> list[str]:
         args = [self.bwrap, "--unshare-all", "--unshare-user"]
         if self.network:
@@ -97,19 +100,16 @@ class BwrapSandbox(Sandbox):
             "--uid", SANDBOX_ID,
             "--gid", SANDBOX_ID,
             "--hostname", "sandbox",
-            "--clearenv",
         ]
-        for key, value in self.env.items():
-            args += ["--setenv", key, value]
         args += ["--ro-bind", "/usr", "/usr", *_system_dirs(), "--proc", "/proc", "--dev", "/dev"]
         if self.network:  # name resolution and TLS roots; nothing else from /etc
             for path in ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/ssl"):
                 args += ["--ro-bind-try", path, path]
         return args
 
-    def _argv(self, workdir: str, limits: Limits) -> list[str]:
+    def _command(self, workdir: str, argv: list[str], limits: Limits) -> tuple[list[str], str, dict[str, str]]:
         size = str(limits.memory_mb * runner.MIB)  # each scratch tmpfs; the memory cgroup caps the sum
-        return [
+        host_argv = [
             *self._head,
             "--size", size, "--perms", "1777", "--tmpfs", "/tmp",
             "--size", size, "--perms", "1777", "--tmpfs", "/dev/shm",
@@ -118,21 +118,16 @@ class BwrapSandbox(Sandbox):
             "--remount-ro", "/",
             "--chdir", "/work",
             "--",
-            self.python, "main.py",
+            *argv,
         ]
-
-    def _run(self, program: str, files: dict[str, str] | None, limits: Limits) -> tuple[runner.Outcome, bool]:
-        ids = runner.sandbox_ids() if self.fresh_uid else None
-        return runner.run_in_workdir(
-            program, files, limits, ids,
-            lambda workdir: (self._argv(workdir, limits), "/", {"PATH": "/usr/bin:/bin"}),
-        )
+        # bwrap passes its own environment to the program: exactly the sandbox's.
+        return host_argv, "/", self.env
 
     def _probe(self, limits: Limits) -> str | None:
-        """None if bwrap runs `pass` under `limits`, else what went wrong."""
-        probe_limits = limits.override(timeout_s=max(limits.timeout_s, 10.0))
+        """None if bwrap runs `pass` under `limits` in a throwaway workdir, else what went wrong."""
+        probe = BwrapProbe(self, limits)
         try:
-            outcome, _ = self._run("pass", None, probe_limits)
+            outcome = probe.run()
         except SandboxUnavailable as exc:
             return str(exc)
         if outcome.returncode == 0:
@@ -140,9 +135,7 @@ class BwrapSandbox(Sandbox):
         message = outcome.stderr.decode("utf-8", errors="replace").strip()
         return message or f"exit code {outcome.returncode}"
 
-    def exec(self, program: str, files: dict[str, str] | None = None, limits: Limits | None = None) -> ExecResult:
-        limits = limits or self.limits
-        outcome, cgroup_oom = self._run(program, files, limits)
+    def _result(self, outcome: runner.Outcome, oom: bool, limits: Limits) -> ExecResult:
         if outcome.returncode == 1 and not outcome.stdout and outcome.stderr.startswith(b"bwrap: "):
             # Looks like bwrap's own setup failed, but the program could print that too: a
             # program-free probe under the same limits tells the two apart.
@@ -152,8 +145,28 @@ class BwrapSandbox(Sandbox):
                     f"bubblewrap (bwrap) failed to start the sandbox under {limits}: {failure} "
                     f"(its two helper processes count against `pids`)"
                 )
-        return runner.build_result(outcome, cgroup_oom)
+        return runner.build_result(outcome, oom)
 
-    def cleanup(self) -> None:
-        runner.remove_stale_cgroups(wait_s=1.0)
 
+class BwrapProbe:
+    """Runs `python -c pass` through the sandbox's bwrap command line in a throwaway workdir."""
+
+    def __init__(self, sandbox: BwrapSandbox, limits: Limits):
+        self.sandbox = sandbox
+        self.limits = limits.override(timeout_s=max(limits.timeout_s, 10.0))
+
+    def run(self) -> runner.Outcome:
+        from ouroboros.sandbox import reaper
+        from ouroboros.sandbox.workdir import HostWorkdir
+
+        ids = runner.sandbox_ids() if self.sandbox.fresh_uid else None
+        if ids is not None:
+            reaper.Janitor.ensure().track_uid(ids[0])
+        workdir = HostWorkdir(reaper.owner_token(), ids, 1)
+        cgroup = runner.ChildCgroup(self.limits)
+        try:
+            argv, cwd, env = self.sandbox._command(workdir.path, [self.sandbox.python, "-c", "pass"], self.limits)
+            return runner.run_limited(argv, cwd=cwd, env=env, limits=self.limits, cgroup=cgroup, ids=ids)
+        finally:
+            cgroup.remove()
+            workdir.remove()

@@ -2,9 +2,10 @@
 
 It gets the limits the `bwrap` backend gets (rlimits, per-exec cgroups where usable, wall
 timeout with a kill of its whole tree, output caps, a cleared environment plus the allowlist,
-a fresh temporary workdir as cwd and HOME, and an unprivileged host uid when the harness is
-root), but no namespaces: the program sees the host's files, processes and network. For
-development and trusted programs only; it refuses to start unless configured `unsafe: true`.
+the workdir as cwd and HOME, and an unprivileged host uid when the harness is root), but no
+namespaces: the program sees the host's files, processes and network. For development and
+trusted programs only; it refuses to start unless configured `unsafe: true`, and warns on
+every exec.
 """
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ import logging
 import shutil
 
 from ouroboros.sandbox import runner
-from ouroboros.sandbox.base import Limits, Sandbox, SandboxUnavailable
-from ouroboros.types import ExecResult
+from ouroboros.sandbox.base import Limits, SandboxUnavailable
+from ouroboros.sandbox.local import LocalSandbox
 
 log = logging.getLogger(__name__)
 
 
-class ProcessSandbox(Sandbox):
+class ProcessSandbox(LocalSandbox):
     name = "process"
 
     def __init__(
@@ -38,27 +39,15 @@ class ProcessSandbox(Sandbox):
         resolved = shutil.which(python)
         if resolved is None:
             raise SandboxUnavailable(f"sandbox python {python!r} not found or not executable")
-        self.limits = limits or Limits()
-        self.python = resolved
-        self.network = network
-        self.extra_env = dict(env or {})
-        runner.base_env("/", self.extra_env)  # validate now, not on the first exec
+        super().__init__(limits, resolved, env, network)
 
-    def exec(self, program: str, files: dict[str, str] | None = None, limits: Limits | None = None) -> ExecResult:
+    def _command(self, workdir: str, argv: list[str], limits: Limits) -> tuple[list[str], str, dict[str, str]]:
         log.warning(
             "process sandbox: running a program WITHOUT isolation (host files, processes%s visible)",
             "" if self.network else " and network",
         )
-        limits = limits or self.limits
-        ids = runner.sandbox_ids()
-
-        def command(workdir: str) -> tuple[list[str], str, dict[str, str]]:
-            env = runner.base_env(workdir, self.extra_env)
-            env.setdefault("TMPDIR", workdir)
-            return [self.python, "main.py"], workdir, env
-
-        outcome, cgroup_oom = runner.run_in_workdir(program, files, limits, ids, command)
-        return runner.build_result(outcome, cgroup_oom)
-
-    def cleanup(self) -> None:
-        runner.remove_stale_cgroups(wait_s=1.0)
+        env = runner.base_env(workdir, self.extra_env)
+        env.setdefault("TMPDIR", workdir)
+        if argv[0] != self.python:  # a command: resolve it on the sandbox PATH, as bwrap does
+            argv = [shutil.which(argv[0], path=env["PATH"]) or argv[0], *argv[1:]]
+        return argv, workdir, env

@@ -3,8 +3,7 @@
 `bwrap` and `process` differ only in the command line they start (bwrap wraps Python in
 namespaces; process runs it bare). Everything else lives here:
 
-- `Workdir`: a fresh temporary directory holding `main.py` and the extra files.
-- `ChildCgroup`: a per-exec cgroup (v1 `pids` and `memory` controllers) when the host lets us
+- `ChildCgroup`: a per-exec cgroup (v1 `pids`, `memory` and `cpu` controllers) when the host lets us
   make one; otherwise nothing, and the rlimits alone apply.
 - `sandbox_ids`: when the harness runs as root, the child is dropped to a fresh unprivileged host
   uid, so RLIMIT_NPROC is enforced (the kernel does not enforce it for root) and a program
@@ -28,15 +27,11 @@ import re
 import resource
 import secrets
 import select
-import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 from typing import Callable, Sequence
 
 from ouroboros.sandbox.base import Limits, SandboxUnavailable
@@ -57,73 +52,12 @@ SANDBOX_UID_SPAN = 1 << 24
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 CGROUP_PREFIX = "ouroboros-"
+CPU_PERIOD_US = 100_000
 
 _MEMORY_ERROR = re.compile(
     rb"(^|\n)MemoryError\b|Cannot allocate memory|Fatal Python error: .*(memory|alloc)|out of memory",
     re.IGNORECASE,
 )
-
-
-# ----------------------------------------------------------------------------- workdir
-
-
-def check_filename(name: str) -> str:
-    """A relative path inside the workdir, or ValueError."""
-    path = PurePosixPath(name)
-    if not name or path.is_absolute() or any(part in ("", ".", "..") for part in path.parts) or "\0" in name:
-        raise ValueError(f"sandbox file name must be a plain relative path, got {name!r}")
-    if str(path) == "main.py":
-        raise ValueError("sandbox files must not contain 'main.py': that is the program itself")
-    return str(path)
-
-
-class Workdir:
-    """A fresh directory with `main.py` and `files`, owned by `owner` (uid, gid) when given."""
-
-    def __init__(self, program: str, files: dict[str, str] | None, owner: tuple[int, int] | None):
-        names = {check_filename(name): text for name, text in (files or {}).items()}
-        self.path = tempfile.mkdtemp(prefix="ouroboros-sbx-")
-        try:
-            self._write("main.py", program, owner)
-            for name, text in names.items():
-                parent = os.path.dirname(name)
-                if parent:
-                    self._makedirs(parent, owner)
-                self._write(name, text, owner)
-            if owner is not None:
-                os.chown(self.path, *owner)
-        except BaseException:
-            self.remove()
-            raise
-
-    def _write(self, name: str, text: str, owner: tuple[int, int] | None) -> None:
-        full = os.path.join(self.path, name)
-        with open(full, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        if owner is not None:
-            os.chown(full, *owner)
-
-    def _makedirs(self, rel: str, owner: tuple[int, int] | None) -> None:
-        current = self.path
-        for part in PurePosixPath(rel).parts:
-            current = os.path.join(current, part)
-            if not os.path.isdir(current):
-                os.mkdir(current)
-                if owner is not None:
-                    os.chown(current, *owner)
-
-    def remove(self) -> None:
-        def fix_and_retry(func, path, _exc):  # the program may have chmod-ed things away
-            try:
-                os.chmod(os.path.dirname(path), 0o700)
-                func(path)
-            except OSError:
-                pass
-
-        if sys.version_info >= (3, 12):
-            shutil.rmtree(self.path, onexc=fix_and_retry)
-        else:
-            shutil.rmtree(self.path, onerror=fix_and_retry)
 
 
 # ----------------------------------------------------------------------------- ids
@@ -183,7 +117,7 @@ def cgroup_bases() -> dict[str, str]:
     left behind there once they are removed. Probed once per process.
     """
     bases: dict[str, str] = {}
-    for controller in ("pids", "memory"):
+    for controller in ("pids", "memory", "cpu"):
         own = _own_cgroup(controller)
         if own is None:
             continue
@@ -220,6 +154,9 @@ class ChildCgroup:
                 self.paths[controller] = path
                 if controller == "pids":
                     _write(path, "pids.max", str(max(1, limits.pids)))
+                elif controller == "cpu":
+                    _write(path, "cpu.cfs_period_us", str(CPU_PERIOD_US))
+                    _write(path, "cpu.cfs_quota_us", str(max(1000, int(limits.cpus * CPU_PERIOD_US))))
                 elif controller == "memory":
                     limit = str(limits.memory_mb * MIB)
                     _write(path, "memory.limit_in_bytes", limit)
@@ -371,7 +308,7 @@ def make_preexec(limits: Limits, procs_fds: Sequence[int], ids: tuple[int, int] 
         nproc = limits.pids + _processes_of(os.getuid())
     wanted = [
         (resource.RLIMIT_AS, limits.memory_mb * MIB, limits.memory_mb * MIB),
-        (resource.RLIMIT_FSIZE, limits.file_size_mb * MIB, limits.file_size_mb * MIB),
+        (resource.RLIMIT_FSIZE, limits.disk_mb * MIB, limits.disk_mb * MIB),
         (resource.RLIMIT_CPU, cpu, cpu + 1),  # SIGXCPU at the soft limit, SIGKILL one second on
         (resource.RLIMIT_NPROC, nproc, nproc),
         (resource.RLIMIT_CORE, 0, 0),
@@ -582,30 +519,6 @@ def _drain(poller: select.poll, streams: dict, until: float) -> None:
         for fd, _event in poller.poll(max(1, math.ceil((until - now) * 1000))):
             if fd in streams:
                 _read(fd, poller, streams)
-
-
-def run_in_workdir(
-    program: str,
-    files: dict[str, str] | None,
-    limits: Limits,
-    ids: tuple[int, int] | None,
-    command: Callable[[str], tuple[list[str], str, dict[str, str]]],
-) -> tuple[Outcome, bool]:
-    """Write a workdir, make the cgroups, run `command(workdir) -> (argv, cwd, env)`, clean up.
-
-    Returns the outcome and whether the memory cgroup OOM-killed anything.
-    """
-    workdir = Workdir(program, files, ids)
-    cgroup = None
-    try:
-        cgroup = ChildCgroup(limits)
-        argv, cwd, env = command(workdir.path)
-        outcome = run_limited(argv, cwd=cwd, env=env, limits=limits, cgroup=cgroup, ids=ids)
-        return outcome, cgroup.oom_killed()
-    finally:
-        if cgroup is not None:
-            cgroup.remove()
-        workdir.remove()
 
 
 def build_result(outcome: Outcome, cgroup_oom: bool) -> ExecResult:

@@ -1,0 +1,513 @@
+"""The `docker` backend: programs in a warm container per experiment, through the docker SDK.
+
+The container (from `ouroboros-sandbox:base`, or an environment built from a Dockerfile):
+- runs `sleep infinity` under Docker's init as PID 1, as uid 0 with *no* capabilities;
+  every exec runs as uid/gid 65534, so a program can neither signal nor ptrace PID 1;
+- has a read-only root, a tmpfs /tmp, and the host workdir (`workdir.HostWorkdir`, a size-
+  capped tmpfs when we are root) bind-mounted at /work as its only writable, persistent place;
+- drops every capability, sets no-new-privileges, uses private PID, IPC, UTS and network
+  namespaces (`--network none` unless the config enables it), and caps memory (no swap),
+  pids, CPU and file size (`fsize` ulimit);
+- gets the environment allowlist per exec, never the harness's environment;
+- carries the labels `ouroboros.run` and `ouroboros.owner` (see `reaper.py`).
+
+A warm container serves one experiment: `reset()` removes it together with its workdir, and
+the next exec starts a new one. An exec reads the multiplexed stream itself with a deadline; at
+the timeout, or when the main process has exited, every uid-65534 process in the container is
+SIGKILLed (`kill -9 -1` as that uid), so nothing outlives the exec.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import re
+import select
+import socket
+import struct
+import tarfile
+import threading
+import time
+from typing import Sequence
+
+from ouroboros.sandbox import dockerfile, reaper, runner
+from ouroboros.sandbox.base import BuildFailed, Limits, Sandbox, SandboxError, SandboxUnavailable
+from ouroboros.sandbox.local import PROGRAM_FILE, _argv
+from ouroboros.sandbox.workdir import HostWorkdir, check_path
+from ouroboros.types import ExecResult
+
+log = logging.getLogger(__name__)
+
+DEFAULT_IMAGE = "ouroboros-sandbox:base"
+ENV_REPO = "ouroboros-env"
+SANDBOX_USER = "65534:65534"
+INSTALL_HINT = (
+    "install an engine with `apt-get install -y docker.io` and start it with "
+    "`cluster/start_dockerd.sh` (or `systemctl start docker`)"
+)
+IMAGE_HINT = "build it with `cluster/build_sandbox_image.sh` (no registry is needed)"
+POLL_S = 0.05  # while waiting on output, how often to ask whether the main process exited
+BUILD_LOG_BYTES = 64 * 1024
+
+_reaped = False
+
+
+def _client():
+    try:
+        import docker
+    except ImportError as exc:  # pragma: no cover - it is in requirements.txt
+        raise SandboxUnavailable("the docker SDK is not installed: pip install docker") from exc
+    try:
+        client = docker.from_env(timeout=120)
+        client.ping()
+    except Exception as exc:
+        raise SandboxUnavailable(f"no Docker engine answers ({exc}); {INSTALL_HINT}") from None
+    return client
+
+
+class DockerSandbox(Sandbox):
+    name = "docker"
+
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        env: dict[str, str] | None = None,
+        network: bool = False,
+        image: str = DEFAULT_IMAGE,
+        run_id: str = "adhoc",
+        gpus: int = 0,
+        python: str = "python3",
+        build_timeout_s: float = 600.0,
+        build_memory_mb: int = 2048,
+        build_network: bool = False,
+    ):
+        global _reaped
+        import docker.errors
+
+        self._errors = docker.errors
+        self.limits = limits or Limits()
+        self.network = network
+        self.gpus = gpus
+        self.python = python
+        self.build_timeout_s = build_timeout_s
+        self.build_memory_mb = build_memory_mb
+        self.build_network = build_network
+        self.extra_env = dict(env or {})
+        self.env = runner.base_env("/work", self.extra_env)
+        self.client = _client()
+        try:
+            base = self.client.images.get(image)
+        except docker.errors.ImageNotFound:
+            raise SandboxUnavailable(f"the sandbox image {image!r} is missing; {IMAGE_HINT}") from None
+        self.base_image = image
+        self.environment = base.id  # what the next container starts from
+        self.allowed_images = {image, base.id}
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", run_id):
+            raise ValueError(f"run id {run_id!r} must be 1-64 letters, digits, '.', '_' or '-'")
+        self.labels = {reaper.RUN_LABEL: run_id, reaper.OWNER_LABEL: reaper.owner_label()}
+        if not _reaped:
+            _reaped = True
+            reaper.reap(self.client)
+        reaper.Janitor.ensure().track_docker()
+        self._workdir: HostWorkdir | None = None
+        self._container = None
+        self._container_key: tuple | None = None
+        self._cgroup_dirs: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ files
+
+    def workdir(self) -> HostWorkdir:
+        if self._workdir is None:
+            uid = int(SANDBOX_USER.split(":")[0])
+            # Owned by the sandbox uid; without root we cannot chown, and the program (65534)
+            # may then only write where the harness left the workdir writable.
+            ids = (uid, uid) if os.geteuid() == 0 else None
+            self._workdir = HostWorkdir(reaper.owner_token(), ids, self.limits.disk_mb)
+            if ids is None:
+                os.chmod(self._workdir.path, 0o777)
+        return self._workdir
+
+    def write_file(self, path: str, data: str | bytes) -> None:
+        self.workdir().write(path, data)
+
+    def read_file(self, path: str, max_bytes: int = 16 << 20) -> bytes:
+        return self.workdir().read(path, max_bytes)
+
+    # ------------------------------------------------------------------ container
+
+    def _ensure_container(self, limits: Limits):
+        key = (self.environment, limits.memory_mb, limits.pids, limits.cpus, limits.disk_mb)
+        if self._container is not None and self._container_key == key:
+            return self._container
+        self._remove_container()
+        import docker.types
+
+        mem = f"{limits.memory_mb}m"
+        disk = limits.disk_mb * runner.MIB
+        kwargs = dict(
+            image=self.environment,
+            command=["sleep", "infinity"],
+            detach=True,
+            init=True,
+            user="0:0",
+            working_dir="/work",
+            hostname="sandbox",
+            network_mode="bridge" if self.network else "none",
+            ipc_mode="private",
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            read_only=True,
+            tmpfs={"/tmp": f"size={mem},mode=1777", "/dev/shm": f"size={mem},mode=1777"},
+            volumes={self.workdir().path: {"bind": "/work", "mode": "rw"}},
+            mem_limit=mem,
+            memswap_limit=mem,
+            pids_limit=limits.pids + 2,  # docker-init and sleep
+            nano_cpus=int(limits.cpus * 1e9),
+            ulimits=[docker.types.Ulimit(name="fsize", soft=disk, hard=disk),
+                     docker.types.Ulimit(name="core", soft=0, hard=0)],
+            labels=self.labels,
+            environment={},
+        )
+        if self.gpus:
+            kwargs["device_requests"] = [docker.types.DeviceRequest(count=self.gpus, capabilities=[["gpu"]])]
+        try:
+            self._container = self.client.containers.run(**kwargs)
+        except self._errors.DockerException as exc:
+            raise SandboxError(f"could not start a sandbox container from {self.environment[:19]}: {exc}") from exc
+        self._container_key = key
+        self._cgroup_dirs = _cgroup_dirs(self._container.id)
+        return self._container
+
+    def _remove_container(self) -> None:
+        container, self._container, self._container_key = self._container, None, None
+        if container is not None:
+            try:
+                container.remove(force=True)
+            except self._errors.NotFound:
+                pass
+            except self._errors.DockerException as exc:
+                log.warning("could not remove sandbox container %s: %s (the reaper retries)", container.short_id, exc)
+
+    def reset(self) -> None:
+        self._remove_container()
+        if self._workdir is not None:
+            workdir, self._workdir = self._workdir, None
+            workdir.remove()
+
+    # ------------------------------------------------------------------ exec
+
+    def exec(
+        self,
+        program: str | None = None,
+        *,
+        command: Sequence[str] | None = None,
+        files: dict[str, str | bytes] | None = None,
+        limits: Limits | None = None,
+    ) -> ExecResult:
+        argv = _argv(program, command, self.python)
+        names = {check_path(name): data for name, data in (files or {}).items()}
+        limits = limits or self.limits
+        workdir = self.workdir()
+        if program is not None:
+            if PROGRAM_FILE in names:
+                raise ValueError(f"sandbox files must not contain {PROGRAM_FILE!r}: that is the program itself")
+            workdir.write(PROGRAM_FILE, program)
+        for name, data in names.items():
+            workdir.write(name, data)
+        container = self._ensure_container(limits)
+        ooms_before = self._oom_kills()
+        api = self.client.api
+        try:
+            exec_id = api.exec_create(container.id, argv, stdout=True, stderr=True, user=SANDBOX_USER,
+                                      workdir="/work", environment=self.env)["Id"]
+            sock = api.exec_start(exec_id, socket=True)
+        except self._errors.DockerException as exc:
+            self._remove_container()  # whatever state it is in, the next exec gets a fresh one
+            raise SandboxError(f"docker exec failed: {exc}") from exc
+        outcome = self._collect(sock, exec_id, container, limits)
+        oom = self._oom_kills() > ooms_before
+        result = runner.build_result(outcome, oom)
+        result.image = self.environment
+        return result
+
+    def _collect(self, sock, exec_id: str, container, limits: Limits) -> runner.Outcome:
+        start = time.monotonic()
+        deadline = start + limits.timeout_s
+        out, err = runner._Capped(limits.output_bytes), runner._Capped(limits.output_bytes)
+        frames = _FrameReader(sock)
+        timed_out = False
+        end = None
+        stop_at = deadline
+        next_check = start + POLL_S
+        try:
+            while True:
+                now = time.monotonic()
+                if now >= stop_at:
+                    if end is None:
+                        timed_out, end = True, now
+                    # Keep reading while the kill runs: an engine blocked on a full stream may
+                    # not start another exec in this container until the stream moves.
+                    killer = threading.Thread(target=self._kill_programs, args=(container,), daemon=True)
+                    killer.start()
+                    frames.drain(out, err, time.monotonic() + runner.KILL_DRAIN_S)
+                    frames.close()
+                    killer.join(30)
+                    break
+                if frames.pump(out, err, min(POLL_S, stop_at - now)):
+                    break  # EOF: the process and everything holding its pipes are gone
+                if end is None and time.monotonic() >= next_check:
+                    next_check = time.monotonic() + POLL_S
+                    if not self._running(exec_id):
+                        end = time.monotonic()  # main exited; give its pipes a grace, then clean up
+                        stop_at = min(stop_at, end + runner.EXIT_GRACE_S)
+        finally:
+            frames.close()
+        end = end or time.monotonic()
+        code = self._exit_code(exec_id)
+        if self._has_programs(container):  # a daemon that outlived the main process
+            self._kill_programs(container)
+        if timed_out or code is None:
+            code = 128 + 9
+        return runner.Outcome(returncode=code, stdout=out.value(), stderr=err.value(), stderr_tail=err.tail,
+                              truncated=out.truncated or err.truncated, timed_out=timed_out,
+                              duration_s=end - start)
+
+    def _running(self, exec_id: str) -> bool:
+        try:
+            return bool(self.client.api.exec_inspect(exec_id)["Running"])
+        except self._errors.DockerException:
+            return False
+
+    def _exit_code(self, exec_id: str) -> int | None:
+        for _ in range(40):  # the engine records the exit a moment after the stream ends
+            try:
+                info = self.client.api.exec_inspect(exec_id)
+            except self._errors.DockerException:
+                return None
+            if not info["Running"] and info["ExitCode"] is not None:
+                return int(info["ExitCode"])
+            time.sleep(0.005)
+        return None
+
+    def _has_programs(self, container) -> bool:
+        """Whether anything besides init and sleep runs (unknowable without the cgroup: assume so)."""
+        procs = self._cgroup_dirs.get("pids")
+        if procs is None:
+            return True
+        try:
+            with open(os.path.join(procs, "cgroup.procs")) as fh:
+                return sum(1 for line in fh if line.strip()) > 2
+        except OSError:
+            return True
+
+    def _kill_programs(self, container) -> None:
+        """SIGKILL every process of the sandbox uid in the container (PID 1 runs as another).
+
+        The kill runs detached (no stream to attach), and we wait until the cgroup is down to
+        init and sleep, or, where the cgroup cannot be read, until the kill exec has finished.
+        """
+        api = self.client.api
+        for _ in range(3):
+            try:
+                kill_id = api.exec_create(container.id, ["kill", "-9", "-1"], user=SANDBOX_USER)["Id"]
+                api.exec_start(kill_id, detach=True)
+            except self._errors.DockerException as exc:
+                log.warning("could not kill the programs in %s (%s); removing the container", container.short_id, exc)
+                self._remove_container()
+                return
+            for _ in range(200):
+                if "pids" in self._cgroup_dirs:
+                    if not self._has_programs(container):
+                        return
+                elif not self._running(kill_id):
+                    return
+                time.sleep(0.005)
+        if self._has_programs(container):
+            log.warning("programs in %s survived kill -9 -1; removing the container", container.short_id)
+            self._remove_container()
+
+    def _oom_kills(self) -> int:
+        memory = self._cgroup_dirs.get("memory")
+        if memory is None:
+            return 0
+        try:
+            with open(os.path.join(memory, "memory.oom_control")) as fh:
+                for line in fh:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            pass
+        return 0
+
+    # ------------------------------------------------------------------ environments
+
+    def build(self, dockerfile_text: str, files: dict[str, str | bytes] | None = None,
+              limits: Limits | None = None) -> str:
+        """Build `dockerfile_text` (no network, time and memory limits) and return the image id."""
+        if not isinstance(dockerfile_text, str):
+            raise BuildFailed("the Dockerfile must be text")
+        allowed = self.allowed_images | _our_images(self.client)
+        problems = dockerfile.check(dockerfile_text, allowed)
+        if problems:
+            raise BuildFailed("the Dockerfile was refused: " + "; ".join(problems), "\n".join(problems))
+        context = _context_tar(dockerfile_text, files or {})
+        digest = hashlib.sha256(context.getvalue()).hexdigest()[:16]
+        tag = f"{ENV_REPO}:{self.labels[reaper.RUN_LABEL]}-{digest}"
+        timeout_s = (limits.timeout_s if limits else None) or self.build_timeout_s
+        log_lines: list[str] = []
+        failure: list[str] = []
+        image_id: list[str] = []
+        import docker
+
+        api = docker.APIClient(base_url=self.client.api.base_url, timeout=int(timeout_s) + 30)
+
+        def run() -> None:
+            try:
+                for chunk in api.build(
+                    fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True, pull=False,
+                    network_mode="default" if self.build_network else "none",
+                    container_limits={"memory": self.build_memory_mb * runner.MIB,
+                                      "memswap": self.build_memory_mb * runner.MIB},
+                    labels=self.labels, decode=True,
+                ):
+                    if "stream" in chunk:
+                        log_lines.append(chunk["stream"])
+                    if "error" in chunk:
+                        failure.append(str(chunk["error"]).strip())
+                    if "aux" in chunk and isinstance(chunk["aux"], dict) and "ID" in chunk["aux"]:
+                        image_id.append(chunk["aux"]["ID"])
+            except Exception as exc:  # engine errors and the close below both end the build
+                failure.append(f"{type(exc).__name__}: {exc}")
+
+        worker = threading.Thread(target=run, name="docker-build", daemon=True)
+        worker.start()
+        worker.join(timeout_s)
+        timed_out = worker.is_alive()
+        if timed_out:
+            api.close()  # dropping the connection makes the engine cancel the build
+            worker.join(10)
+        text = _tail("".join(log_lines), BUILD_LOG_BYTES)
+        if timed_out:
+            raise BuildFailed(f"the build did not finish within {timeout_s:g} s and was cancelled", text)
+        if failure:
+            raise BuildFailed(f"the build failed: {failure[-1][:500]}", text + "\n" + failure[-1])
+        try:
+            image = self.client.images.get(tag)
+        except self._errors.DockerException as exc:
+            raise BuildFailed(f"the build reported success but {tag} is missing: {exc}", text) from None
+        return image.id
+
+    def use_environment(self, environment: str) -> None:
+        try:
+            image = self.client.images.get(environment)
+        except self._errors.ImageNotFound:
+            raise SandboxError(f"no environment {environment!r}; build one first") from None
+        if image.id not in self.allowed_images and (image.labels or {}).get(reaper.RUN_LABEL) is None:
+            raise SandboxError(f"image {environment!r} was not built by Ouroboros; refusing to run it")
+        if image.id != self.environment:
+            self.environment = image.id
+            self._remove_container()  # the workdir stays; the next exec starts the new image
+
+    def cleanup(self) -> None:
+        self.reset()
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+class _FrameReader:
+    """Reads Docker's multiplexed exec stream (8-byte header: stream, 0, 0, 0, length) off a raw
+    socket, with deadlines, into capped buffers."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.raw = sock._sock if hasattr(sock, "_sock") else sock
+        self.buffer = b""
+        self.eof = False
+
+    def _fill(self, timeout: float) -> bool:
+        """Read what is available within `timeout`. True at EOF."""
+        ready, _, _ = select.select([self.raw], [], [], max(0.0, timeout))
+        if not ready:
+            return False
+        try:
+            chunk = self.raw.recv(1 << 16)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self.eof = True
+            return True
+        self.buffer += chunk
+        return False
+
+    def _split(self, out, err) -> None:
+        while len(self.buffer) >= 8:
+            kind, size = self.buffer[0], struct.unpack(">I", self.buffer[4:8])[0]
+            if len(self.buffer) < 8 + size:
+                if size > len(self.buffer) + (1 << 22):
+                    pass  # large frame: keep reading
+                return
+            payload, self.buffer = self.buffer[8:8 + size], self.buffer[8 + size:]
+            (err.add(payload, True) if kind == 2 else out.add(payload, False))
+
+    def pump(self, out, err, timeout: float) -> bool:
+        eof = self._fill(timeout)
+        self._split(out, err)
+        return eof
+
+    def drain(self, out, err, until: float) -> None:
+        while not self.eof and time.monotonic() < until:
+            self.pump(out, err, until - time.monotonic())
+
+    def close(self) -> None:
+        try:
+            self.raw.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def _cgroup_dirs(container_id: str) -> dict[str, str]:
+    """Host paths of the container's cgroup v1 pids and memory directories, where readable."""
+    found = {}
+    for controller in ("pids", "memory"):
+        for parent in ("docker", f"system.slice/docker-{container_id}.scope"):
+            path = os.path.join(runner.CGROUP_ROOT, controller, parent)
+            path = path if parent.endswith(".scope") else os.path.join(path, container_id)
+            if os.path.isdir(path):
+                found[controller] = path
+                break
+    return found
+
+
+def _our_images(client) -> set[str]:
+    """Environments built by Ouroboros on this engine (any run): tags and ids."""
+    names: set[str] = set()
+    for image in client.images.list(filters={"label": reaper.RUN_LABEL}):
+        names.add(image.id)
+        names.update(image.tags)
+    return names
+
+
+def _context_tar(dockerfile_text: str, files: dict[str, str | bytes]) -> io.BytesIO:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        entries = {"Dockerfile": dockerfile_text, **{check_path(k): v for k, v in files.items()}}
+        for name, data in entries.items():
+            payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(payload), 0o644, 0
+            tar.addfile(info, io.BytesIO(payload))
+    buf.seek(0)
+    return buf
+
+
+def _tail(text: str, limit: int) -> str:
+    return text if len(text) <= limit else "[... build log truncated ...]\n" + text[-limit:]

@@ -1,0 +1,115 @@
+"""What the two host-process backends (`bwrap`, `process`) share: a host workdir per experiment,
+a sandbox uid per workdir, and one limited child process per exec (`runner.run_limited`).
+
+They differ only in the command line they start, which each supplies through `_command`.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Sequence
+
+from ouroboros.sandbox import reaper, runner
+from ouroboros.sandbox.base import Limits, Sandbox
+from ouroboros.sandbox.workdir import HostWorkdir, check_path
+from ouroboros.types import ExecResult
+
+PROGRAM_FILE = "main.py"
+
+_reaped = False
+
+
+def reap_once() -> None:
+    """The start-up sweep, once per process: leftover workdirs of dead owners on this host."""
+    global _reaped
+    if not _reaped:
+        _reaped = True
+        reaper.reap()
+
+
+class LocalSandbox(Sandbox):
+    def __init__(self, limits: Limits | None, python: str, env: dict[str, str] | None, network: bool):
+        self.limits = limits or Limits()
+        self.python = python
+        self.network = network
+        self.extra_env = dict(env or {})
+        runner.base_env("/", self.extra_env)  # validate now, not on the first exec
+        self._workdir: HostWorkdir | None = None
+        reap_once()
+
+    @abc.abstractmethod
+    def _command(self, workdir: str, argv: list[str], limits: Limits) -> tuple[list[str], str, dict[str, str]]:
+        """(host argv, host cwd, host env) that runs `argv` in the sandbox over `workdir`."""
+
+    def _ids(self) -> tuple[int, int] | None:
+        """The workdir's sandbox uid: a fresh unprivileged one when we are root, else None."""
+        return runner.sandbox_ids()
+
+    def workdir(self) -> HostWorkdir:
+        if self._workdir is None:
+            ids = self._ids()
+            if ids is not None:  # the janitor kills this uid's processes if we die mid-exec
+                reaper.Janitor.ensure().track_uid(ids[0])
+            else:
+                reaper.Janitor.ensure()
+            self._workdir = HostWorkdir(reaper.owner_token(), ids, self.limits.disk_mb)
+        return self._workdir
+
+    def write_file(self, path: str, data: str | bytes) -> None:
+        self.workdir().write(path, data)
+
+    def read_file(self, path: str, max_bytes: int = 16 << 20) -> bytes:
+        return self.workdir().read(path, max_bytes)
+
+    def exec(
+        self,
+        program: str | None = None,
+        *,
+        command: Sequence[str] | None = None,
+        files: dict[str, str | bytes] | None = None,
+        limits: Limits | None = None,
+    ) -> ExecResult:
+        argv = _argv(program, command, self.python)
+        names = {check_path(name): data for name, data in (files or {}).items()}
+        limits = limits or self.limits
+        workdir = self.workdir()
+        if program is not None:
+            if PROGRAM_FILE in names:
+                raise ValueError(f"sandbox files must not contain {PROGRAM_FILE!r}: that is the program itself")
+            workdir.write(PROGRAM_FILE, program)
+        for name, data in names.items():
+            workdir.write(name, data)
+        host_argv, cwd, env = self._command(workdir.path, argv, limits)
+        cgroup = runner.ChildCgroup(limits)
+        try:
+            outcome = runner.run_limited(host_argv, cwd=cwd, env=env, limits=limits, cgroup=cgroup, ids=workdir.ids)
+            oom = cgroup.oom_killed()
+        finally:
+            cgroup.remove()
+        return self._result(outcome, oom, limits)
+
+    def _result(self, outcome: runner.Outcome, oom: bool, limits: Limits) -> ExecResult:
+        return runner.build_result(outcome, oom)
+
+    def reset(self) -> None:
+        if self._workdir is not None:
+            workdir, self._workdir = self._workdir, None
+            if workdir.ids is not None:
+                runner.kill_uid(workdir.ids[0])
+            workdir.remove()
+
+    def cleanup(self) -> None:
+        self.reset()
+        runner.remove_stale_cgroups(wait_s=1.0)
+
+
+def _argv(program: str | None, command: Sequence[str] | None, python: str) -> list[str]:
+    if (program is None) == (command is None):
+        raise ValueError("exec takes exactly one of `program` (Python source) or `command` (an argv list)")
+    if command is not None:
+        argv = list(command)
+        if not argv or not all(isinstance(part, str) and "\0" not in part for part in argv):
+            raise ValueError(f"sandbox command must be a non-empty list of strings, got {command!r}")
+        return argv
+    if not isinstance(program, str):
+        raise ValueError(f"sandbox program must be Python source text, got {type(program).__name__}")
+    return [python, PROGRAM_FILE]

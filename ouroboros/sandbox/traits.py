@@ -1,0 +1,56 @@
+"""What each sandbox backend does and does not guarantee: the known differences, in one place.
+
+The conformance and attack suite (`tests/test_sandbox_conformance.py`) reads this table, so a
+backend is tested for exactly what it claims, and a difference cannot hide in a skipped test.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Traits:
+    isolated: bool  # host files, processes, network and the engine socket are out of reach
+    builds: bool  # `build(dockerfile)` makes environments
+    image: bool  # results carry an image digest
+    written_data_cap: str  # "total": the workdir is capped as a whole; "per-file": RLIMIT_FSIZE only
+    oom_report: str  # "cgroup": the memory cgroup's kill counter; "heuristic": exit status and stderr
+    gpus: bool  # can pass GPUs in when the config asks
+    note: str
+
+
+TRAITS: dict[str, Traits] = {
+    "bwrap": Traits(
+        isolated=True,
+        builds=False,
+        image=False,
+        # As root the workdir is a size-capped tmpfs; a non-root harness cannot mount one.
+        written_data_cap="total-as-root",
+        oom_report="cgroup-where-v1",
+        gpus=False,
+        note="namespaces + rlimits; per-exec cgroup v1 pids/memory/cpu when the harness may make "
+        "them. The host's /usr is visible read-only (it is the environment).",
+    ),
+    "docker": Traits(
+        isolated=True,
+        builds=True,
+        image=True,
+        written_data_cap="total-as-root",
+        oom_report="cgroup",
+        gpus=True,
+        note="a warm container per experiment; read-only root, tmpfs /tmp, the workdir bind-"
+        "mounted at /work. Builds run with --network none; the build container itself runs "
+        "with Docker's default capabilities (legacy builder), not ours.",
+    ),
+    "process": Traits(
+        isolated=False,
+        builds=False,
+        image=False,
+        written_data_cap="total-as-root",
+        oom_report="cgroup-where-v1",
+        gpus=False,
+        note="NO isolation: host files, processes and network are visible. Limits only. A "
+        "grandchild that starts its own session can outlive the exec when the harness is "
+        "neither root nor able to make cgroups.",
+    ),
+}
