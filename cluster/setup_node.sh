@@ -5,7 +5,14 @@ set -euo pipefail
 REPO=${1:-$(cd "$(dirname "$0")/.." && pwd)}
 cd "$REPO"
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-if ! command -v bwrap >/dev/null; then $SUDO apt-get update -qq && $SUDO apt-get install -y -qq bubblewrap; fi
+missing=""
+command -v bwrap >/dev/null || missing="$missing bubblewrap"
+command -v dockerd >/dev/null || missing="$missing docker.io"
+command -v debootstrap >/dev/null || missing="$missing debootstrap"
+if [ -n "$missing" ]; then $SUDO apt-get update -qq && $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing; fi
+# The docker sandbox backend: an engine, and the base image built locally (no registry needed).
+$SUDO cluster/start_dockerd.sh
+$SUDO cluster/build_sandbox_image.sh
 [ -x .venv/bin/python ] || python3 -m venv .venv
 # On a cloud node PyPI's torch==2.13.0 wheel is the CUDA build, which GPU workers need; on our CI
 # machines the same pin resolves to a local CPU wheel.
