@@ -91,6 +91,11 @@ def test_runner_killed_mid_exec_leaves_nothing_and_caller_can_retry(ray_session,
         ray.get(pending, timeout=30)
     assert wait_for(lambda: not tagged_pids(), 15), f"processes left behind: {tagged_pids()}"
     assert wait_for(lambda: not os.path.exists(workdir.owner_dir(owner)), 15), "workdir left behind"
+    from ouroboros.sandbox import runner
+
+    pid = owner.split("-")[0]
+    assert wait_for(lambda: not any(name.startswith(f"ouroboros-{pid}-") for base in runner.cgroup_bases().values()
+                                    for name in os.listdir(base)), 15), "per-exec cgroup left behind"
     if backend == "docker":
         import docker
 

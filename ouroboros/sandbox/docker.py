@@ -244,7 +244,11 @@ class DockerSandbox(Sandbox):
             while True:
                 now = time.monotonic()
                 if now >= stop_at:
-                    if end is None:
+                    if end is None and not self._running(exec_id):
+                        # Exited in time; only the engine was slow to close the stream (seen
+                        # under load). Not a timeout: the program's result stands.
+                        end = now
+                    elif end is None:
                         timed_out, end = True, now
                     # Keep reading while the kill runs: an engine blocked on a full stream may
                     # not start another exec in this container until the stream moves.
@@ -361,7 +365,7 @@ class DockerSandbox(Sandbox):
         image_id: list[str] = []
         import docker
 
-        api = docker.APIClient(base_url=self.client.api.base_url, timeout=int(timeout_s) + 30)
+        api = docker.from_env(timeout=int(timeout_s) + 30).api
 
         def run() -> None:
             try:
@@ -385,10 +389,27 @@ class DockerSandbox(Sandbox):
         worker.start()
         worker.join(timeout_s)
         timed_out = worker.is_alive()
+
+        def layers():
+            return re.findall(r"---> (?:Running in )?([0-9a-f]{12})", "".join(log_lines))
         if timed_out:
-            api.close()  # dropping the connection makes the engine cancel the build
+            running = re.findall(r"---> Running in ([0-9a-f]{12})", "".join(log_lines))
+            for cid in running[-1:]:
+                try:
+                    self.client.containers.get(cid).remove(force=True)
+                except self._errors.DockerException:
+                    pass
+            api.close()
             worker.join(10)
         text = _tail("".join(log_lines), BUILD_LOG_BYTES)
+        if timed_out or failure:
+            for ident in reversed(layers()):
+                try:
+                    img = self.client.images.get(ident)
+                    if not img.tags and img.id not in self.allowed_images:
+                        self.client.images.remove(img.id, force=False, noprune=True)
+                except self._errors.DockerException:
+                    pass
         if timed_out:
             raise BuildFailed(f"the build did not finish within {timeout_s:g} s and was cancelled", text)
         if failure:
@@ -499,7 +520,10 @@ def _our_images(client) -> set[str]:
 def _context_tar(dockerfile_text: str, files: dict[str, str | bytes]) -> io.BytesIO:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        entries = {"Dockerfile": dockerfile_text, **{check_path(k): v for k, v in files.items()}}
+        names = {check_path(k): v for k, v in files.items()}
+        if {"Dockerfile", ".dockerignore"} & set(names):  # the checked text must be what builds
+            raise BuildFailed("build context files may not be named 'Dockerfile' or '.dockerignore'")
+        entries = {**names, "Dockerfile": dockerfile_text}
         for name, data in entries.items():
             payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
             info = tarfile.TarInfo(name)

@@ -36,8 +36,11 @@ def logical_lines(text: str) -> list[tuple[int, str]]:
         if not current:
             start = number
         if stripped.endswith(escape):
-            current += stripped[:-1] + " "
+            piece = raw if current else raw.lstrip()
+            current += re.sub(re.escape(escape) + r"[ \t]*$", "", piece)
             continue
+        if current:
+            stripped = raw.rstrip()
         out.append((start, current + stripped))
         current = ""
     if current.strip():
@@ -82,9 +85,10 @@ def _check_instruction(number: int, line: str, allowed: set[str], stages: set[st
         if not rest_args:
             return [f"{where}: FROM names no image"]
         image = rest_args[0]
+        known = image.lower() in stages or image == "scratch" or image in allowed
         if len(rest_args) >= 3 and rest_args[1].upper() == "AS":
             stages.add(rest_args[2].lower())
-        if image.lower() in stages or image == "scratch" or image in allowed:
+        if known:
             return []
         return [f"{where}: image {image!r} is not available here (no registry can be reached); "
                 f"build on one of: {', '.join(sorted(allowed))}"]
@@ -95,8 +99,16 @@ def _check_instruction(number: int, line: str, allowed: set[str], stages: set[st
         if source_stage is not None and source_stage.lower() not in stages and source_stage not in allowed \
                 and not source_stage.isdigit():
             problems.append(f"{where}: --from={source_stage!r} is neither an earlier stage nor an available image")
+        text = " ".join(sources)
+        if text.startswith("["):
+            try:
+                import json
+                sources = [str(x) for x in json.loads(text)]
+            except ValueError:
+                pass
         for source in sources[:-1]:
-            if _REMOTE.search(source.strip("\"'[],")):
+            plain = re.sub(r"[\\\"']", "", source)
+            if _REMOTE.search(plain.strip("[],")) or "://" in plain or (keyword == "ADD" and "$" in plain):
                 problems.append(f"{where}: {source!r} is fetched from the network by the engine, which "
                                 f"builds may not reach; put the file in the build context instead")
         return problems

@@ -124,6 +124,9 @@ def reap_docker(client, only: str | None = None) -> tuple[int, int]:
 
 def reap(docker_client=None) -> None:
     """Start-up sweep: leftovers of dead owners on this host."""
+    from ouroboros.sandbox.runner import remove_orphan_cgroups
+
+    remove_orphan_cgroups()
     count = reap_workdirs()
     if count:
         log.info("removed sandbox workdirs of %d dead owner(s)", count)
@@ -194,10 +197,11 @@ def _janitor_main(owner: str) -> None:
             elif kind == "docker":
                 docker_used = True
     # The owner is gone: remove everything it may have left.
-    from ouroboros.sandbox.runner import kill_uid
+    from ouroboros.sandbox.runner import kill_uid, remove_orphan_cgroups
 
     for uid in uids:
         kill_uid(uid)
+    remove_orphan_cgroups(only_pid=int(owner.split("-")[0]))
     if docker_used:
         try:
             import docker

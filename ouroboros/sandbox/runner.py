@@ -283,6 +283,46 @@ def remove_stale_cgroups(wait_s: float = 0.0) -> None:
 atexit.register(remove_stale_cgroups, 1.0)
 
 
+def remove_orphan_cgroups(only_pid: int | None = None) -> int:
+    """rmdir per-exec cgroups whose owner process is dead (or is `only_pid`): what a runner
+    killed mid-exec leaves. Their processes are killed first. Returns how many were removed."""
+    removed = 0
+    pattern = re.compile(rf"^{re.escape(CGROUP_PREFIX)}(\d+)-[0-9a-f]+$")
+    for base in cgroup_bases().values():
+        try:
+            names = os.listdir(base)
+        except OSError:
+            continue
+        for name in names:
+            match = pattern.match(name)
+            if not match:
+                continue
+            pid = int(match.group(1))
+            if (only_pid is not None and pid != only_pid) or (only_pid is None and os.path.exists(f"/proc/{pid}")):
+                continue
+            path = os.path.join(base, name)
+            for _ in range(50):
+                try:
+                    with open(os.path.join(path, "cgroup.procs")) as fh:
+                        pids = [int(line) for line in fh if line.strip()]
+                except (OSError, ValueError):
+                    pids = []
+                for victim in pids:
+                    try:
+                        os.kill(victim, signal.SIGKILL)
+                    except OSError:
+                        pass
+                try:
+                    os.rmdir(path)
+                    removed += 1
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.01)
+    return removed
+
+
 # ----------------------------------------------------------------------------- spawning
 
 
