@@ -106,6 +106,45 @@ def run(
 
 
 @app.command()
+def experiment(
+    config: str = typer.Argument(..., help="YAML config, e.g. configs/smoke-experiment.yaml"),
+    cycles: Optional[int] = typer.Option(None, "--cycles", help="Experiment cycles to run in all (default 1)."),
+    parallel: int = typer.Option(1, "--parallel", min=1, help="Cycles running at once, each a Ray actor."),
+    interval_minutes: float = typer.Option(0.0, "--interval-minutes", min=0, help="Start a slot's next cycle this long after its last one started."),
+    wait_first: bool = typer.Option(False, "--wait-first", help="Wait one interval before the first cycle."),
+    forever: bool = typer.Option(False, "--forever", help="Keep running cycles until Ctrl-C."),
+    out: Optional[str] = typer.Option(None, "--out", help="Run directory (overrides run.out)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a field: --set experiment.max_actions=5 (repeatable)."),
+) -> None:
+    """Run autonomous experiment cycles (seed 000): SQLite rows, git commits, traces."""
+    from ouroboros.envs.experiment.prompt import TemplateError
+    from ouroboros.experiments import ExperimentDriver
+
+    cfg = load_config(config, set_)
+    if forever and cycles is not None:
+        raise ConfigError("--forever and --cycles exclude each other: pick one")
+    run_dir = out or cfg.run.out
+    try:
+        driver = ExperimentDriver(cfg, run_dir, on_result=lambda row: console.print(
+            f"experiment {row['experiment_id']}: {row['status']} after {row['actions']} action(s): {row['end_reason']}"))
+    except TemplateError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        rows = driver.run(cycles, parallel, interval_minutes * 60, forever, wait_first)
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted: {len(driver.results)} finished experiment(s) kept in {run_dir}")
+        raise typer.Exit(130)
+    table = Table(title="experiments")
+    for col in ("id", "status", "actions", "tokens", "end"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(str(r["experiment_id"]), r["status"], str(r["actions"]),
+                      str(r.get("prompt_tokens", 0) + r.get("completion_tokens", 0)), r["end_reason"][:60])
+    console.print(table)
+    console.print(f"run directory: {run_dir}  (git -C {run_dir}/experiments log)")
+
+
+@app.command()
 def doctor(json_out: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
     """What this host has: Ray, torch, CUDA, vLLM, bwrap, a Docker engine, API keys (names only)."""
     import importlib.util

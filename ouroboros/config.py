@@ -119,6 +119,46 @@ class RayConfig(Section):
     num_cpus: int | None = Field(None, ge=1, description="CPUs a local Ray advertises; None lets Ray count.")
 
 
+class ResearchConfig(Section):
+    web_search: bool = Field(False, description="Allow the web_search action (off by default).")
+    search_provider: Literal["google"] = Field("google", description="web_search provider.")
+    google_api_key_env: str = Field("GOOGLE_API_KEY", description="Environment variable with the Custom Search API key.")
+    google_engine_id_env: str = Field("GOOGLE_CSE_ID", description="Environment variable with the search engine id.")
+    search_endpoint: str | None = Field(None, description="Override the search endpoint (a test server).")
+    max_results: int = Field(5, ge=1, le=10, description="Hits per web_search.")
+    load_url: bool = Field(False, description="Allow the load_url action (off by default).")
+    allow_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts load_url may reach even on loopback/private addresses (tests). Public hosts need no entry.",
+    )
+    timeout_s: float = Field(10.0, gt=0, description="Time limit per web request.")
+    max_bytes: int = Field(2_000_000, ge=1024, description="Bytes read per page at most.")
+    max_chars: int = Field(20_000, ge=100, description="Characters of page text returned to the model.")
+
+
+class ExperimentConfig(Section):
+    template: str | None = Field(None, description="Prompt template (seed-000 variables); None uses the built-in one.")
+    max_actions: int = Field(10, ge=1, description="Actions per experiment.")
+    max_errors: int = Field(3, ge=1, description="Consecutive failed actions that end an experiment.")
+    time_limit_s: float = Field(3600.0, gt=0, description="Wall time per experiment, a running action included.")
+    max_tokens: int = Field(200_000, ge=1, description="Prompt plus completion tokens per experiment.")
+    max_cost_usd: float | None = Field(None, gt=0, description="Cost budget per experiment for API providers.")
+    price_input_per_mtok: float = Field(0.0, ge=0, description="USD per million prompt tokens.")
+    price_output_per_mtok: float = Field(0.0, ge=0, description="USD per million completion tokens.")
+    query_retries: int = Field(2, ge=0, description="Re-asks after a reply that is not a valid action.")
+    max_new_tokens: int = Field(2048, ge=16, description="Tokens per model reply.")
+    temperature: float = Field(0.7, ge=0, description="Sampling temperature of the model's replies.")
+    context_chars: int = Field(24_000, ge=2000, description="Prompt size the history is trimmed to fit.")
+    result_chars: int = Field(4000, ge=200, description="Characters of each action's result kept in the history.")
+    prev_experiments: int = Field(3, ge=0, description="Earlier experiments summarized in {prev_data}.")
+    search_results: int = Field(5, ge=1, description="Ranked snippets per search action.")
+    dockerfile: str = Field(
+        "FROM ouroboros-sandbox:base\nWORKDIR /work\n",
+        description="The environment every experiment starts from (shown as {current_dockerfile}).",
+    )
+    research: ResearchConfig = Field(default_factory=ResearchConfig)
+
+
 class Config(Section):
     run: RunConfig = Field(default_factory=RunConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
@@ -128,6 +168,7 @@ class Config(Section):
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     env: EnvConfig = Field(default_factory=EnvConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
 
 
 def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:

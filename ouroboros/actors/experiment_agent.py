@@ -1,0 +1,120 @@
+"""ExperimentAgent: runs experiment cycles (seed 000) with shared generator and sandbox pools.
+
+A plain class; `experiments.py` wraps it with `ray.remote`, one actor per parallel cycle slot.
+It talks to the pools through handles: generation and sandbox sessions are actor calls, so
+many agents share a few generators and runners. A session stays on the runner that opened it
+(its workdir and warm container live there).
+"""
+from __future__ import annotations
+
+import itertools
+import secrets
+
+from ouroboros.config import Config
+from ouroboros.envs.experiment.cycle import ExperimentCycle
+from ouroboros.types import Completion, ExecResult, Request
+
+
+class RunnerPool:
+    """The `Sandboxes` protocol over SandboxRunner handles (Ray actors) or plain runners."""
+
+    def __init__(self, runners: list, start: int = 0) -> None:
+        self.runners = runners
+        self._next = itertools.count(start)
+        self.sessions: dict[str, tuple[object, str]] = {}
+
+    @staticmethod
+    def _call(method, *args, **kwargs):
+        if hasattr(method, "remote"):
+            import ray
+
+            try:
+                return ray.get(method.remote(*args, **kwargs))
+            except ray.exceptions.RayTaskError as exc:
+                # The actor's own exception (BuildFailed, SandboxError, BackendError), not Ray's
+                # wrapper, whose message carries a remote traceback.
+                cause = getattr(exc, "cause", None)
+                if isinstance(cause, Exception):
+                    raise cause from None
+                raise
+        return method(*args, **kwargs)
+
+    def open(self) -> str:
+        runner = self.runners[next(self._next) % len(self.runners)]
+        session = self._call(runner.open_session)
+        self.sessions[session] = (runner, session)
+        return session
+
+    def exec(self, session: str, program: str, timeout_s: float) -> ExecResult:
+        runner, sid = self.sessions[session]
+        return self._call(runner.exec, program, None, {"timeout_s": timeout_s}, session=sid)
+
+    def build(self, session: str, dockerfile: str) -> str:
+        runner, sid = self.sessions[session]
+        return self._call(runner.build, sid, dockerfile)
+
+    def close(self, session: str) -> None:
+        runner, sid = self.sessions.pop(session)
+        self._call(runner.close_session, sid)
+
+
+class ResearchTools:
+    """web_search and load_url as the cycle sees them: text results, ResearchError on failure."""
+
+    def __init__(self, cfg: Config) -> None:
+        from ouroboros.envs.experiment import research
+
+        self.r, self.cfg = research, cfg.experiment.research
+        self.provider = None
+        if self.cfg.web_search:
+            self.provider = research.make_search_provider(
+                self.cfg.search_provider, self.cfg.google_api_key_env, self.cfg.google_engine_id_env,
+                self.cfg.search_endpoint)
+
+    def web_search(self, query: str) -> str:
+        if self.provider is None:
+            raise self.r.ResearchError("web_search is disabled in this config (experiment.research.web_search)")
+        hits = self.provider.search(query, self.cfg.max_results)
+        if not hits:
+            return "no results"
+        return "\n\n".join(f"{h.title}\n{h.url}\n{h.snippet}" for h in hits)
+
+    def load_url(self, url: str) -> str:
+        if not self.cfg.load_url:
+            raise self.r.ResearchError("load_url is disabled in this config (experiment.research.load_url)")
+        page = self.r.load_url(url, allow_hosts=self.cfg.allow_hosts, timeout_s=self.cfg.timeout_s,
+                               max_bytes=self.cfg.max_bytes, max_chars=self.cfg.max_chars)
+        note = " (truncated)" if page.truncated else ""
+        return f"{page.url} [{page.status} {page.content_type}]{note}\n{page.text}"
+
+
+class ExperimentAgent:
+    def __init__(self, cfg: Config, run_id: str, run_dir: str, generators: list, runners: list, slot: int = 0) -> None:
+        from pathlib import Path
+
+        from ouroboros.sandbox import reaper
+        from ouroboros.store.experiments import ExperimentStore
+        from ouroboros.store.git_repo import ExperimentRepo
+
+        self.cfg, self.run_id = cfg, run_id
+        self.generators = generators
+        self.pool = RunnerPool(runners, start=slot)
+        self.store = ExperimentStore(Path(run_dir) / "ouroboros.db")
+        self.repo = ExperimentRepo(Path(run_dir) / "experiments")
+        self.log_path = str(Path(run_dir) / "experiments.log")
+        self.research = ResearchTools(cfg) if (cfg.experiment.research.web_search or cfg.experiment.research.load_url) else None
+        self.owner = reaper.owner_token()
+        # One generator per slot: spreads slots over the pool, and a `scripted` generator then
+        # replays its script to one cycle at a time, in order.
+        self.generator = generators[slot % len(generators)]
+
+    def _generate(self, messages: list[dict]) -> Completion:
+        generator = self.generator
+        request = Request(id=secrets.token_hex(8), messages=messages,
+                          max_new_tokens=self.cfg.experiment.max_new_tokens,
+                          temperature=self.cfg.experiment.temperature)
+        return RunnerPool._call(generator.generate, [request])[0]
+
+    def run_cycle(self, cycle: int) -> dict:
+        return ExperimentCycle(self.cfg, self.run_id, cycle, self.owner, self._generate, self.pool, self.store,
+                               self.repo, self.research, self.log_path).run()

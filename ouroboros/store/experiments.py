@@ -1,0 +1,178 @@
+"""Experiments (seed 000) in the run's SQLite: experiments, steps, trace spans, and FTS5 search.
+
+Many cycles write at once, each through its own connection (WAL, busy timeout), so:
+- experiment ids come from SQLite's AUTOINCREMENT inside the insert (`RETURNING id`), which is
+  unique under concurrency; nothing computes `MAX(id) + 1`;
+- an experiment row is inserted as `running` before its first action and is finished in one
+  transaction with its search entry; a cycle that crashes is marked `failed` by its `finally`,
+  and one whose process died is marked `failed` by `fail_orphans` (its owner is gone).
+"""
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import time
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS experiments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT, cycle INTEGER, owner TEXT, status TEXT,
+    end_reason TEXT, started_at REAL, finished_at REAL, notes TEXT, dockerfile TEXT, environment TEXT,
+    actions INTEGER DEFAULT 0, errors INTEGER DEFAULT 0, prompt_tokens INTEGER DEFAULT 0,
+    completion_tokens INTEGER DEFAULT 0, cost_usd REAL DEFAULT 0, history_trimmed INTEGER DEFAULT 0,
+    git_commit TEXT
+);
+CREATE INDEX IF NOT EXISTS experiments_status ON experiments (status, finished_at);
+CREATE TABLE IF NOT EXISTS steps (
+    experiment_id INTEGER, idx INTEGER, action TEXT, data TEXT, notes TEXT, valid INTEGER, error TEXT,
+    result TEXT, ok INTEGER, attempts INTEGER, started_at REAL, duration_s REAL,
+    prompt_tokens INTEGER, completion_tokens INTEGER, PRIMARY KEY (experiment_id, idx)
+);
+CREATE TABLE IF NOT EXISTS traces (
+    id TEXT PRIMARY KEY, experiment_id INTEGER, parent_id TEXT, kind TEXT, name TEXT,
+    started_at REAL, duration_s REAL, prompt_tokens INTEGER, completion_tokens INTEGER, attrs TEXT
+);
+CREATE INDEX IF NOT EXISTS traces_experiment ON traces (experiment_id, started_at);
+CREATE VIRTUAL TABLE IF NOT EXISTS experiments_fts USING fts5(
+    experiment_id UNINDEXED, notes, code, results, errors, tokenize = 'porter unicode61'
+);
+"""
+
+_WORD = re.compile(r"[A-Za-z0-9_]{2,}")
+
+
+def fts_query(text: str, max_terms: int = 24) -> str:
+    """Free text as a safe FTS5 query: its words, each quoted, OR-ed (no FTS syntax errors)."""
+    words: list[str] = []
+    for word in _WORD.findall(text or ""):
+        lowered = word.lower()
+        if lowered not in words:
+            words.append(lowered)
+        if len(words) >= max_terms:
+            break
+    return " OR ".join(f'"{w}"' for w in words)
+
+
+class ExperimentStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(str(self.path), timeout=60, check_same_thread=False, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute("PRAGMA busy_timeout=60000")
+        self.conn.executescript(SCHEMA)  # IF NOT EXISTS throughout: safe from many cycles at once
+
+    def _tx(self):
+        conn = self.conn
+
+        class Tx:
+            def __enter__(self):
+                conn.execute("BEGIN IMMEDIATE")  # take the write lock up front: no upgrade deadlocks
+
+            def __exit__(self, exc_type, *_):
+                conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+        return Tx()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # ------------------------------------------------------------------ writes
+
+    def start(self, run_id: str, cycle: int, owner: str, dockerfile: str) -> int:
+        with self._tx():
+            row = self.conn.execute(
+                "INSERT INTO experiments (run_id, cycle, owner, status, started_at, dockerfile) "
+                "VALUES (?, ?, ?, 'running', ?, ?) RETURNING id",
+                (run_id, cycle, owner, time.time(), dockerfile),
+            ).fetchone()
+        return int(row[0])
+
+    def add_step(self, experiment_id: int, step: dict) -> None:
+        cols = ["experiment_id", *step]
+        with self._tx():
+            self.conn.execute(
+                f"INSERT OR REPLACE INTO steps ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})",
+                (experiment_id, *(_value(v) for v in step.values())),
+            )
+
+    def add_spans(self, spans: list[dict]) -> None:
+        if not spans:
+            return
+        cols = list(spans[0])
+        with self._tx():
+            self.conn.executemany(
+                f"INSERT OR REPLACE INTO traces ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})",
+                [tuple(_value(s[c]) for c in cols) for s in spans],
+            )
+
+    def finish(self, experiment_id: int, status: str, end_reason: str, fields: dict, index: dict) -> None:
+        """Close the experiment and make it searchable, in one transaction."""
+        sets = ", ".join(f"{k}=?" for k in fields)
+        with self._tx():
+            self.conn.execute(
+                f"UPDATE experiments SET status=?, end_reason=?, finished_at=?{', ' + sets if sets else ''} WHERE id=?",
+                (status, end_reason, time.time(), *(_value(v) for v in fields.values()), experiment_id),
+            )
+            self.conn.execute("DELETE FROM experiments_fts WHERE experiment_id=?", (experiment_id,))
+            self.conn.execute(
+                "INSERT INTO experiments_fts (experiment_id, notes, code, results, errors) VALUES (?, ?, ?, ?, ?)",
+                (experiment_id, index.get("notes", ""), index.get("code", ""), index.get("results", ""),
+                 index.get("errors", "")),
+            )
+
+    def set_commit(self, experiment_id: int, commit: str) -> None:
+        with self._tx():
+            self.conn.execute("UPDATE experiments SET git_commit=? WHERE id=?", (commit, experiment_id))
+
+    def fail_orphans(self, is_alive) -> int:
+        """Mark `running` experiments whose owner process is gone as failed. Returns how many."""
+        rows = self.conn.execute("SELECT id, owner FROM experiments WHERE status='running'").fetchall()
+        dead = [eid for eid, owner in rows if not is_alive(owner or "")]
+        for eid in dead:
+            self.finish(eid, "failed", "the cycle's process died before it finished", {}, {})
+        return len(dead)
+
+    # ------------------------------------------------------------------ reads
+
+    def search(self, text: str, limit: int = 5, exclude: int | None = None) -> list[dict]:
+        """Ranked snippets of earlier experiments matching `text` (BM25 over notes, code, results, errors)."""
+        query = fts_query(text)
+        if not query:
+            return []
+        rows = self.conn.execute(
+            "SELECT experiment_id, snippet(experiments_fts, -1, '[', ']', '...', 16), bm25(experiments_fts) "
+            "FROM experiments_fts WHERE experiments_fts MATCH ? AND experiment_id != ? ORDER BY rank LIMIT ?",
+            (query, -1 if exclude is None else exclude, limit),
+        ).fetchall()
+        return [{"experiment_id": int(eid), "snippet": snippet, "score": round(-score, 4)} for eid, snippet, score in rows]
+
+    def summaries(self, ids: list[int]) -> list[dict]:
+        if not ids:
+            return []
+        marks = ", ".join("?" for _ in ids)
+        rows = self.conn.execute(
+            f"SELECT id, status, end_reason, notes, actions, errors FROM experiments WHERE id IN ({marks})", ids
+        ).fetchall()
+        by_id = {r[0]: r for r in rows}
+        return [dict(zip(("id", "status", "end_reason", "notes", "actions", "errors"), by_id[i])) for i in ids if i in by_id]
+
+    def recent_finished(self, limit: int, exclude: int | None = None) -> list[int]:
+        rows = self.conn.execute(
+            "SELECT id FROM experiments WHERE status IN ('finalized', 'limit') AND id != ? "
+            "ORDER BY finished_at DESC LIMIT ?", (-1 if exclude is None else exclude, limit)
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        return self.conn.execute(sql, args).fetchall()
+
+
+def _value(value):
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return int(value)
+    return value
