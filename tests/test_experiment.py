@@ -262,3 +262,34 @@ def test_cli_smoke_four_parallel_cycles(tmp_path):
     log = subprocess.run(["git", "-C", str(out / "experiments"), "log", "--oneline"], capture_output=True, text=True)
     assert len(log.stdout.splitlines()) >= 4
     assert (out / "experiments.log").read_text().count("ended: finalized") == 4
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_api_providers_drive_a_cycle_with_retries_and_cost(tmp_path, runner, provider, request, monkeypatch):
+    """Claude and GPT through the official SDKs, against loopback servers that speak each wire
+    format: a rate limit is retried by the SDK, tokens are counted and priced, the key stays out."""
+    from ouroboros.actors.generator import Generator
+
+    server = request.getfixturevalue(f"{provider}_server")
+    key = f"sk-test-{provider}-0123456789abcdef"
+    monkeypatch.setenv("EXPERIMENT_TEST_KEY", key)
+    server.script(act("run", "print('from', 'the', 'api')", "api run"), act("finalize", "api done", "done"))
+    server.fail_next(1, status=429)
+    h = Harness(tmp_path, runner, price_input_per_mtok=3.0, price_output_per_mtok=15.0)
+    h.cfg.generator.backend = provider
+    h.cfg.generator.api.model = "model-test"
+    h.cfg.generator.api.base_url = server.base_url
+    h.cfg.generator.api.api_key_env = "EXPERIMENT_TEST_KEY"
+    generator = Generator(h.cfg)
+
+    def gen(messages):
+        h.prompts.append(messages[-1]["content"])
+        return generator.generate([Request(id="r", messages=messages, max_new_tokens=512)])[0]
+
+    out = h.cycle([], generate=gen)
+    assert out["status"] == "finalized" and out["actions"] == 2
+    assert "from the api" in h.steps(out["experiment_id"])[0][5]
+    row = h.row(out["experiment_id"])
+    assert row["completion_tokens"] > 0 and row["cost_usd"] > 0
+    db_text = (tmp_path / "ouroboros.db").read_bytes()
+    assert key.encode() not in db_text and all(key not in p for p in h.prompts)
