@@ -67,3 +67,44 @@ def test_ctrl_c_keeps_finished_rounds_and_leaves_nothing_behind(tiny_model_path,
     while _ray_processes() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not _ray_processes()
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_experiments_marks_rows_and_leaves_no_sandbox(tmp_path):
+    require_bwrap()
+    deadline = time.monotonic() + 30
+    while _ray_processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    out = tmp_path / "run"
+    sleeper = json.dumps({"action": "run", "data": "import time\nprint('working', flush=True)\ntime.sleep(20)",
+                          "notes": "long"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ouroboros", "experiment", "configs/smoke-experiment.yaml", "--forever",
+         "--parallel", "2", "--out", str(out), "--set", f"generator.script=[{json.dumps(sleeper)}]",
+         "--set", "sandbox.timeout_s=60", "--set", "generator.count=2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    db_path = out / "ouroboros.db"
+    deadline = time.monotonic() + 120
+    log = out / "experiments.log"
+    while time.monotonic() < deadline:  # wait until both cycles have started their first action
+        if log.exists() and log.read_text().count("started") >= 2:
+            break
+        time.sleep(0.3)
+    time.sleep(2.0)  # both are now inside their 20 s sandboxed exec
+    assert proc.poll() is None, proc.stderr.read()[-2000:]
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    db = sqlite3.connect(db_path)
+    statuses = [s for (s,) in db.execute("SELECT status FROM experiments")]
+    assert statuses and "running" not in statuses, statuses
+    assert db.execute("SELECT status FROM runs").fetchone()[0] == "interrupted"
+    deadline = time.monotonic() + 30
+    while _ray_processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _ray_processes()
+    from ouroboros.sandbox import workdir
+
+    leftovers = [d for d in os.listdir(workdir.ROOT) if os.listdir(os.path.join(workdir.ROOT, d))] \
+        if os.path.isdir(workdir.ROOT) else []
+    assert not [d for d in leftovers if not __import__("ouroboros.sandbox.reaper", fromlist=["x"]).is_alive(d)]
