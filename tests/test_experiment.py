@@ -293,3 +293,15 @@ def test_api_providers_drive_a_cycle_with_retries_and_cost(tmp_path, runner, pro
     assert row["completion_tokens"] > 0 and row["cost_usd"] > 0
     db_text = (tmp_path / "ouroboros.db").read_bytes()
     assert key.encode() not in db_text and all(key not in p for p in h.prompts)
+
+
+@pytest.mark.slow
+def test_interval_schedules_a_slots_next_cycle(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "ouroboros.cli", "experiment", str(ROOT / "configs/smoke-experiment.yaml"),
+                           "--cycles", "2", "--parallel", "1", "--interval-minutes", "0.1", "--out", str(out),
+                           "--set", "generator.count=1"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    starts = [s for (s,) in ExperimentStore(out / "ouroboros.db").query("SELECT started_at FROM experiments ORDER BY id")]
+    assert len(starts) == 2 and starts[1] - starts[0] >= 5.9  # 0.1 min after the first one started
