@@ -305,3 +305,53 @@ def test_interval_schedules_a_slots_next_cycle(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     starts = [s for (s,) in ExperimentStore(out / "ouroboros.db").query("SELECT started_at FROM experiments ORDER BY id")]
     assert len(starts) == 2 and starts[1] - starts[0] >= 5.9  # 0.1 min after the first one started
+
+
+def test_research_actions_when_enabled(tmp_path, runner, monkeypatch, loopback_only):
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            if self.path.startswith("/customsearch"):
+                body = json.dumps({"items": [{"title": "Faulhaber", "link": "https://example.org/f",
+                                              "snippet": "sums of powers"}]}).encode()
+                ctype = "application/json"
+            else:
+                body, ctype = b"<html><body><p>page-marker-7</p><script>x()</script></body></html>", "text/html"
+            self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    port = httpd.server_address[1]
+    monkeypatch.setenv("GOOGLE_API_KEY", "AIza-exp-test-key")
+    monkeypatch.setenv("GOOGLE_CSE_ID", "cse-1")
+    try:
+        h = Harness(tmp_path, runner)
+        h.cfg.experiment.research.web_search = True
+        h.cfg.experiment.research.load_url = True
+        h.cfg.experiment.research.search_endpoint = f"http://127.0.0.1:{port}/customsearch/v1"
+        h.cfg.experiment.research.allow_hosts = [f"127.0.0.1:{port}"]
+        from ouroboros.actors.experiment_agent import ResearchTools
+
+        research = ResearchTools(h.cfg)
+        backend = ScriptedBackend(script=[act("google", "sum of powers"), act("loadurl", f"http://127.0.0.1:{port}/p"),
+                                          act("load_url", "http://169.254.169.254/latest/"), act("finalize", "x", "y")])
+        out = ExperimentCycle(h.cfg, "t", 0, reaper.owner_token(),
+                              lambda m: backend.generate([Request(id="r", messages=m)])[0],
+                              RunnerPool([runner]), h.store, h.repo, research).run()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    steps = h.steps(out["experiment_id"])
+    assert [s[1] for s in steps] == ["web_search", "load_url", "load_url", "finalize"]
+    assert steps[0][3] and "Faulhaber" in steps[0][5]
+    assert steps[1][3] and "page-marker-7" in steps[1][5] and "x()" not in steps[1][5]
+    assert not steps[2][3] and "non-public" in steps[2][5]
+    assert "AIza-exp-test-key" not in json.dumps(steps)
