@@ -59,10 +59,19 @@ class ExperimentStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(str(self.path), timeout=60, check_same_thread=False, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("PRAGMA busy_timeout=60000")
-        self.conn.executescript(SCHEMA)  # IF NOT EXISTS throughout: safe from many cycles at once
+        # Many cycles open the same fresh file at once. Switching it to WAL can answer "locked"
+        # without waiting on the busy handler, so the set-up retries with a short backoff.
+        for attempt in range(200):
+            try:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=NORMAL")
+                self.conn.executescript(SCHEMA)  # IF NOT EXISTS throughout
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 199:
+                    raise
+                time.sleep(0.01 + 0.002 * attempt)
 
     def _tx(self):
         conn = self.conn
