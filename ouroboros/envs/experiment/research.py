@@ -23,6 +23,7 @@ import os
 import re
 import socket
 import ssl
+import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -32,10 +33,13 @@ USER_AGENT = "ouroboros-research/1"
 MAX_REDIRECTS = 5
 _METADATA = {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
+# NAT64 prefixes embed an IPv4 address that a NAT64 gateway would reach for us; newer Pythons call
+# 64:ff9b::/96 global, so the embedded address is checked explicitly (6to4 likewise, via .sixtofour).
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 class ResearchError(Exception):
-    pass
+    """What went wrong and what to do; the caller hands the message to the model as the action's result."""
 
 
 @dataclass
@@ -109,17 +113,35 @@ def make_search_provider(kind: str, api_key_env: str, engine_id_env: str, endpoi
 
 
 def _forbidden(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%")[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    ip = ipaddress.ip_address(address.split("%")[0])  # drop an IPv6 zone id ("fe80::1%eth0")
+    if isinstance(ip, ipaddress.IPv6Address):
+        # IPv4 addresses wrapped in IPv6 (mapped ::ffff:a.b.c.d, 6to4, NAT64) reach the IPv4 address:
+        # judge that one. IPv4-compatible ::a.b.c.d lies in ::/8, which is_reserved already refuses.
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        elif ip.sixtofour is not None and _forbidden(str(ip.sixtofour)):
+            return True
+        elif ip in _NAT64 and _forbidden(str(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))):
+            return True
     return (ip in _METADATA or ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_multicast
             or ip.is_reserved or ip.is_unspecified or (ip.version == 4 and ip in _CGNAT)
             or not ip.is_global)
 
 
 def _allowed(host: str, port: int, allow_hosts) -> bool:
-    host = host.lower().strip("[]")
-    return any(entry.lower().strip("[]") in (host, f"{host}:{port}") for entry in allow_hosts)
+    """True when `host` (as urlsplit gives it: lowercase, IPv6 without brackets) or host:port is listed.
+
+    Entries may be "name", "name:port", "1.2.3.4", "[::1]", "[::1]:8080" or a bare "::1"."""
+    host = host.lower()
+    for entry in allow_hosts:
+        entry = str(entry).strip().lower()
+        if entry.startswith("["):  # [v6] or [v6]:port
+            name, _, rest = entry[1:].partition("]")
+            if name == host and rest in ("", f":{port}"):
+                return True
+        elif entry == host or entry == f"{host}:{port}":
+            return True
+    return False
 
 
 def _resolve(host: str, port: int, allow_hosts) -> str:
@@ -127,7 +149,7 @@ def _resolve(host: str, port: int, allow_hosts) -> str:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise ResearchError(f"cannot resolve {host!r}: {exc.strerror}") from None
+        raise ResearchError(f"cannot resolve {host!r}: {exc.strerror}; check the URL") from None
     addresses = [info[4][0] for info in infos]
     if not addresses:
         raise ResearchError(f"{host!r} has no address")
@@ -160,11 +182,27 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
         self.sock = self._context.wrap_socket(raw, server_hostname=self.host)  # SNI and cert for the name
 
 
+def _abort(conn, fired: threading.Event) -> None:
+    """Deadline watchdog: shut the socket down so a blocked read returns, however slowly a server drips.
+
+    socket.socket.shutdown (not SSLSocket's override) acts on the fd and leaves TLS state alone."""
+    fired.set()
+    sock = conn.sock
+    if sock is not None:
+        try:
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
 def _check_peer(sock, host, port, allow):
     peer = sock.getpeername()[0]
     if not _allowed(host, port, allow) and _forbidden(peer):
         sock.close()
         raise ResearchError(f"refusing {host!r}: connected to a non-public address")
+
+
+_TEXT_TYPES = ("application/json", "application/xhtml+xml", "application/xml")
 
 
 class _TextExtractor(HTMLParser):
@@ -207,6 +245,10 @@ def html_to_text(markup: str) -> str:
 
 def load_url(url: str, *, allow_hosts=(), timeout_s: float = 10.0, max_bytes: int = 2_000_000,
              max_chars: int = 20_000) -> PageText:
+    """GET `url` as text (see the module docstring for the checks); ResearchError on any refusal or failure.
+
+    `allow_hosts` entries ("name", "name:port", "1.2.3.4", "[::1]:8080") skip the address check for
+    that host only; every redirect hop is checked again on its own."""
     deadline = time.monotonic() + timeout_s
     current = url.strip()
     for _ in range(MAX_REDIRECTS + 1):
@@ -220,10 +262,16 @@ def load_url(url: str, *, allow_hosts=(), timeout_s: float = 10.0, max_bytes: in
         address = _resolve(parts.hostname, port, allow_hosts)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise ResearchError(f"loading {url[:200]!r} took longer than {timeout_s:g} s")
+            raise ResearchError(f"loading {url[:200]!r} took longer than {timeout_s:g} s; try another source")
         cls = _PinnedHTTPS if parts.scheme == "https" else _PinnedHTTP
         conn = cls(parts.hostname, port, address, allow_hosts, remaining)
         path = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+        # Socket timeouts bound each wait; the watchdog bounds the sum (a byte every few seconds
+        # would otherwise keep resetting them).
+        fired = threading.Event()
+        watchdog = threading.Timer(remaining, _abort, (conn, fired))
+        watchdog.daemon = True
+        watchdog.start()
         try:
             conn.request("GET", path, headers={"User-Agent": USER_AGENT, "Accept": "text/html, text/plain, */*"})
             response = conn.getresponse()
@@ -232,10 +280,15 @@ def load_url(url: str, *, allow_hosts=(), timeout_s: float = 10.0, max_bytes: in
                 conn.close()
                 continue
             ctype = (response.getheader("Content-Type") or "").split(";")[0].strip().lower()
+            # Refuse binary types before reading a byte of the body.
+            if ctype and not (ctype.startswith("text/") or ctype in _TEXT_TYPES):
+                raise ResearchError(f"unsupported content type {ctype!r} at {current[:200]!r}: "
+                                    f"only text pages (HTML, plain text, JSON, XML) can be loaded")
             chunks, size, truncated = [], 0, False
             while True:
-                if time.monotonic() > deadline:
-                    raise ResearchError(f"loading {url[:200]!r} took longer than {timeout_s:g} s")
+                if fired.is_set() or time.monotonic() > deadline:
+                    raise ResearchError(f"loading {url[:200]!r} took longer than {timeout_s:g} s; "
+                                        f"try another source")
                 chunk = response.read1(65536) if hasattr(response, "read1") else response.read(65536)
                 if not chunk:
                     break
@@ -245,14 +298,20 @@ def load_url(url: str, *, allow_hosts=(), timeout_s: float = 10.0, max_bytes: in
                     truncated = True
                     break
         except (OSError, http.client.HTTPException) as exc:
+            if fired.is_set():  # the watchdog's shutdown surfaces as a reset or a short read
+                raise ResearchError(f"loading {url[:200]!r} took longer than {timeout_s:g} s; "
+                                    f"try another source") from None
             raise ResearchError(f"loading {url[:200]!r} failed: {type(exc).__name__}: {exc}"[:300]) from None
         finally:
+            watchdog.cancel()
             conn.close()
+        if fired.is_set():  # shut down mid-body: EOF looked like the end of the page, but it was not
+            raise ResearchError(f"loading {url[:200]!r} took longer than {timeout_s:g} s; try another source")
         body = b"".join(chunks)[:max_bytes]
-        if ctype and not (ctype.startswith("text/") or ctype in ("application/json", "application/xhtml+xml",
-                                                                   "application/xml")):
-            raise ResearchError(f"unsupported content type {ctype!r}: only text pages can be loaded")
-        text = body.decode(response.headers.get_content_charset() or "utf-8", errors="replace")
+        try:  # an unknown or bogus charset label falls back to UTF-8
+            text = body.decode(response.headers.get_content_charset() or "utf-8", errors="replace")
+        except LookupError:
+            text = body.decode("utf-8", errors="replace")
         if ctype in ("text/html", "application/xhtml+xml") or (not ctype and "<html" in text[:2000].lower()):
             text = html_to_text(text)
         if len(text) > max_chars:
