@@ -76,12 +76,14 @@ def test_ctrl_c_during_experiments_marks_rows_and_leaves_no_sandbox(tmp_path):
     while _ray_processes() and time.monotonic() < deadline:
         time.sleep(0.5)
     out = tmp_path / "run"
+    tag = f"ctrlc-{os.getpid()}-{time.time_ns()}"  # marks this run's sandboxed processes
     sleeper = json.dumps({"action": "run", "data": "import time\nprint('working', flush=True)\ntime.sleep(20)",
                           "notes": "long"})
     proc = subprocess.Popen(
         [sys.executable, "-m", "ouroboros", "experiment", "configs/smoke-experiment.yaml", "--forever",
          "--parallel", "2", "--out", str(out), "--set", f"generator.script=[{json.dumps(sleeper)}]",
-         "--set", "sandbox.timeout_s=60", "--set", "generator.count=2"],
+         "--set", "sandbox.timeout_s=60", "--set", "generator.count=2",
+         "--set", f"sandbox.env={{OUROBOROS_TAG: {tag}}}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     db_path = out / "ouroboros.db"
     deadline = time.monotonic() + 120
@@ -100,11 +102,23 @@ def test_ctrl_c_during_experiments_marks_rows_and_leaves_no_sandbox(tmp_path):
     assert statuses and "running" not in statuses, statuses
     assert db.execute("SELECT status FROM runs").fetchone()[0] == "interrupted"
     deadline = time.monotonic() + 30
-    while _ray_processes() and time.monotonic() < deadline:
+    while (_ray_processes() or _tagged(tag)) and time.monotonic() < deadline:
         time.sleep(0.5)
+    assert not _tagged(tag), "a sandboxed process outlived Ctrl-C"
     assert not _ray_processes()
     from ouroboros.sandbox import workdir
 
     leftovers = [d for d in os.listdir(workdir.ROOT) if os.listdir(os.path.join(workdir.ROOT, d))] \
         if os.path.isdir(workdir.ROOT) else []
     assert not [d for d in leftovers if not __import__("ouroboros.sandbox.reaper", fromlist=["x"]).is_alive(d)]
+
+
+def _tagged(tag: str) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        try:
+            if name.isdigit() and tag.encode() in open(f"/proc/{name}/environ", "rb").read():
+                found.append(int(name))
+        except OSError:
+            pass
+    return found

@@ -107,7 +107,7 @@ def our_containers() -> list[str]:
     return [c.short_id for c in client.containers.list(all=True, filters={"label": f"ouroboros.run={RUN_ID}"})]
 
 
-def assert_survived(box, within_s: float = 2.0) -> None:
+def assert_survived(box, within_s: float = 10.0) -> None:
     """The harness still works and no process of the program is alive."""
     deadline = time.monotonic() + within_s
     while tagged_pids() and time.monotonic() < deadline:
@@ -228,7 +228,7 @@ def test_memory_bomb_is_oom_not_timeout(sandbox):
 
 def test_output_flood_is_capped_and_marked(sandbox):
     result = sandbox.exec("import sys\nsys.stdout.write('x' * 3_000_000)\nsys.stderr.write('e' * 300_000)\n"
-                          "print('done', file=sys.stderr)")
+                          "print('done', file=sys.stderr)", limits=LIMITS.override(timeout_s=30))
     assert result.truncated and result.exit_code == 0, result
     assert len(result.stdout) == LIMITS.output_bytes and len(result.stderr) == LIMITS.output_bytes
 
@@ -456,7 +456,7 @@ time.sleep(0.2)
 print('after', flush=True)
 """)
         assert sentinel.poll() is None, "a host process was killed"
-        assert os.getpid() and result.exit_code in (0, 137), result
+        assert not result.timed_out and result.exit_code in (0, 137), result
     finally:
         sentinel.kill()
         sentinel.wait()

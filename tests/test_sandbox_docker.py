@@ -417,6 +417,11 @@ def test_refuses_run_network_flag(sandbox):
     "ENV U=http://127.0.0.1:{port}/x\nADD ${{U}} /x",
     'ADD h"ttp://127.0.0.1:{port}/x" /x',
     "ADD http\\://127.0.0.1:{port}/x /x",
+    # Whitespace and encodings where Python and Docker disagree (found in review).
+    "ADD\thttp://127.0.0.1:{port}/tab /x",
+    "ADD\x0bhttp://127.0.0.1:{port}/vtab /x",
+    "RUN echo hi \\\u00a0\nADD http://127.0.0.1:{port}/nbsp /x",
+    "VOLUME /data",
 ])
 def test_refuses_add_of_urls(sandbox, listener, add):
     text = HEAD + add.format(port=listener.port) + "\n"
@@ -498,7 +503,7 @@ def test_check_multi_stage_and_copy_from():
 def test_check_refusals():
     base = "FROM ouroboros-sandbox:base\n"
     cases = {
-        base + "ONBUILD ADD http://example.invalid/x /x\n": "fetched from the network",
+        base + "ONBUILD ADD http://example.invalid/x /x\n": "ONBUILD' is not allowed",
         base + "ADD https://github.com/x/y.git /y\n": "fetched from the network",
         base + "ADD git@github.com:x/y.git /y\n": "fetched from the network",
         base + "ADD local.tar /y\n": None,
@@ -732,3 +737,22 @@ def test_janitor_cleans_up_after_sigkill(client):
     assert our_containers(client, JANITOR_RUN_ID) == [], "the janitor left the dead owner's container"
     assert not os.path.exists(info["workdir"])
     assert not os.path.exists(workdir.owner_dir(info["owner"]))
+
+
+def test_check_refuses_a_byte_order_mark_and_odd_whitespace():
+    allowed = {"ouroboros-sandbox:base"}
+    for text in ["\ufeff# escape=`\nFROM ouroboros-sandbox:base\n", "FROM ouroboros-sandbox:base\r\nRUN x\r\n",
+                 "FROM ouroboros-sandbox:base\nRUN a \\\f\nADD http://x/y /z\n"]:
+        problems = dockerfile.check(text, allowed)
+        assert problems and "not allowed" in problems[0], (text, problems)
+
+
+def test_an_images_entrypoint_and_logs_do_not_run(fresh, built_images):
+    image = fresh.build(HEAD + 'ENTRYPOINT ["sh", "-c", "echo entrypoint-ran; exec sleep 1000"]\n')
+    built_images.append(image)
+    fresh.use_environment(image)
+    result = fresh.exec("import os\nfor p in os.listdir('/proc'):\n    if p.isdigit():\n"
+                        "        print(open(f'/proc/{p}/cmdline','rb').read().replace(b'\\0', b' '))")
+    assert result.exit_code == 0 and "sleep 1000" not in result.stdout, result.stdout
+    fresh._container.reload()
+    assert fresh._container.attrs["HostConfig"]["LogConfig"]["Type"] == "none"

@@ -147,7 +147,13 @@ class DockerSandbox(Sandbox):
         disk = limits.disk_mb * runner.MIB
         kwargs = dict(
             image=self.environment,
-            command=["sleep", "infinity"],
+            # Everything an image could run on its own is overridden: its ENTRYPOINT (it would run
+            # as uid 0 beside our execs), its HEALTHCHECK, and its logging (PID 1's output would
+            # fill an uncapped json log on the host's disk).
+            entrypoint=["sleep"],
+            command=["infinity"],
+            healthcheck={"test": ["NONE"]},
+            log_config=docker.types.LogConfig(type="none"),
             detach=True,
             init=True,
             user="0:0",
@@ -183,7 +189,7 @@ class DockerSandbox(Sandbox):
         container, self._container, self._container_key = self._container, None, None
         if container is not None:
             try:
-                container.remove(force=True)
+                container.remove(force=True, v=True)  # v: anonymous volumes go too
             except self._errors.NotFound:
                 pass
             except self._errors.DockerException as exc:
@@ -209,12 +215,18 @@ class DockerSandbox(Sandbox):
         names = {check_path(name): data for name, data in (files or {}).items()}
         limits = limits or self.limits
         workdir = self.workdir()
-        if program is not None:
-            if PROGRAM_FILE in names:
-                raise ValueError(f"sandbox files must not contain {PROGRAM_FILE!r}: that is the program itself")
-            workdir.write(PROGRAM_FILE, program)
-        for name, data in names.items():
-            workdir.write(name, data)
+        if program is not None and PROGRAM_FILE in names:
+            raise ValueError(f"sandbox files must not contain {PROGRAM_FILE!r}: that is the program itself")
+        try:
+            if program is not None:
+                workdir.write(PROGRAM_FILE, program)
+            for name, data in names.items():
+                workdir.write(name, data)
+        except (ValueError, OSError) as exc:
+            # What an earlier program left (a directory named main.py, a full workdir) is this
+            # exec's failure, reported as its result, not a crash of the caller.
+            return ExecResult(exit_code=-1, stdout="", stderr="", timed_out=False, oom=False, duration_s=0.0,
+                              truncated=False, error=f"could not write the program's files into the workdir: {exc}")
         container = self._ensure_container(limits)
         ooms_before = self._oom_kills()
         api = self.client.api
@@ -373,7 +385,8 @@ class DockerSandbox(Sandbox):
                     fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True, pull=False,
                     network_mode="default" if self.build_network else "none",
                     container_limits={"memory": self.build_memory_mb * runner.MIB,
-                                      "memswap": self.build_memory_mb * runner.MIB},
+                                      "memswap": self.build_memory_mb * runner.MIB,
+                                      "cpushares": 512},
                     labels=self.labels, decode=True,
                 ):
                     if "stream" in chunk:
@@ -402,14 +415,15 @@ class DockerSandbox(Sandbox):
             api.close()
             worker.join(10)
         text = _tail("".join(log_lines), BUILD_LOG_BYTES)
-        if timed_out or failure:
-            for ident in reversed(layers()):
-                try:
-                    img = self.client.images.get(ident)
-                    if not img.tags and img.id not in self.allowed_images:
-                        self.client.images.remove(img.id, force=False, noprune=True)
-                except self._errors.DockerException:
-                    pass
+        # Untagged layers the build left: all of them after a failure, and after a success the
+        # stages that are not ancestors of the result (removal of an ancestor fails, harmlessly).
+        for ident in reversed(layers()):
+            try:
+                img = self.client.images.get(ident)
+                if not img.tags and img.id not in self.allowed_images:
+                    self.client.images.remove(img.id, force=False, noprune=True)
+            except self._errors.DockerException:
+                pass
         if timed_out:
             raise BuildFailed(f"the build did not finish within {timeout_s:g} s and was cancelled", text)
         if failure:
@@ -427,6 +441,8 @@ class DockerSandbox(Sandbox):
             raise SandboxError(f"no environment {environment!r}; build one first") from None
         if image.id not in self.allowed_images and (image.labels or {}).get(reaper.RUN_LABEL) is None:
             raise SandboxError(f"image {environment!r} was not built by Ouroboros; refusing to run it")
+        if (image.attrs.get("Config") or {}).get("Volumes"):
+            raise SandboxError(f"image {environment!r} declares volumes, which would bypass the disk cap")
         if image.id != self.environment:
             self.environment = image.id
             self._remove_container()  # the workdir stays; the next exec starts the new image

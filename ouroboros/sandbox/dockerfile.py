@@ -57,16 +57,32 @@ def _flags(args: list[str]) -> tuple[dict[str, str], list[str]]:
     return flags, rest
 
 
+# Instructions a model may use. VOLUME would put an uncapped volume on the host's disk at run
+# time, HEALTHCHECK runs commands as the image's user outside our execs, and ONBUILD hides
+# instructions from this check; anything unknown is refused rather than guessed at.
+KEYWORDS = {"FROM", "RUN", "CMD", "LABEL", "EXPOSE", "ENV", "ADD", "COPY", "ENTRYPOINT", "WORKDIR", "USER",
+            "ARG", "SHELL", "STOPSIGNAL", "MAINTAINER"}
+# Only these characters: then Python's and Docker's ideas of whitespace, line breaks and
+# directives agree (a tab, \v, \f, \r, a BOM or a no-break space could otherwise split or
+# join an instruction differently for the checker than for the engine).
+_BAD_CHAR = re.compile(r"[^\x20-\x7e\n\t]")
+
+
 def check(text: str, allowed_images: set[str]) -> list[str]:
     """Problems that make the Dockerfile unsafe or unbuildable here; empty when it may build."""
     if len(text.encode("utf-8", errors="replace")) > MAX_BYTES:
         return [f"the Dockerfile is over {MAX_BYTES} bytes"]
+    bad = _BAD_CHAR.search(text)
+    if bad:
+        line = text.count("\n", 0, bad.start()) + 1
+        return [f"line {line}: character U+{ord(bad.group()):04X} is not allowed; a Dockerfile here may contain "
+                f"only printable ASCII, tabs and newlines"]
     problems: list[str] = []
     stages: set[str] = set()
     saw_from = False
     for number, line in logical_lines(text):
         problems += _check_instruction(number, line, allowed_images, stages, saw_from)
-        if line.split(None, 1)[0].upper() == "FROM":
+        if line.replace("\t", " ").split(None, 1)[0].upper() == "FROM":
             saw_from = True
     if not saw_from:
         problems.append("the Dockerfile has no FROM line; start it with `FROM " + sorted(allowed_images)[0] + "`")
@@ -74,10 +90,12 @@ def check(text: str, allowed_images: set[str]) -> list[str]:
 
 
 def _check_instruction(number: int, line: str, allowed: set[str], stages: set[str], saw_from: bool) -> list[str]:
-    word, _, rest = line.partition(" ")
+    word, _, rest = line.replace("\t", " ").partition(" ")
     keyword = word.upper()
     args = rest.split()
     where = f"line {number} ({keyword})"
+    if keyword not in KEYWORDS:
+        return [f"{where}: instruction {word!r} is not allowed here; use {', '.join(sorted(KEYWORDS))}"]
     if keyword == "ONBUILD":
         return _check_instruction(number, rest.strip(), allowed, stages, saw_from) if rest.strip() else []
     if keyword == "FROM":

@@ -72,12 +72,18 @@ class LocalSandbox(Sandbox):
         names = {check_path(name): data for name, data in (files or {}).items()}
         limits = limits or self.limits
         workdir = self.workdir()
-        if program is not None:
-            if PROGRAM_FILE in names:
-                raise ValueError(f"sandbox files must not contain {PROGRAM_FILE!r}: that is the program itself")
-            workdir.write(PROGRAM_FILE, program)
-        for name, data in names.items():
-            workdir.write(name, data)
+        if program is not None and PROGRAM_FILE in names:
+            raise ValueError(f"sandbox files must not contain {PROGRAM_FILE!r}: that is the program itself")
+        try:
+            if program is not None:
+                workdir.write(PROGRAM_FILE, program)
+            for name, data in names.items():
+                workdir.write(name, data)
+        except (ValueError, OSError) as exc:
+            # What an earlier program left (a directory named main.py, a full workdir) is this
+            # exec's failure, reported as its result, not a crash of the caller.
+            return ExecResult(exit_code=-1, stdout="", stderr="", timed_out=False, oom=False, duration_s=0.0,
+                              truncated=False, error=f"could not write the program's files into the workdir: {exc}")
         host_argv, cwd, env = self._command(workdir.path, argv, limits)
         cgroup = runner.ChildCgroup(limits)
         try:

@@ -73,12 +73,19 @@ def reap_workdirs(only: str | None = None) -> int:
         return 0
     reaped = 0
     for token in owners:
+        if not workdir.OWNER_NAME.match(token):
+            continue  # not an owner token: not ours to judge
         if (only is not None and token != only) or (only is None and is_alive(token)):
             continue
         base = workdir.owner_dir(token)
+        if os.path.islink(base) or not os.path.isdir(base):
+            continue
         try:
             for name in os.listdir(base):
-                workdir.remove_tree(os.path.join(base, name))
+                if not os.path.islink(os.path.join(base, name)):
+                    workdir.remove_tree(os.path.join(base, name))
+                else:
+                    os.unlink(os.path.join(base, name))
             os.rmdir(base)
             reaped += 1
         except OSError as exc:

@@ -21,6 +21,7 @@ import ctypes.util
 import errno
 import logging
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 ROOT = os.environ.get("OUROBOROS_SANDBOX_ROOT", "/tmp/ouroboros-sandbox")
 MIB = 1 << 20
 MNT_DETACH = 2
+UMOUNT_NOFOLLOW = 8
+MS_NOSUID, MS_NODEV = 2, 4
+OWNER_NAME = re.compile(r"^\d+-\d+$")  # what reaper.owner_token() makes; nothing else is ours
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -50,10 +54,26 @@ def owner_dir(owner: str) -> str:
     return os.path.join(ROOT, owner)
 
 
+def ensure_root() -> None:
+    """Make ROOT (mode 0711), and refuse one that another user made or that is a symlink:
+    the reaper deletes what it finds there."""
+    try:
+        os.mkdir(ROOT, 0o711)
+    except FileExistsError:
+        pass
+    info = os.lstat(ROOT)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() \
+            or info.st_mode & 0o022:
+        raise PermissionError(f"sandbox root {ROOT} is not a directory owned by uid {os.geteuid()} and writable "
+                              f"only by it; remove it, or set OUROBOROS_SANDBOX_ROOT to a fresh path")
+
+
 def mount_tmpfs(path: str, size_bytes: int, uid: int, gid: int) -> bool:
     """Mount a size-capped tmpfs on `path`, owned by uid:gid. False where we may not mount."""
     options = f"size={size_bytes},mode=0755,uid={uid},gid={gid}".encode()
-    if _libc.mount(b"ouroboros-work", path.encode(), b"tmpfs", 0, options) == 0:
+    # nosuid, nodev: a set-uid copy the program leaves in its workdir must not run as the
+    # sandbox uid for a host user who finds it there.
+    if _libc.mount(b"ouroboros-work", path.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options) == 0:
         return True
     err = ctypes.get_errno()
     if err not in (errno.EPERM, errno.EACCES):
@@ -63,7 +83,7 @@ def mount_tmpfs(path: str, size_bytes: int, uid: int, gid: int) -> bool:
 
 
 def unmount(path: str) -> None:
-    if _libc.umount2(path.encode(), MNT_DETACH) != 0:
+    if _libc.umount2(path.encode(), MNT_DETACH | UMOUNT_NOFOLLOW) != 0:
         err = ctypes.get_errno()
         if err not in (errno.EINVAL, errno.ENOENT):  # EINVAL: not a mount point
             log.warning("could not unmount sandbox workdir %s: %s", path, os.strerror(err))
@@ -93,8 +113,13 @@ class HostWorkdir:
 
     def __init__(self, owner: str, ids: tuple[int, int] | None, disk_mb: int):
         self.ids = ids
+        ensure_root()
         base = owner_dir(owner)
-        os.makedirs(base, mode=0o711, exist_ok=True)
+        try:
+            os.mkdir(base, 0o711)
+        except FileExistsError:
+            if os.path.islink(base):
+                raise PermissionError(f"sandbox owner directory {base} is a symlink") from None
         self.path = os.path.join(base, secrets.token_hex(8))
         os.mkdir(self.path, 0o755)
         uid, gid = ids if ids is not None else (os.getuid(), os.getgid())
