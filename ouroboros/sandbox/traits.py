@@ -29,7 +29,9 @@ TRAITS: dict[str, Traits] = {
         oom_report="cgroup-where-v1",
         gpus=False,
         note="namespaces + rlimits; per-exec cgroup v1 pids/memory/cpu when the harness may make "
-        "them. The host's /usr is visible read-only (it is the environment).",
+        "them. The host's /usr is visible read-only (it is the environment). With `network: true` "
+        "it shares the host's network namespace, host loopback included: turn it on only for "
+        "trusted programs.",
     ),
     "docker": Traits(
         isolated=True,
@@ -40,7 +42,8 @@ TRAITS: dict[str, Traits] = {
         gpus=True,
         note="a warm container per experiment; read-only root, tmpfs /tmp, the workdir bind-"
         "mounted at /work. Builds run with --network none; the build container itself runs "
-        "with Docker's default capabilities (legacy builder), not ours.",
+        "with Docker's default capabilities (legacy builder), not ours, and without pids or "
+        "disk limits. With `network: true` the bridge can reach host services bound to 0.0.0.0.",
     ),
     "process": Traits(
         isolated=False,
