@@ -57,7 +57,7 @@ class ExperimentDriver:
             wait_first: bool = False) -> list[dict]:
         import ray
 
-        from ouroboros.loop import init_ray
+        from ouroboros.loop import init_ray, stop_actors
         from ouroboros.sandbox import reaper
         from ouroboros.store.db import RunDB
         from ouroboros.store.experiments import ExperimentStore
@@ -110,13 +110,7 @@ class ExperimentDriver:
             status = "interrupted"
             raise
         finally:
-            for handle in self.handles:
-                try:
-                    ray.kill(handle)
-                except Exception:
-                    pass
-            if ray.is_initialized():
-                ray.shutdown()
+            stop_actors(self.handles)
             # Agents killed mid-cycle left `running` rows: their processes are gone now.
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:

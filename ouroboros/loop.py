@@ -225,13 +225,17 @@ class Loop:
 
 def shutdown(a: Actors | None) -> None:
     """Stop every actor and Ray itself; sandboxes die with their runner (bwrap --die-with-parent)."""
+    stop_actors(a.all if a is not None else [])
+
+
+def stop_actors(handles: list) -> None:
+    """Kill `handles`, then shut Ray down. A dead runner's janitor removes its sandboxes."""
     import ray
 
-    if a is not None:
-        for handle in a.all:
-            try:
-                ray.kill(handle)
-            except Exception:
-                pass
+    for handle in handles:
+        try:
+            ray.kill(handle)
+        except Exception:
+            pass
     if ray.is_initialized():
         ray.shutdown()

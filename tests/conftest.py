@@ -90,3 +90,22 @@ def require_bwrap():
         if _os.environ.get("OUROBOROS_REQUIRE_SANDBOX") == "1":
             _pytest.fail("bwrap is required here (OUROBOROS_REQUIRE_SANDBOX=1): apt-get install -y bubblewrap")
         _pytest.skip("bwrap is not installed (apt-get install -y bubblewrap)")
+
+
+def processes_tagged(tag: str) -> list[int]:
+    """Live host processes whose environment carries `tag`: how sandbox tests find what a
+    sandboxed program left running (docker's programs are host processes too)."""
+    pids = []
+    for name in _os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as fh:
+                if fh.read().rpartition(b")")[2].split()[0] == b"Z":
+                    continue  # dead already, waiting to be reaped
+            with open(f"/proc/{name}/environ", "rb") as fh:
+                if tag.encode() in fh.read():
+                    pids.append(int(name))
+        except (OSError, IndexError):
+            pass
+    return pids

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import require_bwrap
+from conftest import processes_tagged, require_bwrap
 
 
 def test_doctor_reports_components_and_key_names_only(monkeypatch):
@@ -102,9 +102,9 @@ def test_ctrl_c_during_experiments_marks_rows_and_leaves_no_sandbox(tmp_path):
     assert statuses and "running" not in statuses, statuses
     assert db.execute("SELECT status FROM runs").fetchone()[0] == "interrupted"
     deadline = time.monotonic() + 30
-    while (_ray_processes() or _tagged(tag)) and time.monotonic() < deadline:
+    while (_ray_processes() or processes_tagged(tag)) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not _tagged(tag), "a sandboxed process outlived Ctrl-C"
+    assert not processes_tagged(tag), "a sandboxed process outlived Ctrl-C"
     assert not _ray_processes()
     from ouroboros.sandbox import workdir
 
@@ -112,13 +112,3 @@ def test_ctrl_c_during_experiments_marks_rows_and_leaves_no_sandbox(tmp_path):
         if os.path.isdir(workdir.ROOT) else []
     assert not [d for d in leftovers if not __import__("ouroboros.sandbox.reaper", fromlist=["x"]).is_alive(d)]
 
-
-def _tagged(tag: str) -> list[int]:
-    found = []
-    for name in os.listdir("/proc"):
-        try:
-            if name.isdigit() and tag.encode() in open(f"/proc/{name}/environ", "rb").read():
-                found.append(int(name))
-        except OSError:
-            pass
-    return found

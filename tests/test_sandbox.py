@@ -19,6 +19,8 @@ import time
 
 import pytest
 
+from conftest import processes_tagged
+
 from ouroboros.sandbox import Limits, SandboxUnavailable, sandbox_class
 from ouroboros.sandbox import runner
 from ouroboros.sandbox.bwrap import BwrapSandbox
@@ -54,18 +56,7 @@ def sandbox(request):
 
 
 def tagged_pids() -> list[int]:
-    """Host processes that carry this test run's TAG in their environment (live ones only)."""
-    pids = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/environ", "rb") as fh:
-                if TAG.encode() in fh.read():
-                    pids.append(int(name))
-        except OSError:
-            pass
-    return pids
+    return processes_tagged(TAG)
 
 
 def assert_nothing_left(within_s: float = 1.0) -> None:

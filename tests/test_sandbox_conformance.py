@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import threading
 import time
 
 import pytest
+
+from conftest import processes_tagged
 
 from ouroboros.sandbox import TRAITS, Limits, SandboxUnavailable, sandbox_class, workdir
 
@@ -83,21 +84,7 @@ def isolated(request):
 
 
 def tagged_pids() -> list[int]:
-    """Live host processes whose environment carries this run's TAG (docker's included)."""
-    pids = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as fh:
-                if fh.read().rpartition(b")")[2].split()[0] == b"Z":
-                    continue
-            with open(f"/proc/{name}/environ", "rb") as fh:
-                if TAG.encode() in fh.read():
-                    pids.append(int(name))
-        except OSError:
-            pass
-    return pids
+    return processes_tagged(TAG)
 
 
 def our_containers() -> list[str]:

@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from conftest import processes_tagged
+
 from ouroboros.config import SandboxConfig
 from ouroboros.sandbox import TRAITS, SandboxUnavailable, workdir
 from ouroboros.sandbox.docker import DockerSandbox
@@ -42,20 +44,7 @@ def ray_session():
 
 
 def tagged_pids() -> list[int]:
-    pids = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as fh:
-                if fh.read().rpartition(b")")[2].split()[0] == b"Z":
-                    continue
-            with open(f"/proc/{name}/environ", "rb") as fh:
-                if TAG.encode() in fh.read():
-                    pids.append(int(name))
-        except OSError:
-            pass
-    return pids
+    return processes_tagged(TAG)
 
 
 def wait_for(predicate, within_s: float) -> bool:

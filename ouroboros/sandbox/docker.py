@@ -33,7 +33,7 @@ from typing import Sequence
 
 from ouroboros.sandbox import dockerfile, reaper, runner
 from ouroboros.sandbox.base import BuildFailed, Limits, Sandbox, SandboxError, SandboxUnavailable
-from ouroboros.sandbox.local import PROGRAM_FILE, _argv
+from ouroboros.sandbox.local import _argv, write_inputs
 from ouroboros.sandbox.workdir import HostWorkdir, check_path
 from ouroboros.types import ExecResult
 
@@ -215,18 +215,9 @@ class DockerSandbox(Sandbox):
         names = {check_path(name): data for name, data in (files or {}).items()}
         limits = limits or self.limits
         workdir = self.workdir()
-        if program is not None and PROGRAM_FILE in names:
-            raise ValueError(f"sandbox files must not contain {PROGRAM_FILE!r}: that is the program itself")
-        try:
-            if program is not None:
-                workdir.write(PROGRAM_FILE, program)
-            for name, data in names.items():
-                workdir.write(name, data)
-        except (ValueError, OSError) as exc:
-            # What an earlier program left (a directory named main.py, a full workdir) is this
-            # exec's failure, reported as its result, not a crash of the caller.
-            return ExecResult(exit_code=-1, stdout="", stderr="", timed_out=False, oom=False, duration_s=0.0,
-                              truncated=False, error=f"could not write the program's files into the workdir: {exc}")
+        failed = write_inputs(workdir, program, names)
+        if failed is not None:
+            return failed
         container = self._ensure_container(limits)
         ooms_before = self._oom_kills()
         api = self.client.api

@@ -72,18 +72,9 @@ class LocalSandbox(Sandbox):
         names = {check_path(name): data for name, data in (files or {}).items()}
         limits = limits or self.limits
         workdir = self.workdir()
-        if program is not None and PROGRAM_FILE in names:
-            raise ValueError(f"sandbox files must not contain {PROGRAM_FILE!r}: that is the program itself")
-        try:
-            if program is not None:
-                workdir.write(PROGRAM_FILE, program)
-            for name, data in names.items():
-                workdir.write(name, data)
-        except (ValueError, OSError) as exc:
-            # What an earlier program left (a directory named main.py, a full workdir) is this
-            # exec's failure, reported as its result, not a crash of the caller.
-            return ExecResult(exit_code=-1, stdout="", stderr="", timed_out=False, oom=False, duration_s=0.0,
-                              truncated=False, error=f"could not write the program's files into the workdir: {exc}")
+        failed = write_inputs(workdir, program, names)
+        if failed is not None:
+            return failed
         host_argv, cwd, env = self._command(workdir.path, argv, limits)
         cgroup = runner.ChildCgroup(limits)
         try:
@@ -106,6 +97,23 @@ class LocalSandbox(Sandbox):
     def cleanup(self) -> None:
         self.reset()
         runner.remove_stale_cgroups(wait_s=1.0)
+
+
+def write_inputs(workdir: HostWorkdir, program: str | None, names: dict) -> ExecResult | None:
+    """Write `main.py` and the files into the workdir; an ExecResult with `error` if that fails."""
+    if program is not None and PROGRAM_FILE in names:
+        raise ValueError(f"sandbox files must not contain {PROGRAM_FILE!r}: that is the program itself")
+    try:
+        if program is not None:
+            workdir.write(PROGRAM_FILE, program)
+        for name, data in names.items():
+            workdir.write(name, data)
+    except (ValueError, OSError) as exc:
+        # What an earlier program left (a directory named main.py, a full workdir) is this
+        # exec's failure, reported as its result, not a crash of the caller.
+        return ExecResult(exit_code=-1, stdout="", stderr="", timed_out=False, oom=False, duration_s=0.0,
+                          truncated=False, error=f"could not write the program's files into the workdir: {exc}")
+    return None
 
 
 def _argv(program: str | None, command: Sequence[str] | None, python: str) -> list[str]:
