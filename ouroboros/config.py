@@ -65,6 +65,10 @@ class SandboxConfig(Section):
         "bwrap", description="Sandbox backend for model-written code: bwrap (default), docker, or process (unsafe)."
     )
     runners: int = Field(2, ge=1, description="SandboxRunner actors; each takes one unit of the 'sandbox' resource.")
+    concurrency: int = Field(1, ge=1, description="Execs (and experiment sessions) each runner runs at once.")
+    warm: bool = Field(True, description="bwrap sessions fork each program from a warm interpreter (sandbox/warm.py).")
+    spares: int = Field(
+        2, ge=0, description="Fresh, never-used sandboxes each runner keeps started for the next sessions to open.")
     unsafe: bool = Field(False, description="Required for the 'process' backend, which does not isolate.")
     timeout_s: float = Field(5.0, gt=0, description="Wall time per exec; the whole process tree is killed.")
     memory_mb: int = Field(512, ge=16, description="Memory per exec (container); going over is reported as oom.")
@@ -138,6 +142,8 @@ class ResearchConfig(Section):
 
 class ExperimentConfig(Section):
     template: str | None = Field(None, description="Prompt template (seed-000 variables); None uses the built-in one.")
+    cycles_per_agent: int = Field(
+        8, ge=1, description="Cycles one ExperimentAgent actor runs at once; --parallel K starts ceil(K / this) agents.")
     max_actions: int = Field(10, ge=1, description="Actions per experiment.")
     max_errors: int = Field(3, ge=1, description="Consecutive failed actions that end an experiment.")
     time_limit_s: float = Field(3600.0, gt=0, description="Wall time per experiment, a running action included.")

@@ -1,8 +1,8 @@
 """The experiment driver (seed 000): many experiment cycles in parallel as Ray actors.
 
 `ExperimentDriver.run(cycles, parallel, interval_s, forever, wait_first)` starts the shared
-pools (Generators, SandboxRunners) and `parallel` ExperimentAgent actors, and keeps every agent
-busy: a slot starts its next cycle as soon as its last one ends, or `interval_s` after it
+pools (Generators, SandboxRunners) and ExperimentAgent actors for `parallel` slots (each agent
+carries `experiment.cycles_per_agent` slots), and keeps every slot busy: a slot starts its next cycle as soon as its last one ends, or `interval_s` after it
 started when an interval is set (the seed's schedule). The driver holds handles and small
 result dicts only; agents write the store and git themselves.
 
@@ -11,12 +11,15 @@ experiments whose agent died mid-cycle are marked `failed` (`ExperimentStore.fai
 """
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from pathlib import Path
 from typing import Callable
 
 from ouroboros.config import Config
+
+log = logging.getLogger(__name__)
 
 
 class ExperimentDriver:
@@ -31,27 +34,62 @@ class ExperimentDriver:
         self.on_result = on_result or (lambda row: None)
         self.results: list[dict] = []
         self.handles: list = []
+        self.agents: list = []
 
-    def _build(self, parallel: int):
+    def _build(self, parallel: int) -> list:
+        """Start the pools and the agents; returns one (agent, slot) per parallel slot."""
+        import math
+
         import ray
 
         from ouroboros.actors.experiment_agent import ExperimentAgent
         from ouroboros.actors.generator import Generator
-        from ouroboros.actors.sandbox_runner import SandboxRunner
+        from ouroboros.loop import sandbox_runners
 
         cfg = self.cfg
         gen_cls = ray.remote(num_cpus=cfg.generator.num_cpus, num_gpus=cfg.generator.num_gpus)(Generator)
-        runner_gpus = max(cfg.sandbox.gpus, 0) if cfg.sandbox.backend == "docker" else 0
-        runner_cls = ray.remote(num_cpus=0, num_gpus=runner_gpus, resources={"sandbox": 1})(SandboxRunner)
         generators = [gen_cls.remote(cfg) for _ in range(cfg.generator.count)]
-        runners = [runner_cls.remote(cfg.sandbox, self.run_id) for _ in range(cfg.sandbox.runners)]
-        agent_cls = ray.remote(num_cpus=0)(ExperimentAgent)
-        agents = [agent_cls.remote(cfg, self.run_id, self.run_dir, generators, runners, slot) for slot in range(parallel)]
+        runners = sandbox_runners(cfg, self.run_id)
+        per_agent = cfg.experiment.cycles_per_agent
+        # One thread more than its slots, so `flush` gets through while cycles run.
+        agent_cls = ray.remote(num_cpus=0, max_concurrency=per_agent + 1)(ExperimentAgent)
+        agents = [agent_cls.remote(cfg, self.run_id, self.run_dir, generators, runners, n * per_agent)
+                  for n in range(math.ceil(parallel / per_agent))]
         self.handles = [*agents, *runners, *generators]
+        self.agents = agents
         # Surface construction errors (a missing model, engine or git) now, with their own message.
         ray.get([g.weights_version.remote() for g in generators] + [r.owner.remote() for r in runners]
                 + [a.__ray_ready__.remote() for a in agents])
-        return agents
+        capacity = cfg.sandbox.runners * cfg.sandbox.concurrency
+        if parallel > capacity:
+            log.warning("%d parallel cycles share %d sandbox slots (sandbox.runners x sandbox.concurrency): "
+                        "their execs will wait for each other", parallel, capacity)
+        return [(agents[slot // per_agent], slot) for slot in range(parallel)]
+
+    def _flush_commits(self, status: str) -> None:
+        """Let the agents' committers finish: every finished experiment gets its git commit."""
+        import ray
+
+        if not self.agents:
+            return
+        timeout = 120.0 if status == "finished" else 20.0
+        try:
+            done = ray.get([a.flush.remote(timeout) for a in self.agents], timeout=timeout + 10)
+            if not all(done):
+                log.warning("some experiment commits were still queued after %.0f s", timeout)
+        except (ray.exceptions.RayError, KeyboardInterrupt) as exc:
+            log.warning("could not wait for the experiment commits (%s); rows may lack git_commit", exc)
+
+    def _sync_git(self) -> None:
+        from ouroboros.store.git_repo import ExperimentRepo, GitError
+
+        path = Path(self.run_dir) / "experiments"
+        if not (path / ".git").is_dir():
+            return
+        try:  # commits bypass the index: bring it up to date once, so `git status` is clean
+            ExperimentRepo(path).sync_index()
+        except (GitError, OSError) as exc:
+            log.warning("could not refresh the index of %s (%s); the commits are intact", path, exc)
 
     def run(self, cycles: int | None, parallel: int, interval_s: float = 0.0, forever: bool = False,
             wait_first: bool = False) -> list[dict]:
@@ -82,7 +120,8 @@ class ExperimentDriver:
                         break
                     if next_start[slot] <= now:
                         idle.remove(slot)
-                        running[agents[slot].run_cycle.remote(started)] = slot
+                        agent, slot_id = agents[slot]
+                        running[agent.run_cycle.remote(started, slot_id)] = slot
                         next_start[slot] = now + interval_s
                         started += 1
                 if not running and (total is not None and started >= total):
@@ -110,6 +149,7 @@ class ExperimentDriver:
             status = "interrupted"
             raise
         finally:
+            self._flush_commits(status)
             stop_actors(self.handles)
             # Agents killed mid-cycle left `running` rows: their processes are gone now.
             deadline = time.monotonic() + 10
@@ -119,6 +159,7 @@ class ExperimentDriver:
                     break
                 time.sleep(0.2)
             store.fail_orphans(reaper.is_alive)
+            self._sync_git()
             db.finish_run(self.run_id, status)
             store.close()
             db.close()

@@ -62,6 +62,20 @@ def init_ray(cfg: Config) -> None:
              configure_logging=False)
 
 
+def sandbox_runners(cfg: Config, run_id: str) -> list:
+    """`sandbox.runners` SandboxRunner actors, each running up to `sandbox.concurrency` execs at
+    once (threads: a runner mostly waits on its sandboxed children)."""
+    import ray
+
+    from ouroboros.actors.sandbox_runner import SandboxRunner
+
+    # A docker runner that passes GPUs into its containers holds them in Ray's accounting too.
+    runner_gpus = max(cfg.sandbox.gpus, 0) if cfg.sandbox.backend == "docker" else 0
+    runner_cls = ray.remote(num_cpus=0, num_gpus=runner_gpus, resources={"sandbox": 1},
+                            max_concurrency=cfg.sandbox.concurrency)(SandboxRunner)
+    return [runner_cls.remote(cfg.sandbox, run_id) for _ in range(cfg.sandbox.runners)]
+
+
 def build_actors(cfg: Config, run_dir: str, run_id: str) -> Actors:
     import ray
 
@@ -70,16 +84,12 @@ def build_actors(cfg: Config, run_dir: str, run_id: str) -> Actors:
     from ouroboros.actors.judge import TasksJudge
     from ouroboros.actors.learner import Learner
     from ouroboros.actors.recorder import Recorder
-    from ouroboros.actors.sandbox_runner import SandboxRunner
 
     # Resource needs sit here, next to where each actor is made; placement is Ray's.
     gen_cls = ray.remote(num_cpus=cfg.generator.num_cpus, num_gpus=cfg.generator.num_gpus)(Generator)
-    # A docker runner that passes GPUs into its containers holds them in Ray's accounting too.
-    runner_gpus = max(cfg.sandbox.gpus, 0) if cfg.sandbox.backend == "docker" else 0
-    runner_cls = ray.remote(num_cpus=0, num_gpus=runner_gpus, resources={"sandbox": 1})(SandboxRunner)
     learner_cls = ray.remote(num_cpus=1, num_gpus=cfg.learner.num_gpus)(Learner)
     generators = [gen_cls.remote(cfg) for _ in range(cfg.generator.count)]
-    runners = [runner_cls.remote(cfg.sandbox, run_id) for _ in range(cfg.sandbox.runners)]
+    runners = sandbox_runners(cfg, run_id)
     agents = [ray.remote(num_cpus=0)(TasksAgent).remote(generators, runners, cfg.generator.max_new_tokens)
               for _ in range(cfg.env.agents)]
     judge = ray.remote(num_cpus=0)(TasksJudge).remote(cfg.judge)
@@ -87,7 +97,7 @@ def build_actors(cfg: Config, run_dir: str, run_id: str) -> Actors:
     recorder = ray.remote(num_cpus=0)(Recorder).remote(run_dir, run_id, cfg.run.name, cfg.model_dump())
     everything = [*generators, *runners, *agents, judge, learner, recorder]
     # Surface construction errors (a missing model, a missing bwrap) now, with their own message.
-    ray.get([g.weights_version.remote() for g in generators] + [r.cleanup.remote() for r in runners]
+    ray.get([g.weights_version.remote() for g in generators] + [r.owner.remote() for r in runners]
             + [learner.weights_version.remote()])
     return Actors(generators, runners, agents, judge, learner, recorder, everything)
 

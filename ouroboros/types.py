@@ -35,6 +35,9 @@ class Request:
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None
+    # The conversation this turn belongs to (an experiment, an episode). Stateless backends
+    # ignore it; `scripted` replays its script from the start for each new session.
+    session: str | None = None
 
 
 @dataclass

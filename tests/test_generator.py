@@ -88,6 +88,18 @@ def test_scripted_replays_in_order_and_follows_versions(tmp_path):
         backend_class("scripted")()
 
 
+def test_scripted_replays_each_session_from_the_start():
+    from dataclasses import replace
+
+    b = backend_class("scripted")(script=["a", "b", "c"])
+    first = [replace(r, session="x") for r in _requests(2)]
+    second = [replace(r, session="y") for r in _requests(1)]
+    assert [c.text for c in b.generate(first)] == ["a", "b"]
+    assert [c.text for c in b.generate(second)] == ["a"]  # a new session starts over
+    assert [c.text for c in b.generate([replace(first[0], session="x")])] == ["c"]
+    assert [c.text for c in b.generate(_requests(1))] == ["a"]  # no session: the shared place
+
+
 def test_vllm_slot_says_it_is_not_available_yet():
     with pytest.raises(BackendError, match="not available yet"):
         backend_class("vllm")(model="x")

@@ -1,9 +1,11 @@
 """ExperimentAgent: runs experiment cycles (seed 000) with shared generator and sandbox pools.
 
-A plain class; `experiments.py` wraps it with `ray.remote`, one actor per parallel cycle slot.
-It talks to the pools through handles: generation and sandbox sessions are actor calls, so
-many agents share a few generators and runners. A session stays on the runner that opened it
-(its workdir and warm container live there).
+A plain class; `experiments.py` wraps it with `ray.remote` as a threaded actor that runs up to
+`experiment.cycles_per_agent` cycles at once: a cycle mostly waits on the model and the
+sandbox, so one process can carry several, and 32 cycles do not cost 32 Python processes. It
+talks to the pools through handles: generation and sandbox sessions are actor calls, so many
+cycles share a few generators and runners. A session stays on the runner that opened it (its
+workdir and warm container live there). Each cycle has its own SQLite connection.
 """
 from __future__ import annotations
 
@@ -93,28 +95,46 @@ class ExperimentAgent:
         from pathlib import Path
 
         from ouroboros.sandbox import reaper
+        from ouroboros.store.committer import Committer
         from ouroboros.store.experiments import ExperimentStore
         from ouroboros.store.git_repo import ExperimentRepo
 
         self.cfg, self.run_id = cfg, run_id
         self.generators = generators
         self.pool = RunnerPool(runners, start=slot)
-        self.store = ExperimentStore(Path(run_dir) / "ouroboros.db")
-        self.repo = ExperimentRepo(Path(run_dir) / "experiments")
+        self.db_path = Path(run_dir) / "ouroboros.db"
+        ExperimentStore(self.db_path).close()  # the schema, once, before cycles open their own
         self.log_path = str(Path(run_dir) / "experiments.log")
+        # Commits happen in the background, batched across this agent's cycles.
+        self.committer = Committer(ExperimentRepo(Path(run_dir) / "experiments"), self.db_path, self.log_path)
         self.research = ResearchTools(cfg) if (cfg.experiment.research.web_search or cfg.experiment.research.load_url) else None
         self.owner = reaper.owner_token()
-        # One generator per slot: spreads slots over the pool, and a `scripted` generator then
-        # replays its script to one cycle at a time, in order.
-        self.generator = generators[slot % len(generators)]
 
-    def _generate(self, messages: list[dict]) -> Completion:
-        generator = self.generator
-        request = Request(id=secrets.token_hex(8), messages=messages,
-                          max_new_tokens=self.cfg.experiment.max_new_tokens,
-                          temperature=self.cfg.experiment.temperature)
-        return RunnerPool._call(generator.generate, [request])[0]
+    def _generator_for(self, slot: int, session: str):
+        """generate(messages) for one cycle: its slot's generator (spreading slots over the
+        pool), with the cycle as the request's session (a `scripted` generator replays its
+        script to each cycle from the start)."""
+        generator = self.generators[slot % len(self.generators)]
 
-    def run_cycle(self, cycle: int) -> dict:
-        return ExperimentCycle(self.cfg, self.run_id, cycle, self.owner, self._generate, self.pool, self.store,
-                               self.repo, self.research, self.log_path).run()
+        def generate(messages: list[dict]) -> Completion:
+            request = Request(id=secrets.token_hex(8), messages=messages, session=session,
+                              max_new_tokens=self.cfg.experiment.max_new_tokens,
+                              temperature=self.cfg.experiment.temperature)
+            return RunnerPool._call(generator.generate, [request])[0]
+
+        return generate
+
+    def run_cycle(self, cycle: int, slot: int = 0) -> dict:
+        from ouroboros.store.experiments import ExperimentStore
+
+        store = ExperimentStore(self.db_path)
+        try:
+            generate = self._generator_for(slot, f"{self.run_id}/cycle-{cycle}")
+            return ExperimentCycle(self.cfg, self.run_id, cycle, self.owner, generate, self.pool, store,
+                                   self.committer, self.research, self.log_path).run()
+        finally:
+            store.close()
+
+    def flush(self, timeout_s: float = 120.0) -> bool:
+        """Wait until every finished experiment of this agent has its git commit."""
+        return self.committer.flush(timeout_s)

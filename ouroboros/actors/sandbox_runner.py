@@ -7,17 +7,29 @@ Two ways to use it:
   warm container, built environment) persists across `exec(..., session=id)`, `write_file`,
   `read_file` and `build`, until `close_session(id)`.
 
+Opening a session hands out a spare: a fresh sandbox that was started in the background
+(`sandbox.spares` of them per runner: workdir made, warm interpreter or container up) and that
+nothing has used, so an experiment's first program does not wait for the sandbox to boot.
+
+A runner may run several calls at once (`sandbox.concurrency`, a threaded actor): sessions are
+independent, and each concurrent scratch exec takes its own idle scratch sandbox.
+
 A runner that dies mid-exec leaves nothing behind: its janitor (`sandbox/reaper.py`) removes
 its workdirs, containers and sandbox-uid processes, and the caller's `ray.get` raises
 `RayActorError`, so it can retry on another runner.
 """
 from __future__ import annotations
 
+import logging
 import secrets
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from ouroboros.config import SandboxConfig
 from ouroboros.sandbox import Limits, Sandbox, SandboxError, sandbox_class
 from ouroboros.types import ExecResult
+
+log = logging.getLogger(__name__)
 
 
 def limits_from(cfg: SandboxConfig) -> Limits:
@@ -25,8 +37,12 @@ def limits_from(cfg: SandboxConfig) -> Limits:
                   output_bytes=cfg.output_bytes, disk_mb=cfg.disk_mb, cpus=cfg.cpus)
 
 
-def make_sandbox(cfg: SandboxConfig, run_id: str = "adhoc") -> Sandbox:
+def make_sandbox(cfg: SandboxConfig, run_id: str = "adhoc", session: bool = False) -> Sandbox:
+    """A sandbox from config. A session's bwrap sandbox keeps a warm interpreter (`sandbox.warm`):
+    its programs fork from it instead of starting Python; a scratch one runs once, so it does not."""
     kwargs = {"limits": limits_from(cfg), "env": dict(cfg.env), "network": cfg.network}
+    if cfg.backend == "bwrap":
+        kwargs["warm"] = session and cfg.warm
     if cfg.backend == "process":
         kwargs["unsafe"] = cfg.unsafe
     if cfg.backend == "docker":
@@ -40,7 +56,39 @@ class SandboxRunner:
         self.cfg = cfg
         self.run_id = run_id
         self.scratch = make_sandbox(cfg, run_id)  # checks the backend works here, at start-up
+        self._idle_scratch: list[Sandbox] = [self.scratch]
+        self._scratch_all: list[Sandbox] = [self.scratch]
+        self._lock = threading.Lock()
         self.sessions: dict[str, Sandbox] = {}
+        self._spares: list[Sandbox] = []
+        self._closing = False
+        self._refill = threading.Event()
+        self._spare_thread: threading.Thread | None = None  # started by the first session
+        self._closer = ThreadPoolExecutor(1, thread_name_prefix="sandbox-teardown")
+        self._teardowns: list = []
+
+    def _keep_spares(self) -> None:
+        """Keep `cfg.spares` started sandboxes ready, one at a time (boots are CPU work)."""
+        while True:
+            self._refill.wait()
+            self._refill.clear()
+            while not self._closing:
+                with self._lock:
+                    if len(self._spares) >= self.cfg.spares:
+                        break
+                try:
+                    spare = make_sandbox(self.cfg, self.run_id, session=True)
+                    spare.prewarm()
+                except Exception as exc:  # the session opens cold instead; say why once
+                    log.warning("could not start a spare sandbox (%s); sessions start cold", exc)
+                    return
+                with self._lock:
+                    if self._closing:
+                        spare.cleanup()
+                        return
+                    self._spares.append(spare)
+            if self._closing:
+                return
 
     def _limits(self, limits: dict | None) -> Limits | None:
         return self.scratch.limits.override(**limits) if limits else None
@@ -55,14 +103,34 @@ class SandboxRunner:
              *, command: list[str] | None = None, session: str | None = None) -> ExecResult:
         if session is not None:
             return self._session(session).exec(program, command=command, files=files, limits=self._limits(limits))
+        with self._lock:
+            scratch = self._idle_scratch.pop() if self._idle_scratch else None
+        if scratch is None:
+            scratch = make_sandbox(self.cfg, self.run_id)
+            with self._lock:
+                self._scratch_all.append(scratch)
         try:
-            return self.scratch.exec(program, command=command, files=files, limits=self._limits(limits))
+            return scratch.exec(program, command=command, files=files, limits=self._limits(limits))
         finally:
-            self.scratch.reset()
+            scratch.reset()
+            with self._lock:
+                self._idle_scratch.append(scratch)
 
     def open_session(self) -> str:
         session = secrets.token_hex(8)
-        self.sessions[session] = make_sandbox(self.cfg, self.run_id)
+        with self._lock:
+            sandbox = self._spares.pop(0) if self._spares else None
+        if sandbox is None:
+            sandbox = make_sandbox(self.cfg, self.run_id, session=True)
+        self.sessions[session] = sandbox
+        if self.cfg.spares > 0:
+            with self._lock:
+                if self._spare_thread is None or not self._spare_thread.is_alive():
+                    self._closing = False
+                    self._spare_thread = threading.Thread(target=self._keep_spares, name="sandbox-spares",
+                                                          daemon=True)
+                    self._spare_thread.start()
+            self._refill.set()
         return session
 
     def write_file(self, session: str, path: str, data: str | bytes) -> None:
@@ -79,14 +147,30 @@ class SandboxRunner:
         return environment
 
     def close_session(self, session: str) -> None:
+        """Close the session; its sandbox is torn down in the background (the caller's experiment
+        is over and need not wait for a namespace to die). `cleanup` waits for every teardown."""
         sandbox = self.sessions.pop(session, None)
         if sandbox is not None:
-            sandbox.cleanup()
+            with self._lock:
+                self._teardowns = [t for t in self._teardowns if not t.done()]
+                self._teardowns.append(self._closer.submit(sandbox.cleanup))
 
     def cleanup(self) -> None:
+        with self._lock:
+            self._closing = True
+            spares, self._spares = self._spares, []
+        self._refill.set()
         for session in list(self.sessions):
             self.close_session(session)
-        self.scratch.cleanup()
+        with self._lock:
+            teardowns, self._teardowns = self._teardowns, []
+        for done in teardowns:
+            try:
+                done.result()
+            except Exception as exc:
+                log.warning("tearing down a sandbox failed: %s", exc)
+        for sandbox in [*spares, *self._scratch_all]:
+            sandbox.cleanup()
 
     def owner(self) -> str:
         """This runner's owner token (`<pid>-<start time>`), as its leftovers are labelled."""

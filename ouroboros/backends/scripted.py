@@ -2,7 +2,10 @@
 
 It is a real backend with its own contract: replies come from the config's
 `script` list or a JSONL file (a "text" field per line), in order, wrapping
-round when exhausted. Token ids are the reply's UTF-8 bytes, since there is no
+round when exhausted. A request that names a `session` (one experiment, one
+episode) follows that session's own place in the script, so one scripted
+generator serves many concurrent conversations, each replayed from the start;
+requests without one share a single place. Token ids are the reply's UTF-8 bytes, since there is no
 tokenizer, and each log-probability is 0: a replay is certain.
 """
 from __future__ import annotations
@@ -36,14 +39,19 @@ class ScriptedBackend(ModelBackend):
             raise BackendError("scripted backend has nothing to replay: set generator.script or generator.script_file")
         self.replies = replies
         self.position = 0
+        self.sessions: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def generate(self, requests: list[Request]) -> list[Completion]:
         out = []
         with self._lock:
             for r in requests:
-                text = self.replies[self.position % len(self.replies)]
-                self.position += 1
+                if r.session is None:
+                    at, self.position = self.position, self.position + 1
+                else:
+                    at = self.sessions.get(r.session, 0)
+                    self.sessions[r.session] = at + 1
+                text = self.replies[at % len(self.replies)]
                 ids = list(text.encode("utf-8"))
                 length = len(ids) > r.max_new_tokens
                 ids = ids[: r.max_new_tokens]
