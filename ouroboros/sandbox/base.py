@@ -59,6 +59,14 @@ class Sandbox(abc.ABC):
     name: str = ""
     limits: Limits
 
+    def prewarm(self) -> None:
+        """Get ready for the first exec now (its workdir, warm interpreter or container), so a
+        pool can hand out sandboxes that start at once. By default there is nothing to do."""
+
+    def resident_pids(self) -> set[int]:
+        """Host pids this sandbox keeps alive between execs on purpose (a warm interpreter)."""
+        return set()
+
     @abc.abstractmethod
     def exec(
         self,

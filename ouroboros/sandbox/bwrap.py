@@ -40,6 +40,10 @@ def _system_dirs() -> list[str]:
     return args
 
 
+# (bwrap, python, network, fresh uid) -> the start-up probe's answer, for this process.
+_PROBED: dict[tuple, tuple[bool, str | None]] = {}
+
+
 class BwrapSandbox(LocalSandbox):
     name = "bwrap"
 
@@ -49,6 +53,7 @@ class BwrapSandbox(LocalSandbox):
         python: str = "/usr/bin/python3",
         env: dict[str, str] | None = None,
         network: bool = False,
+        warm: bool = False,
     ):
         bwrap = shutil.which("bwrap")
         if bwrap is None:
@@ -61,6 +66,7 @@ class BwrapSandbox(LocalSandbox):
                 f"mounted in the sandbox), e.g. /usr/bin/python3 from Debian package 'python3'"
             )
         super().__init__(limits, found if found.startswith("/usr/") else real, env, network)
+        self.warm = warm  # programs fork from one interpreter per workdir (sandbox/warm.py)
         self.bwrap = bwrap
         self.env = runner.base_env("/work", self.extra_env)
         # Root starts bwrap as the workdir's throwaway unprivileged uid (NPROC applies, no root
@@ -68,7 +74,21 @@ class BwrapSandbox(LocalSandbox):
         self.fresh_uid = os.geteuid() == 0
         self._head = self._static_args()
         # Whether bwrap works here at all: under default limits, so a tight config is not
-        # mistaken for a host without unprivileged user namespaces (exec reports those).
+        # mistaken for a host without unprivileged user namespaces (exec reports those). The
+        # answer is the host's, so it is probed once per process, not once per sandbox: an
+        # experiment opens a sandbox per cycle.
+        key = (bwrap, self.python, network, self.fresh_uid)
+        if key not in _PROBED:
+            _PROBED[key] = self._startup_probe()
+        self.fresh_uid, failure = _PROBED[key]
+        if failure:
+            raise SandboxUnavailable(
+                f"bubblewrap (bwrap) cannot create a sandbox on this host: {failure}. It needs user "
+                f"namespaces (sysctl user.max_user_namespaces > 0)"
+            )
+
+    def _startup_probe(self) -> tuple[bool, str | None]:
+        """(whether to start bwrap as a fresh uid, why bwrap cannot run here or None)."""
         failure = self._probe(Limits())
         if failure and self.fresh_uid:
             self.fresh_uid = False
@@ -78,12 +98,9 @@ class BwrapSandbox(LocalSandbox):
                     "bwrap cannot run as an unprivileged uid here (%s); running it as root, where "
                     "RLIMIT_NPROC is not enforced", failure,
                 )
-            failure = None if as_root is None else f"{failure}; as root: {as_root}"
-        if failure:
-            raise SandboxUnavailable(
-                f"bubblewrap (bwrap) cannot create a sandbox on this host: {failure}. It needs user "
-                f"namespaces (sysctl user.max_user_namespaces > 0)"
-            )
+                return False, None
+            return False, f"{failure}; as root: {as_root}"
+        return self.fresh_uid, failure
 
     def _ids(self) -> tuple[int, int] | None:
         return runner.sandbox_ids() if self.fresh_uid else None

@@ -136,6 +136,9 @@ class DockerSandbox(Sandbox):
 
     # ------------------------------------------------------------------ container
 
+    def prewarm(self) -> None:
+        self._ensure_container(self.limits)
+
     def _ensure_container(self, limits: Limits):
         key = (self.environment, limits.memory_mb, limits.pids, limits.cpus, limits.disk_mb)
         if self._container is not None and self._container_key == key:

@@ -27,8 +27,12 @@ def reap_once() -> None:
 
 
 class LocalSandbox(Sandbox):
+    # Whether `program` execs may run in a warm interpreter (`warm.py`); only bwrap has one.
+    warm = False
+
     def __init__(self, limits: Limits | None, python: str, env: dict[str, str] | None, network: bool):
         self.limits = limits or Limits()
+        self._zygote = None
         self.python = python
         self.network = network
         self.extra_env = dict(env or {})
@@ -75,6 +79,10 @@ class LocalSandbox(Sandbox):
         failed = write_inputs(workdir, program, names)
         if failed is not None:
             return failed
+        zygote = self._warm_interpreter(limits) if program is not None else None
+        if zygote is not None:
+            outcome, oom = zygote.exec(limits)
+            return self._result(outcome, oom, limits)
         host_argv, cwd, env = self._command(workdir.path, argv, limits)
         cgroup = runner.ChildCgroup(limits)
         try:
@@ -87,10 +95,44 @@ class LocalSandbox(Sandbox):
     def _result(self, outcome: runner.Outcome, oom: bool, limits: Limits) -> ExecResult:
         return runner.build_result(outcome, oom)
 
+    def prewarm(self) -> None:
+        self.workdir()
+        self._warm_interpreter(self.limits)
+
+    def resident_pids(self) -> set[int]:
+        zygote = self._zygote
+        return set(zygote.baseline) if zygote is not None and zygote.alive else set()
+
+    def _warm_interpreter(self, limits: Limits):
+        """This workdir's warm interpreter (started on first use), or None for a cold exec."""
+        if not self.warm:
+            return None
+        zygote = self._zygote
+        if zygote is not None and not zygote.alive:
+            zygote.stop()
+            zygote = self._zygote = None
+        if zygote is None:
+            from ouroboros.sandbox.warm import WarmPython
+
+            workdir = self.workdir()
+            command, cwd, env = self._command(workdir.path, [self.python], self.limits)
+            try:
+                zygote = self._zygote = WarmPython(command, cwd, env, self.limits, workdir.ids)
+            except (OSError, RuntimeError) as exc:
+                runner.log.warning("no warm interpreter in this sandbox (%s); running programs cold", exc)
+                self.warm = False
+                return None
+        return zygote if zygote.fits(limits) else None
+
     def reset(self) -> None:
+        if self._zygote is not None:
+            self._zygote.stop()
+            self._zygote = None
         if self._workdir is not None:
             workdir, self._workdir = self._workdir, None
-            if workdir.ids is not None:
+            # Every process of the uid was started in a pids cgroup and killed with it; a /proc
+            # scan for stragglers is only needed without one.
+            if workdir.ids is not None and "pids" not in runner.cgroup_bases():
                 runner.kill_uid(workdir.ids[0])
             workdir.remove()
 
