@@ -230,6 +230,41 @@ def test_ids_are_unique_under_concurrency_and_orphans_fail(tmp_path):
     assert store.query("SELECT COUNT(*) FROM experiments WHERE status='failed'")[0][0] == 200
 
 
+def test_committer_batches_commits_records_them_and_isolates_a_bad_one(tmp_path):
+    from ouroboros.store.committer import Committer
+
+    store = ExperimentStore(tmp_path / "db.sqlite")
+    ids = [store.start("r", 0, "1-1", "") for _ in range(21)]
+    repo = ExperimentRepo(tmp_path / "experiments")
+    committer = Committer(repo, tmp_path / "db.sqlite", str(tmp_path / "experiments.log"))
+    bad = ids[7]
+
+    def worker(chunk):
+        for eid in chunk:
+            name = "../escape.txt" if eid == bad else "notes.md"
+            committer.commit_experiment(eid, {name: f"experiment {eid}", "log.txt": "x"}, f"experiment {eid}")
+
+    threads = [threading.Thread(target=worker, args=(ids[i::3],)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert committer.flush(60)
+    rows = dict(store.query("SELECT id, git_commit FROM experiments"))
+    assert rows[bad] is None and "outside its directory" in (tmp_path / "experiments.log").read_text()
+    good = [eid for eid in ids if eid != bad]
+    git = ["git", "-C", str(tmp_path / "experiments")]
+    log = subprocess.run([*git, "log", "--format=%H %s"], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert len(log) == 20 and {rows[eid] for eid in good} == {line.split()[0] for line in log}
+    for eid in good[:3]:  # each commit adds exactly its experiment's directory
+        files = subprocess.run([*git, "show", "--name-only", "--format=", rows[eid]], capture_output=True, text=True,
+                               check=True).stdout.split()
+        assert sorted(files) == [f"{eid:06d}/log.txt", f"{eid:06d}/notes.md"]
+    assert subprocess.run([*git, "fsck", "--strict"], capture_output=True).returncode == 0
+    repo.sync_index()
+    assert subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True).stdout == ""
+
+
 def test_fts_query_is_safe_for_any_text(tmp_path):
     store = ExperimentStore(tmp_path / "db.sqlite")
     eid = store.start("r", 0, "1-1", "")
@@ -259,8 +294,13 @@ def test_cli_smoke_four_parallel_cycles(tmp_path):
                        "GROUP BY e.id")
     assert len(rows) == 4 and len({r[0] for r in rows}) == 4 and all(r[2] >= 1 for r in rows)
     assert all(r[1] == "finalized" for r in rows)
-    log = subprocess.run(["git", "-C", str(out / "experiments"), "log", "--oneline"], capture_output=True, text=True)
+    log = subprocess.run(["git", "-C", str(out / "experiments"), "log", "--format=%H"], capture_output=True, text=True)
     assert len(log.stdout.splitlines()) >= 4
+    commits = [c for (c,) in store.query("SELECT git_commit FROM experiments")]
+    assert set(commits) <= set(log.stdout.split())  # every experiment's commit was made before the run ended
+    status = subprocess.run(["git", "-C", str(out / "experiments"), "status", "--porcelain"], capture_output=True,
+                            text=True)
+    assert status.stdout == ""  # the index was brought up to date at the end
     assert (out / "experiments.log").read_text().count("ended: finalized") == 4
 
 

@@ -3,10 +3,18 @@
 Each experiment is a directory `NNNNNN/` holding its run actions' code, its Dockerfile, the
 results, the notes and a log; the commit message names the experiment and how it ended.
 
-- Hooks never run: the repository's own `core.hooksPath` points at an empty directory and each
-  commit passes `--no-verify`, so a file a model wrote cannot become a hook.
+- Hooks never run: fast-import runs none, and the repository's own `core.hooksPath` points at
+  an empty directory for any git command run there later, so a file a model wrote cannot
+  become a hook.
+- `git fast-import` writes the experiments' files as objects and their commits on top of the
+  branch, without `git add`: no index to read and rewrite, whose size grows with every
+  experiment, and no scan of the working tree. One process commits a whole batch
+  (`commit_many`; `committer.py` batches what many cycles finish at once). Small imports
+  become loose objects (`fastimport.unpackLimit`), so commits do not pile up packs.
+- The files are also written to the working tree, for browsing. The index is brought up to
+  date once, by `sync_index()` when a run ends, so `git status` is clean after it.
 - Cycles commit concurrently: an exclusive `flock` on `experiments.lock` (beside it) serializes
-  `git add` + `git commit`, and each commit stages only its experiment's directory.
+  the commits.
 - The identity is fixed in the repository config, so commits work on hosts without a global one.
 - git runs with a scrubbed environment: nothing from ours (API keys included) reaches it.
 """
@@ -56,25 +64,92 @@ class ExperimentRepo:
 
         return Held()
 
-    def _git(self, *args: str) -> str:
-        proc = subprocess.run(["git", "-C", str(self.path), *args], capture_output=True, text=True,
+    def _git(self, *args: str, input: bytes | None = None) -> str:
+        proc = subprocess.run(["git", "-C", str(self.path), *args], capture_output=True, input=input,
                               env=self._env, timeout=120)
         if proc.returncode != 0:
-            raise GitError(f"git {args[0]} failed ({proc.returncode}): {proc.stderr.strip()[:500]}")
-        return proc.stdout
+            stderr = proc.stderr.decode("utf-8", errors="replace").strip()
+            raise GitError(f"git {args[0]} failed ({proc.returncode}): {stderr[:500]}")
+        return proc.stdout.decode("utf-8", errors="replace")
 
     def commit_experiment(self, experiment_id: int, files: dict[str, str], message: str) -> str:
         """Write `files` under the experiment's directory and commit them. Returns the commit id."""
-        folder = f"{experiment_id:06d}"
-        base = self.path / folder
-        with self._lock():
-            base.mkdir(exist_ok=True)
+        return self.commit_many([(experiment_id, files, message)])[0]
+
+    def commit_many(self, experiments: list[tuple[int, dict[str, str], str]]) -> list[str]:
+        """One commit per (experiment id, files, message), in order, from one `git fast-import`.
+        Returns the commit ids."""
+        root = self.path.resolve()
+        batch = []
+        for experiment_id, files, message in experiments:
+            folder = f"{experiment_id:06d}"
+            base = root / folder
+            blobs: list[tuple[str, bytes]] = []
             for name, text in files.items():
                 target = (base / name).resolve()
-                if base.resolve() not in target.parents:
+                if base not in target.parents:
                     raise GitError(f"experiment file {name!r} is outside its directory")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_text(text, encoding="utf-8", errors="replace")
-            self._git("add", "--", folder)
-            self._git("commit", "-q", "--no-verify", "--allow-empty", "-m", message, "--", folder)
-            return self._git("rev-parse", "HEAD").strip()
+                blobs.append((target.relative_to(root).as_posix(), text.encode("utf-8", errors="replace")))
+            batch.append((folder, blobs, message))
+        with self._lock():
+            branch = self._branch()
+            tip = self._tip(branch)
+            stream: list[bytes] = []
+            for mark, (folder, blobs, message) in enumerate(batch, 1):
+                for path, data in blobs:
+                    target = self.path / path
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(data)
+                stream += [f"commit refs/heads/{branch}\nmark :{mark}\n"
+                           f"committer Ouroboros <ouroboros@localhost> now\n".encode(), _data(message.encode())]
+                # Within one stream the branch's last commit is the parent; the first needs `from`.
+                if mark == 1 and tip:
+                    stream.append(f"from {tip}\n".encode())
+                stream.append(f"D {folder}\n".encode())  # the directory holds exactly these files
+                for path, data in blobs:
+                    stream += [f"M 100644 inline {_quote(path)}\n".encode(), _data(data)]
+                stream.append(b"\n")
+            stream += [f"get-mark :{mark}\n".encode() for mark in range(1, len(batch) + 1)]
+            stream.append(b"done\n")
+            out = self._git("fast-import", "--quiet", "--done", "--date-format=now", input=b"".join(stream))
+        commits = out.split()
+        if len(commits) != len(batch):
+            raise GitError(f"git fast-import reported {len(commits)} commits for {len(batch)} experiments")
+        return commits
+
+    def _tip(self, branch: str) -> str | None:
+        """The branch's commit id, read from the ref files (no git process), or None before the first."""
+        git = self.path / ".git"
+        loose = git / "refs" / "heads" / branch
+        if loose.is_file():
+            return loose.read_text().strip()
+        packed = git / "packed-refs"
+        if packed.is_file():
+            for line in packed.read_text().splitlines():
+                sha, _, ref = line.partition(" ")
+                if ref == f"refs/heads/{branch}":
+                    return sha
+        return None
+
+    def _branch(self) -> str:
+        head = (self.path / ".git" / "HEAD").read_text().strip()
+        if not head.startswith("ref: refs/heads/"):
+            raise GitError(f"{self.path} has a detached HEAD ({head[:40]}); check out a branch there")
+        return head[len("ref: refs/heads/"):]
+
+    def sync_index(self) -> None:
+        """Make the index match HEAD (commits bypass it), so `git status` is clean."""
+        with self._lock():
+            if self._tip(self._branch()):
+                self._git("reset", "-q")
+
+
+def _data(payload: bytes) -> bytes:
+    return f"data {len(payload)}\n".encode() + payload + b"\n"
+
+
+def _quote(path: str) -> str:
+    """A fast-import path: C-style quoted when it holds characters the format would misread."""
+    if not any(c in path for c in ' "\\\n') and not path.startswith('"'):
+        return path
+    return '"' + path.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'

@@ -3,7 +3,8 @@
 `ExperimentCycle.run()` is a plain method over plain collaborators, so it is tested without Ray:
 - `generate(messages) -> Completion`: the policy (a Generator actor, an API, `scripted`);
 - `sandboxes`: a session API (`open`, `exec`, `build`, `close`) over SandboxRunners;
-- `store` (`ExperimentStore`), `repo` (`ExperimentRepo`), and `research` (or None).
+- `store` (`ExperimentStore`), `repo` (`ExperimentRepo`, or a `Committer` that commits in the
+  background), and `research` (or None).
 
 Every limit the seed declared is enforced: `max_actions`; `max_errors` consecutive failed
 actions; `time_limit_s` as wall time, which also bounds the action that is running (its exec
@@ -292,8 +293,9 @@ class ExperimentCycle:
         files = {f"run-{s['idx'] + 1:02d}.py": s["data"] for s in steps if s["action"] == "run"}
         files.update({"Dockerfile": dockerfile, "notes.md": f"# Experiment {eid}\n\n{status}: {reason}\n\n{notes}\n",
                       "results.json": json.dumps(steps, indent=1), "log.txt": "\n".join(self.lines) + "\n"})
-        try:
+        try:  # a Committer queues the commit and records it on the row itself (None here)
             commit = self.repo.commit_experiment(eid, files, f"experiment {eid}: {status} ({reason})"[:200])
-            self.store.set_commit(eid, commit)
+            if commit:
+                self.store.set_commit(eid, commit)
         except Exception as exc:  # the DB row is complete; a git failure is logged, not fatal
             self._log(f"git commit of experiment {eid} failed: {exc}")
