@@ -49,7 +49,7 @@ class ExperimentDriver:
         cfg = self.cfg
         gen_cls = ray.remote(num_cpus=cfg.generator.num_cpus, num_gpus=cfg.generator.num_gpus)(Generator)
         generators = [gen_cls.remote(cfg) for _ in range(cfg.generator.count)]
-        runners = sandbox_runners(cfg, self.run_id)
+        runners = sandbox_runners(cfg, self.run_id, sessions=True)
         per_agent = cfg.experiment.cycles_per_agent
         # One thread more than its slots, so `flush` gets through while cycles run.
         agent_cls = ray.remote(num_cpus=0, max_concurrency=per_agent + 1)(ExperimentAgent)

@@ -62,18 +62,21 @@ def init_ray(cfg: Config) -> None:
              configure_logging=False)
 
 
-def sandbox_runners(cfg: Config, run_id: str) -> list:
+def sandbox_runners(cfg: Config, run_id: str, sessions: bool = False) -> list:
     """`sandbox.runners` SandboxRunner actors, each running up to `sandbox.concurrency` execs at
-    once (threads: a runner mostly waits on its sandboxed children)."""
+    once (threads: a runner mostly waits on its sandboxed children). `sessions`: they serve
+    experiment sessions, so they start their spare sandboxes at once."""
     import ray
 
     from ouroboros.actors.sandbox_runner import SandboxRunner
 
     # A docker runner that passes GPUs into its containers holds them in Ray's accounting too.
     runner_gpus = max(cfg.sandbox.gpus, 0) if cfg.sandbox.backend == "docker" else 0
+    # A few threads beyond the execs, so opening and closing sessions never queue behind them
+    # (the runner itself holds execs to `sandbox.concurrency`).
     runner_cls = ray.remote(num_cpus=0, num_gpus=runner_gpus, resources={"sandbox": 1},
-                            max_concurrency=cfg.sandbox.concurrency)(SandboxRunner)
-    return [runner_cls.remote(cfg.sandbox, run_id) for _ in range(cfg.sandbox.runners)]
+                            max_concurrency=cfg.sandbox.concurrency + 4)(SandboxRunner)
+    return [runner_cls.remote(cfg.sandbox, run_id, sessions) for _ in range(cfg.sandbox.runners)]
 
 
 def build_actors(cfg: Config, run_dir: str, run_id: str) -> Actors:

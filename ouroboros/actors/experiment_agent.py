@@ -5,12 +5,13 @@ A plain class; `experiments.py` wraps it with `ray.remote` as a threaded actor t
 sandbox, so one process can carry several, and 32 cycles do not cost 32 Python processes. It
 talks to the pools through handles: generation and sandbox sessions are actor calls, so many
 cycles share a few generators and runners. A session stays on the runner that opened it (its
-workdir and warm container live there). Each cycle has its own SQLite connection.
+workdir and warm container live there). Each thread has its own SQLite connection.
 """
 from __future__ import annotations
 
 import itertools
 import secrets
+import threading
 
 from ouroboros.config import Config
 from ouroboros.envs.experiment.cycle import ExperimentCycle
@@ -109,6 +110,7 @@ class ExperimentAgent:
         self.committer = Committer(ExperimentRepo(Path(run_dir) / "experiments"), self.db_path, self.log_path)
         self.research = ResearchTools(cfg) if (cfg.experiment.research.web_search or cfg.experiment.research.load_url) else None
         self.owner = reaper.owner_token()
+        self._local = threading.local()
 
     def _generator_for(self, slot: int, session: str):
         """generate(messages) for one cycle: its slot's generator (spreading slots over the
@@ -124,16 +126,19 @@ class ExperimentAgent:
 
         return generate
 
-    def run_cycle(self, cycle: int, slot: int = 0) -> dict:
+    def _store(self):
+        """This thread's SQLite connection: cycles on one thread reuse it, threads never share one."""
         from ouroboros.store.experiments import ExperimentStore
 
-        store = ExperimentStore(self.db_path)
-        try:
-            generate = self._generator_for(slot, f"{self.run_id}/cycle-{cycle}")
-            return ExperimentCycle(self.cfg, self.run_id, cycle, self.owner, generate, self.pool, store,
-                                   self.committer, self.research, self.log_path).run()
-        finally:
-            store.close()
+        store = getattr(self._local, "store", None)
+        if store is None:
+            store = self._local.store = ExperimentStore(self.db_path)
+        return store
+
+    def run_cycle(self, cycle: int, slot: int = 0) -> dict:
+        generate = self._generator_for(slot, f"{self.run_id}/cycle-{cycle}")
+        return ExperimentCycle(self.cfg, self.run_id, cycle, self.owner, generate, self.pool, self._store(),
+                               self.committer, self.research, self.log_path).run()
 
     def flush(self, timeout_s: float = 120.0) -> bool:
         """Wait until every finished experiment of this agent has its git commit."""

@@ -52,13 +52,15 @@ def make_sandbox(cfg: SandboxConfig, run_id: str = "adhoc", session: bool = Fals
 
 
 class SandboxRunner:
-    def __init__(self, cfg: SandboxConfig, run_id: str = "adhoc") -> None:
+    def __init__(self, cfg: SandboxConfig, run_id: str = "adhoc", sessions: bool = False) -> None:
+        """`sessions`: this runner will serve experiment sessions, so start its spares now."""
         self.cfg = cfg
         self.run_id = run_id
         self.scratch = make_sandbox(cfg, run_id)  # checks the backend works here, at start-up
         self._idle_scratch: list[Sandbox] = [self.scratch]
         self._scratch_all: list[Sandbox] = [self.scratch]
         self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(cfg.concurrency)  # execs running at once
         self.sessions: dict[str, Sandbox] = {}
         self._spares: list[Sandbox] = []
         self._closing = False
@@ -66,6 +68,19 @@ class SandboxRunner:
         self._spare_thread: threading.Thread | None = None  # started by the first session
         self._closer = ThreadPoolExecutor(1, thread_name_prefix="sandbox-teardown")
         self._teardowns: list = []
+        self.counts = {"sessions_from_spares": 0, "sessions_cold": 0}
+        if sessions:
+            self._start_spares()
+
+    def _start_spares(self) -> None:
+        if self.cfg.spares <= 0:
+            return
+        with self._lock:
+            if self._spare_thread is None or not self._spare_thread.is_alive():
+                self._closing = False
+                self._spare_thread = threading.Thread(target=self._keep_spares, name="sandbox-spares", daemon=True)
+                self._spare_thread.start()
+        self._refill.set()
 
     def _keep_spares(self) -> None:
         """Keep `cfg.spares` started sandboxes ready, one at a time (boots are CPU work)."""
@@ -101,6 +116,10 @@ class SandboxRunner:
 
     def exec(self, program: str | None = None, files: dict | None = None, limits: dict | None = None,
              *, command: list[str] | None = None, session: str | None = None) -> ExecResult:
+        with self._slots:
+            return self._exec(program, files, limits, command, session)
+
+    def _exec(self, program, files, limits, command, session) -> ExecResult:
         if session is not None:
             return self._session(session).exec(program, command=command, files=files, limits=self._limits(limits))
         with self._lock:
@@ -120,17 +139,11 @@ class SandboxRunner:
         session = secrets.token_hex(8)
         with self._lock:
             sandbox = self._spares.pop(0) if self._spares else None
+            self.counts["sessions_from_spares" if sandbox else "sessions_cold"] += 1
         if sandbox is None:
             sandbox = make_sandbox(self.cfg, self.run_id, session=True)
         self.sessions[session] = sandbox
-        if self.cfg.spares > 0:
-            with self._lock:
-                if self._spare_thread is None or not self._spare_thread.is_alive():
-                    self._closing = False
-                    self._spare_thread = threading.Thread(target=self._keep_spares, name="sandbox-spares",
-                                                          daemon=True)
-                    self._spare_thread.start()
-            self._refill.set()
+        self._start_spares()
         return session
 
     def write_file(self, session: str, path: str, data: str | bytes) -> None:
@@ -171,6 +184,11 @@ class SandboxRunner:
                 log.warning("tearing down a sandbox failed: %s", exc)
         for sandbox in [*spares, *self._scratch_all]:
             sandbox.cleanup()
+
+    def stats(self) -> dict:
+        """How sessions were opened: from a started spare, or cold."""
+        with self._lock:
+            return {**self.counts, "spares_ready": len(self._spares)}
 
     def owner(self) -> str:
         """This runner's owner token (`<pid>-<start time>`), as its leftovers are labelled."""
