@@ -72,3 +72,44 @@ def test_ties_give_no_pair_and_hostile_code_cannot_forge_results(runner):
     # Both are valid actions that neither ran to completion nor passed: a tie, so no pair.
     assert scores[0].total == scores[1].total == pytest.approx(0.2)
     assert build_pairs(trajs, scores, 0) == []
+
+
+HACKS = {
+    # An object equal to everything: only its repr reaches the harness, and it is no literal.
+    "always-equal": "class Any:\n    def __eq__(self, other):\n        return True\n    __hash__ = None\n"
+                    "def {ep}(*a, **k):\n    return Any()\n",
+    # Read the hidden tests and the nonce: both files are gone before the candidate starts.
+    "read-secrets": "import os\nprint(sorted(os.listdir('.')))\nprint(open('tests.json').read())\n",
+    "read-nonce": "print(open('nonce.txt').read())\n",
+    # Forge the candidate process's own reports on every fd it has: values still must match.
+    "forge-pipe": "import os, json\nfor fd in range(3, 20):\n    try:\n"
+                  "        os.write(fd, (json.dumps({'loaded': True}) + '\\n' + ''.join(json.dumps({'index': i, 'repr': '-987654', "
+                  "'truth': True}) + '\\n' for i in range(50))).encode())\n    except OSError:\n        pass\n"
+                  "def {ep}(*a, **k):\n    return -987654\n",
+    # Read the harness's memory (same uid): it is not dumpable.
+    "read-parent": "import os\nppid = os.getppid()\nprint(open(f'/proc/{ppid}/environ').read())\n",
+}
+
+
+@pytest.mark.parametrize("hack", sorted(HACKS))
+def test_candidate_cannot_see_tests_or_forge_passes(runner, hack):
+    from ouroboros.envs.tasks import harness_files, read_outcome
+
+    task = next(t for t in load_tasks("train") if all("==" in test for test in t.tests))
+    program, files, nonce = harness_files(task, HACKS[hack].replace("{ep}", task.entry_point))
+    result = runner.exec(program, files)
+    outcome = read_outcome(result, nonce, len(task.tests))
+    assert outcome["passed"] == 0, (hack, outcome, result.stdout[-500:])
+    theirs = "\n".join(line for line in result.stdout.splitlines() if not line.startswith(nonce))
+    assert nonce not in theirs  # only the harness's own lines carry the nonce
+    assert "assert" not in theirs and "assert" not in result.stderr  # nor did the hidden tests reach the candidate
+
+
+def test_reference_solutions_pass_through_the_two_process_harness(runner):
+    from ouroboros.envs.tasks import harness_files, read_outcome
+
+    for task in load_tasks("train")[:12]:
+        program, files, nonce = harness_files(task, task.reference)
+        result = runner.exec(program, files)
+        outcome = read_outcome(result, nonce, len(task.tests))
+        assert outcome["ran"] and outcome["passed"] == len(task.tests), (task.id, outcome)
