@@ -1,8 +1,8 @@
 """Parallel experiment cycles: throughput against perfect scaling, and where the time goes.
 
     .venv/bin/python benchmarks/experiment_parallel.py [--quick] [--parallel 1,8,32] [--runs 4]
-        [--sleep 0.5] [--cycles-per-slot 2] [--runners 2] [--runner-concurrency 16]
-        [--cycles-per-agent 8] [--generators 1] [--prev-experiments 3] [--backend bwrap|process]
+        [--sleep 0.5] [--cycles-per-slot 4] [--runners 2] [--runner-concurrency 16] [--spares 16]
+        [--cycles-per-agent 8] [--generators 1] [--cold] [--prev-experiments 3] [--backend bwrap|process]
         [--no-cpu]
 
 Each cycle is the `scripted` backend replaying `--runs` (K) `run` actions whose program is
@@ -11,8 +11,8 @@ ExperimentDriver -> ExperimentAgent actors -> shared Generator and SandboxRunner
 -> SQLite and git. The Config is built in code like configs/smoke-experiment.yaml. For each
 parallelism P (P = 1 always runs first) a fresh driver runs P * cycles-per-slot cycles with P
 slots on ceil(P / cycles-per-agent) agents, one scripted generator (it replays the script to
-each cycle from the start) and 2 sandbox runners running 16 execs each at once: the same pools
-at every P, as a user would configure them.
+each cycle from the start) and 2 sandbox runners running 16 execs each at once with 16 started
+spare sandboxes each: the same pools at every P, as a user would configure them.
 
 Measured from the experiments table, so actor start-up is excluded:
 - window: first `started_at` to last `finished_at`; cycles/s = cycles / window;
@@ -29,13 +29,14 @@ Where the time goes comes from the trace spans the cycle records (`traces`): per
 prompt (render, including the `_prev_data` FTS lookups), generate (Ray call to the scripted
 generator), act (Ray call to the runner: queueing, workdir write, bwrap, python start, the
 sleep) and its `exec_s` (the sandboxed process alone), bookkeeping (add_step, the log file);
-per cycle `open` (experiment row to first action: opening the sandbox session), `close` (last action to finished_at: closing the session, spans,
-the FTS row) and `gap` (a slot's finished_at to its next started_at: the git commit under the
-repository lock, set_commit, the result back to the driver and the next dispatch).
+and per cycle `open` (experiment row to first action: opening the sandbox session, a started spare
+when one is ready), `close` (last action to finished_at: closing the session, spans,
+the FTS row).
 
-The git lock: ExperimentRepo.commit_experiment writes the experiment's files right after taking
-its flock, so their mtime tells when each cycle got the lock: the wait after finished_at, and
-the time a commit held the lock when the next one was waiting, are reported.
+git commits are off the critical path: a cycle queues its files with the agent's Committer,
+whose thread commits what has queued in one `git fast-import` and writes the files right after
+taking the repository lock, so their mtime tells how long after finished_at each experiment was
+committed, and how long a batch held the lock when another was waiting.
 
 CPU: a sampler reads /proc every second (and once more at the last result, before the driver
 kills the actors) and reports host CPU busy in the window, by process kind: children such as
@@ -88,6 +89,7 @@ def config(parallel: int, args, runners: int):
     cfg.sandbox.runners = runners
     cfg.sandbox.concurrency = args.runner_concurrency
     cfg.sandbox.spares = args.spares
+    cfg.sandbox.warm = not args.cold
     cfg.sandbox.timeout_s = 60
     cfg.experiment.cycles_per_agent = args.cycles_per_agent
     cfg.experiment.max_actions = args.runs + 1
@@ -223,13 +225,6 @@ def breakdown(store, rows) -> dict:
             per_cycle["open (row -> first action: session open)"].append(actions[0][4] - info[eid][2])
             last = actions[-1]
             per_cycle["close (last action -> finished_at)"].append(info[eid][3] - (last[4] + last[5]))
-    by_owner: dict[str, list] = defaultdict(list)
-    for r in rows:
-        by_owner[r[1]].append(r)
-    for items in by_owner.values():
-        items.sort(key=lambda r: r[2])
-        for prev, nxt in zip(items, items[1:]):
-            per_cycle["gap (finished_at -> next start: git, driver)"].append(nxt[2] - prev[3])
     return {"per_action_mean_s": {k: round(statistics.mean(v), 4) for k, v in per_action.items() if v},
             "per_action_p90_s": {k: round(sorted(v)[int(0.9 * (len(v) - 1))], 4) for k, v in per_action.items() if v},
             "per_cycle_mean_s": {k: round(statistics.mean(v), 4) for k, v in per_cycle.items() if v}}
@@ -322,15 +317,17 @@ def main() -> None:
     ap.add_argument("--parallel", default=None, help="levels, comma-separated (default 1,8,32; --quick 1,8)")
     ap.add_argument("--runs", type=int, default=4, help="run actions per cycle (K)")
     ap.add_argument("--sleep", type=float, default=0.5, help="seconds each run action sleeps")
-    ap.add_argument("--cycles-per-slot", type=int, default=2)
+    ap.add_argument("--cycles-per-slot", type=int, default=4,
+                    help="cycles each slot runs in turn (more: closer to steady state, fewer start-up waves)")
     ap.add_argument("--runners", type=int, default=2, help="sandbox.runners")
     ap.add_argument("--runner-concurrency", type=int, default=16, help="sandbox.concurrency: execs per runner at once")
-    ap.add_argument("--spares", type=int, default=2, help="sandbox.spares: started sandboxes per runner")
+    ap.add_argument("--spares", type=int, default=16, help="sandbox.spares: started sandboxes per runner")
     ap.add_argument("--cycles-per-agent", type=int, default=8, help="experiment.cycles_per_agent")
     ap.add_argument("--generators", type=int, default=1, help="scripted generators (each replays per cycle)")
     ap.add_argument("--prev-experiments", type=int, default=3, help="experiment.prev_experiments (0: no FTS lookups)")
     ap.add_argument("--backend", default="bwrap", choices=("bwrap", "process"),
                     help="process: no isolation (sandbox.unsafe), to see what bwrap costs")
+    ap.add_argument("--cold", action="store_true", help="sandbox.warm: false (a fresh bwrap and Python per exec)")
     ap.add_argument("--no-cpu", action="store_true", help="do not sample /proc for CPU use")
     ap.add_argument("--quick", action="store_true", help="levels 1,8 only (about 1 min)")
     args = ap.parse_args()
@@ -347,7 +344,7 @@ def main() -> None:
     print(f"K = {args.runs} run actions x {args.sleep} s sleep + finalize; T1 = {t1:.3f} s (mean cycle at P = 1); "
           f"bare sleep {sleep_s:.2f} s; backend {args.backend}; prev_experiments {args.prev_experiments}; "
           f"generators {args.generators}; runners {args.runners} x concurrency {args.runner_concurrency}; "
-          f"cycles per agent {args.cycles_per_agent}")
+          f"cycles per agent {args.cycles_per_agent}; spares {args.spares}; {'cold' if args.cold else 'warm'} execs")
     print("| P | runners | cycles (run actions) | finalized | cycles/s | ideal P/T1 | **eff. vs P/T1** | "
           "ideal P/sleep | eff. vs sleep | mean cycle | start-up | wall incl. start-up | host CPU busy | of it not ours |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -372,8 +369,8 @@ def main() -> None:
         cells = [r["per_action_mean_s"].get(k, r["per_cycle_mean_s"].get(k)) for r in results]
         print(f"| {k} | " + " | ".join("-" if c is None else f"{c * 1000:.0f} ms" for c in cells) + " |")
     print()
-    print("git commit lock (part of the gap): " + "; ".join(
-        f"P = {r['parallel']}: wait mean {r['git_lock'].get('wait_s_mean', 0) * 1000:.0f} ms "
+    print("git commits (background Committer, not part of the cycle): " + "; ".join(
+        f"P = {r['parallel']}: committed {r['git_lock'].get('wait_s_mean', 0) * 1000:.0f} ms after the cycle ended "
         f"(max {r['git_lock'].get('wait_s_max', 0) * 1000:.0f} ms), held "
         f"{(r['git_lock'].get('hold_s_median_when_contended') or 0) * 1000:.0f} ms per commit when contended, "
         f"busy ~{(r['git_lock'].get('lock_busy_estimate') or 0):.0%}" for r in results if r.get("git_lock")))
@@ -390,7 +387,7 @@ def main() -> None:
     print(json.dumps({"runs_per_cycle": args.runs, "sleep_s": args.sleep, "backend": args.backend,
                       "prev_experiments": args.prev_experiments, "runners": args.runners,
                       "cycles_per_agent": args.cycles_per_agent, "generators": args.generators, "runner_concurrency": args.runner_concurrency,
-                      "spares": args.spares, "cycles_per_slot": args.cycles_per_slot, "t1_s": t1, "target_efficiency_vs_t1": 0.7,
+                      "spares": args.spares, "warm": not args.cold, "cycles_per_slot": args.cycles_per_slot, "t1_s": t1, "target_efficiency_vs_t1": 0.7,
                       "results": results}))
 
 
