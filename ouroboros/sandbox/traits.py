@@ -31,7 +31,9 @@ TRAITS: dict[str, Traits] = {
         note="namespaces + rlimits; per-exec cgroup v1 pids/memory/cpu when the harness may make "
         "them. The host's /usr is visible read-only (it is the environment). With `network: true` "
         "it shares the host's network namespace, host loopback included: turn it on only for "
-        "trusted programs.",
+        "trusted programs. Experiment sessions (sandbox.warm) fork each program from one Python "
+        "kept running in the session's sandbox: /tmp lasts as long as the session, and a program "
+        "can interfere with that interpreter, which only affects its own session.",
     ),
     "docker": Traits(
         isolated=True,
