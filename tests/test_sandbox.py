@@ -280,3 +280,40 @@ def test_allowlisted_values_are_not_on_any_command_line(bwrap):
         box.cleanup()
     assert seen == [secret + "\n"]
     assert any(b"bwrap" in c for c in cmdlines) and not any(secret.encode() in c for c in cmdlines)
+
+
+# ----------------------------------------------------------------------------- warm interpreter
+
+
+def test_warm_interpreter_behaves_like_python_main_and_survives_its_death(bwrap):
+    """What a program sees from a warm session matches `python3 main.py`: argv, __file__, exit
+    codes, clean tracebacks, threads joined, atexit run, open files flushed; and an interpreter
+    killed between execs is replaced without losing the next program."""
+    import signal
+
+    warm = BwrapSandbox(limits=LIMITS, env={"OUROBOROS_TAG": TAG}, warm=True)
+    try:
+        first = warm.exec("import sys, os\nprint(sys.argv, __file__, __name__, os.getcwd())\n"
+                          "f = open('left-open.txt', 'w'); f.write('flushed')\n"
+                          "import threading, time, atexit\natexit.register(lambda: print('atexit'))\n"
+                          "threading.Thread(target=lambda: (time.sleep(0.2), print('thread'))).start()")
+        assert first.exit_code == 0
+        assert first.stdout.splitlines() == ["['main.py'] /work/main.py __main__ /work", "thread", "atexit"]
+        assert warm.exec("print(open('left-open.txt').read())").stdout == "flushed\n"
+        failed = warm.exec("def f():\n    raise ValueError('boom')\nf()")
+        assert failed.exit_code == 1 and failed.stderr.startswith("Traceback (most recent call last):\n  File \"/work/main.py\"")
+        assert "<string>" not in failed.stderr and "ValueError: boom" in failed.stderr
+        assert warm.exec("import sys; sys.exit(7)").exit_code == 7
+        assert warm.exec("import sys; sys.exit('bye')").stderr == "bye\n"
+        resident = warm.resident_pids()
+        assert resident
+        for pid in resident:  # the interpreter and its bwrap die between execs
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        again = warm.exec("print('still here')")
+        assert again.exit_code == 0 and again.stdout == "still here\n"
+        assert warm.resident_pids() and not warm.resident_pids() & resident
+    finally:
+        warm.cleanup()

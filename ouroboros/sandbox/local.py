@@ -81,8 +81,16 @@ class LocalSandbox(Sandbox):
             return failed
         zygote = self._warm_interpreter(limits) if program is not None else None
         if zygote is not None:
-            outcome, oom = zygote.exec(limits)
-            return self._result(outcome, oom, limits)
+            from ouroboros.sandbox.warm import InterpreterGone
+
+            try:
+                outcome, oom = zygote.exec(limits)
+                return self._result(outcome, oom, limits)
+            except InterpreterGone:  # nothing ran yet: once more on a fresh one, else cold
+                zygote = self._warm_interpreter(limits)
+                if zygote is not None:
+                    outcome, oom = zygote.exec(limits)
+                    return self._result(outcome, oom, limits)
         host_argv, cwd, env = self._command(workdir.path, argv, limits)
         cgroup = runner.ChildCgroup(limits)
         try:

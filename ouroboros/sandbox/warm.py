@@ -95,6 +95,7 @@ def serve():
         if pid == 0:
             chan.close()
             return msg, fds
+        chan.send(b"started")
         for fd in fds:
             os.close(fd)
         _, status = os.waitpid(pid, 0)
@@ -161,6 +162,10 @@ for stream in (sys.stdout, sys.stderr):
         code = code or 120
 os._exit(code)
 '''
+
+
+class InterpreterGone(RuntimeError):
+    """The warm interpreter was dead before the program was handed to it: nothing ran."""
 
 
 def _descendants(root: int) -> set[int]:
@@ -255,11 +260,11 @@ class WarmPython:
         start = time.monotonic()
         try:
             socket.send_fds(self.chan, [request], [out_w, err_w])
-        except OSError:
+        except OSError as exc:  # died between execs (a straggler of the last program got to it)
             for fd in (out_r, err_r):
                 os.close(fd)
             self.stop()
-            return runner.Outcome(128 + signal.SIGKILL, b"", b"", b"", False, False, 0.0), False
+            raise InterpreterGone(str(exc)) from None
         finally:
             os.close(out_w)
             os.close(err_w)
@@ -272,7 +277,7 @@ class WarmPython:
         poller.register(self.chan.fileno(), select.POLLIN)
         stop_at = start + limits.timeout_s
         status = None
-        timed_out = exited = False
+        timed_out = exited = started = False
         end = None
         try:
             while True:
@@ -286,7 +291,12 @@ class WarmPython:
                         runner._drain(poller, streams, time.monotonic() + runner.KILL_DRAIN_S)
                     break
                 for fd, _event in poller.poll(max(1, math.ceil((stop_at - now) * 1000))):
-                    if fd == self.chan.fileno():
+                    if fd == self.chan.fileno() and not started:
+                        started = self._message() == b"started"
+                        if not started:  # gone before it forked: nothing of the program ran
+                            self.stop()
+                            raise InterpreterGone("the warm interpreter closed its channel")
+                    elif fd == self.chan.fileno():
                         exited, end = True, time.monotonic()
                         poller.unregister(fd)
                         status = self._status()
@@ -310,11 +320,17 @@ class WarmPython:
                                  duration_s=(end or time.monotonic()) - start)
         return outcome, self._oom_kills() > oom_before
 
+    def _message(self) -> bytes:
+        try:
+            return self.chan.recv(64)
+        except OSError:
+            return b""
+
     def _status(self) -> int | None:
         try:
-            msg = self.chan.recv(64)
+            msg = self._message()
             return int(msg) if msg else None
-        except (OSError, ValueError):
+        except ValueError:
             return None
 
     def _sweep(self) -> None:
