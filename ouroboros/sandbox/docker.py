@@ -338,18 +338,7 @@ class DockerSandbox(Sandbox):
             self._remove_container()
 
     def _oom_kills(self) -> int:
-        memory = self._cgroup_dirs.get("memory")
-        if memory is None:
-            return 0
-        try:
-            with open(os.path.join(memory, "memory.oom_control")) as fh:
-                for line in fh:
-                    key, _, value = line.partition(" ")
-                    if key == "oom_kill":
-                        return int(value)
-        except (OSError, ValueError):
-            pass
-        return 0
+        return runner.oom_kills(self._cgroup_dirs.get("memory"))
 
     # ------------------------------------------------------------------ environments
 

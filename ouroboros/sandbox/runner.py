@@ -193,18 +193,7 @@ class ChildCgroup:
         return fds
 
     def oom_killed(self) -> bool:
-        path = self.paths.get("memory")
-        if path is None:
-            return False
-        try:
-            with open(os.path.join(path, "memory.oom_control")) as fh:
-                for line in fh:
-                    key, _, value = line.partition(" ")
-                    if key == "oom_kill" and int(value) > 0:
-                        return True
-        except (OSError, ValueError):
-            pass
-        return False
+        return oom_kills(self.paths.get("memory")) > 0
 
     def kill_all(self) -> None:
         """Stop forks, then SIGKILL everything in the cgroups.
@@ -246,6 +235,21 @@ class ChildCgroup:
             _stale_cgroups.update(self.paths.values())
         self.paths = {}
         remove_stale_cgroups()
+
+
+def oom_kills(memory_cgroup: str | None) -> int:
+    """How many processes the kernel's OOM killer has killed in a v1 memory cgroup (0 if none)."""
+    if memory_cgroup is None:
+        return 0
+    try:
+        with open(os.path.join(memory_cgroup, "memory.oom_control")) as fh:
+            for line in fh:
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def _write(directory: str, name: str, value: str) -> None:

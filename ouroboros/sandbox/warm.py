@@ -342,18 +342,7 @@ class WarmPython:
                 pass
 
     def _oom_kills(self) -> int:
-        path = self.cgroup.paths.get("memory")
-        if path is None:
-            return 0
-        try:
-            with open(os.path.join(path, "memory.oom_control")) as fh:
-                for line in fh:
-                    key, _, value = line.partition(" ")
-                    if key == "oom_kill":
-                        return int(value)
-        except (OSError, ValueError):
-            pass
-        return 0
+        return runner.oom_kills(self.cgroup.paths.get("memory"))
 
     def stop(self) -> None:
         """Kill the zygote and everything under it; remove the session's cgroup."""
