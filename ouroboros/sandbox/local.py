@@ -79,18 +79,9 @@ class LocalSandbox(Sandbox):
         failed = write_inputs(workdir, program, names)
         if failed is not None:
             return failed
-        zygote = self._warm_interpreter(limits) if program is not None else None
-        if zygote is not None:
-            from ouroboros.sandbox.warm import InterpreterGone
-
-            try:
-                outcome, oom = zygote.exec(limits)
-                return self._result(outcome, oom, limits)
-            except InterpreterGone:  # nothing ran yet: once more on a fresh one, else cold
-                zygote = self._warm_interpreter(limits)
-                if zygote is not None:
-                    outcome, oom = zygote.exec(limits)
-                    return self._result(outcome, oom, limits)
+        warm = self._warm_exec(limits) if program is not None else None
+        if warm is not None:
+            return self._result(*warm, limits)
         host_argv, cwd, env = self._command(workdir.path, argv, limits)
         cgroup = runner.ChildCgroup(limits)
         try:
@@ -110,6 +101,21 @@ class LocalSandbox(Sandbox):
     def resident_pids(self) -> set[int]:
         zygote = self._zygote
         return set(zygote.baseline) if zygote is not None and zygote.alive else set()
+
+    def _warm_exec(self, limits: Limits) -> tuple[runner.Outcome, bool] | None:
+        """(outcome, oom) from the warm interpreter, or None to run cold. An interpreter found
+        dead before the program reached it (nothing ran) is replaced once; then cold."""
+        from ouroboros.sandbox.warm import InterpreterGone
+
+        for _ in range(2):
+            zygote = self._warm_interpreter(limits)
+            if zygote is None:
+                return None
+            try:
+                return zygote.exec(limits)
+            except InterpreterGone:
+                continue
+        return None
 
     def _warm_interpreter(self, limits: Limits):
         """This workdir's warm interpreter (started on first use), or None for a cold exec."""

@@ -23,7 +23,6 @@ passes, since only the repr crosses the pipe.
 """
 from __future__ import annotations
 
-import ast
 import json
 import secrets
 
