@@ -85,10 +85,21 @@ class SandboxConfig(Section):
     build_network: bool = Field(False, description="docker: let builds use the network (off: --network none).")
 
 
+class ExperimentJudgeConfig(Section):
+    valid_weight: float = Field(0.1, ge=0, description="Reward times the share of replies that were valid actions.")
+    runs_weight: float = Field(0.2, ge=0, description="Reward times the share of run actions that exited cleanly.")
+    finalized_weight: float = Field(0.2, ge=0, description="Reward for ending with finalize (after at least one run), not a limit or a crash.")
+    grounded_weight: float = Field(
+        0.1, ge=0, description="Reward when the final notes quote a number that a successful run printed.")
+    answer_weight: float = Field(0.4, ge=0, description="Reward when the final notes state the goal's known answer.")
+
+
 class JudgeConfig(Section):
-    valid_weight: float = Field(0.2, ge=0, description="Reward for a reply that parses as a valid run action.")
-    runs_weight: float = Field(0.3, ge=0, description="Reward for code that executes without error.")
-    tests_weight: float = Field(0.5, ge=0, description="Reward times the fraction of hidden tests passed.")
+    valid_weight: float = Field(0.2, ge=0, description="tasks: reward for a reply that parses as a valid run action.")
+    runs_weight: float = Field(0.3, ge=0, description="tasks: reward for code that executes without error.")
+    tests_weight: float = Field(0.5, ge=0, description="tasks: reward times the fraction of hidden tests passed.")
+    experiment: ExperimentJudgeConfig = Field(
+        default_factory=ExperimentJudgeConfig, description="Weights of the experiment environment's judge.")
 
 
 class LearnerConfig(Section):
@@ -111,11 +122,13 @@ class LearnerConfig(Section):
 
 
 class EnvConfig(Section):
-    name: Literal["tasks"] = Field("tasks", description="Environment the agents run.")
+    name: Literal["tasks", "experiment"] = Field(
+        "tasks", description="Environment the agents run: tasks (one reply, hidden tests) or experiment (seed-000 "
+                             "cycles on research goals with known answers; the `experiment` section applies).")
     agents: int = Field(2, ge=1, description="Agent actors running episodes in parallel.")
-    train_tasks_per_round: int = Field(8, ge=1, description="Train tasks sampled each round.")
-    samples_per_task: int = Field(4, ge=2, description="Completions per train task; pairs need two or more.")
-    heldout_tasks: int = Field(0, ge=0, description="Held-out tasks evaluated each round; 0 means all.")
+    train_tasks_per_round: int = Field(8, ge=1, description="Train tasks (experiment: goals) sampled each round.")
+    samples_per_task: int = Field(4, ge=2, description="Episodes per train task; pairs need two or more.")
+    heldout_tasks: int = Field(0, ge=0, description="Held-out tasks (goals) evaluated each round; 0 means all.")
 
 
 class RayConfig(Section):
@@ -142,6 +155,11 @@ class ResearchConfig(Section):
 
 class ExperimentConfig(Section):
     template: str | None = Field(None, description="Prompt template (seed-000 variables); None uses the built-in one.")
+    goal: str = Field(
+        "Choose a small, useful experiment that builds on what earlier experiments found.",
+        description="The research goal ({goal}) of `ouroboros experiment` cycles; a learning run uses its own goals.")
+    demonstrate: bool = Field(
+        False, description="Show a finished two-action experiment before each prompt (helps small local models).")
     cycles_per_agent: int = Field(
         8, ge=1, description="Cycles one ExperimentAgent actor runs at once; --parallel K starts ceil(K / this) agents.")
     max_actions: int = Field(10, ge=1, description="Actions per experiment.")

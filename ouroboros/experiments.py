@@ -66,37 +66,11 @@ class ExperimentDriver:
                         "their execs will wait for each other", parallel, capacity)
         return [(agents[slot // per_agent], slot) for slot in range(parallel)]
 
-    def _flush_commits(self, status: str) -> None:
-        """Let the agents' committers finish: every finished experiment gets its git commit."""
-        import ray
-
-        if not self.agents:
-            return
-        timeout = 120.0 if status == "finished" else 20.0
-        try:
-            done = ray.get([a.flush.remote(timeout) for a in self.agents], timeout=timeout + 10)
-            if not all(done):
-                log.warning("some experiment commits were still queued after %.0f s", timeout)
-        except (ray.exceptions.RayError, KeyboardInterrupt) as exc:
-            log.warning("could not wait for the experiment commits (%s); rows may lack git_commit", exc)
-
-    def _sync_git(self) -> None:
-        from ouroboros.store.git_repo import ExperimentRepo, GitError
-
-        path = Path(self.run_dir) / "experiments"
-        if not (path / ".git").is_dir():
-            return
-        try:  # commits bypass the index: bring it up to date once, so `git status` is clean
-            ExperimentRepo(path).sync_index()
-        except (GitError, OSError) as exc:
-            log.warning("could not refresh the index of %s (%s); the commits are intact", path, exc)
-
     def run(self, cycles: int | None, parallel: int, interval_s: float = 0.0, forever: bool = False,
             wait_first: bool = False) -> list[dict]:
         import ray
 
         from ouroboros.loop import init_ray, stop_actors
-        from ouroboros.sandbox import reaper
         from ouroboros.store.db import RunDB
         from ouroboros.store.experiments import ExperimentStore
 
@@ -149,17 +123,46 @@ class ExperimentDriver:
             status = "interrupted"
             raise
         finally:
-            self._flush_commits(status)
+            flush_commits(self.agents, status)
             stop_actors(self.handles)
-            # Agents killed mid-cycle left `running` rows: their processes are gone now.
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                rows = store.query("SELECT owner FROM experiments WHERE status='running'")
-                if not any(reaper.is_alive(owner or "") for (owner,) in rows):
-                    break
-                time.sleep(0.2)
-            store.fail_orphans(reaper.is_alive)
-            self._sync_git()
+            close_experiments(store, self.run_dir)
             db.finish_run(self.run_id, status)
             store.close()
             db.close()
+
+
+def flush_commits(agents: list, status: str) -> None:
+    """Let the agents' committers finish: every finished experiment gets its git commit."""
+    import ray
+
+    if not agents:
+        return
+    timeout = 120.0 if status in ("finished", "done") else 20.0
+    try:
+        done = ray.get([a.flush.remote(timeout) for a in agents], timeout=timeout + 10)
+        if not all(done):
+            log.warning("some experiment commits were still queued after %.0f s", timeout)
+    except (ray.exceptions.RayError, KeyboardInterrupt) as exc:
+        log.warning("could not wait for the experiment commits (%s); rows may lack git_commit", exc)
+
+
+def close_experiments(store, run_dir: str) -> None:
+    """After the agents are stopped: mark the experiments they left `running` failed, and bring
+    the experiments repository's index up to date (commits bypass it) so `git status` is clean."""
+    from ouroboros.sandbox import reaper
+    from ouroboros.store.git_repo import ExperimentRepo, GitError
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # killed agents' processes take a moment to be gone
+        rows = store.query("SELECT owner FROM experiments WHERE status='running'")
+        if not any(reaper.is_alive(owner or "") for (owner,) in rows):
+            break
+        time.sleep(0.2)
+    store.fail_orphans(reaper.is_alive)
+    path = Path(run_dir) / "experiments"
+    if not (path / ".git").is_dir():
+        return
+    try:
+        ExperimentRepo(path).sync_index()
+    except (GitError, OSError) as exc:
+        log.warning("could not refresh the index of %s (%s); the commits are intact", path, exc)

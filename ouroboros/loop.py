@@ -1,5 +1,9 @@
 """The driver: builds the actors on Ray and runs rounds.
 
+The environment (`env.name`) picks the episodes: `tasks` (one reply, hidden tests) or
+`experiment` (seed-000 experiment cycles on research goals with known answers, judged on
+their execution and conclusion; pairs come from where two cycles of one goal first differ).
+
 Round 0 evaluates the base policy (weights version 0) on the held-out tasks.
 Each later round: agents roll out the current policy on sampled train tasks,
 the judge scores the trajectories, the recorder stores them and forms
@@ -20,7 +24,6 @@ import uuid
 from dataclasses import dataclass, field
 
 from ouroboros.config import Config
-from ouroboros.envs.tasks import load_tasks
 
 
 class Reporter:
@@ -82,9 +85,7 @@ def sandbox_runners(cfg: Config, run_id: str, sessions: bool = False) -> list:
 def build_actors(cfg: Config, run_dir: str, run_id: str) -> Actors:
     import ray
 
-    from ouroboros.actors.agent import TasksAgent
     from ouroboros.actors.generator import Generator
-    from ouroboros.actors.judge import TasksJudge
     from ouroboros.actors.learner import Learner
     from ouroboros.actors.recorder import Recorder
 
@@ -92,10 +93,25 @@ def build_actors(cfg: Config, run_dir: str, run_id: str) -> Actors:
     gen_cls = ray.remote(num_cpus=cfg.generator.num_cpus, num_gpus=cfg.generator.num_gpus)(Generator)
     learner_cls = ray.remote(num_cpus=1, num_gpus=cfg.learner.num_gpus)(Learner)
     generators = [gen_cls.remote(cfg) for _ in range(cfg.generator.count)]
-    runners = sandbox_runners(cfg, run_id)
-    agents = [ray.remote(num_cpus=0)(TasksAgent).remote(generators, runners, cfg.generator.max_new_tokens)
-              for _ in range(cfg.env.agents)]
-    judge = ray.remote(num_cpus=0)(TasksJudge).remote(cfg.judge)
+    experiment = cfg.env.name == "experiment"
+    runners = sandbox_runners(cfg, run_id, sessions=experiment)
+    if experiment:
+        from ouroboros.actors.experiment_agent import ExperimentAgent
+        from ouroboros.actors.judge import ExperimentJudge
+
+        # run_episodes runs its cycles on the agent's own threads; the second actor thread
+        # serves `flush` while they run.
+        agent_cls = ray.remote(num_cpus=0, max_concurrency=2)(ExperimentAgent)
+        agents = [agent_cls.remote(cfg, run_id, run_dir, generators, runners, n * cfg.experiment.cycles_per_agent)
+                  for n in range(cfg.env.agents)]
+        judge = ray.remote(num_cpus=0)(ExperimentJudge).remote(cfg.judge.experiment)
+    else:
+        from ouroboros.actors.agent import TasksAgent
+        from ouroboros.actors.judge import TasksJudge
+
+        agents = [ray.remote(num_cpus=0)(TasksAgent).remote(generators, runners, cfg.generator.max_new_tokens)
+                  for _ in range(cfg.env.agents)]
+        judge = ray.remote(num_cpus=0)(TasksJudge).remote(cfg.judge)
     learner = learner_cls.remote(cfg)
     recorder = ray.remote(num_cpus=0)(Recorder).remote(run_dir, run_id, cfg.run.name, cfg.model_dump())
     everything = [*generators, *runners, *agents, judge, learner, recorder]
@@ -110,8 +126,12 @@ class Loop:
         self.cfg = cfg
         self.reporter = reporter or Reporter()
         self.run_id = f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        self.train_tasks = load_tasks("train")
-        heldout = load_tasks("heldout")
+        if cfg.env.name == "experiment":
+            from ouroboros.envs.experiment.goals import load_goals as load
+        else:
+            from ouroboros.envs.tasks import load_tasks as load
+        self.train_tasks = load("train")
+        heldout = load("heldout")
         self.heldout = heldout[: cfg.env.heldout_tasks] if cfg.env.heldout_tasks else heldout
         self.rows: list[dict] = []
 
@@ -121,9 +141,12 @@ class Loop:
         import ray
 
         cfg = self.cfg
-        # One chunk per generator: generation dominates a round, and a generator is fastest on one large
-        # batch. (Sandbox execs take milliseconds, so there is little to overlap them with.)
-        n_chunks = max(1, min(len(tasks), len(a.generators), len(a.agents)))
+        # tasks: one chunk per generator: generation dominates a round, and a generator is fastest on
+        # one large batch (sandbox execs take milliseconds, so there is little to overlap them with).
+        # experiment: one chunk per agent, which runs its cycles side by side; their turns meet
+        # in the generators' batches.
+        width = len(a.agents) if cfg.env.name == "experiment" else min(len(a.generators), len(a.agents))
+        n_chunks = max(1, min(len(tasks), width))
         chunks = [tasks[i::n_chunks] for i in range(n_chunks)]
         self.reporter.phase(round_, phase, len(tasks) * samples)
         traj_refs = [
@@ -228,12 +251,26 @@ class Loop:
             status = "interrupted"
             raise
         finally:
+            experiments = a is not None and cfg.env.name == "experiment"
+            if experiments:
+                from ouroboros.experiments import flush_commits
+
+                flush_commits(a.agents, status)
             if a is not None:
                 try:
                     ray.get(a.recorder.close.remote(status), timeout=30)
                 except Exception:  # the store keeps every finished round whatever happens here
                     pass
             shutdown(a)
+            if experiments:
+                from ouroboros.experiments import close_experiments
+                from ouroboros.store.experiments import ExperimentStore
+
+                store = ExperimentStore(os.path.join(run_dir, "ouroboros.db"))
+                try:
+                    close_experiments(store, run_dir)
+                finally:
+                    store.close()
 
 
 def shutdown(a: Actors | None) -> None:

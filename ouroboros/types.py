@@ -115,6 +115,7 @@ class Score:
     components: dict[str, float]
     total: float
     judge: str
+    passed: bool = False  # the environment's own success: all hidden tests, the goal's answer
 
 
 @dataclass
@@ -152,6 +153,7 @@ class WeightsRef:
 COMPLETION_SCHEMA = pa.schema(
     [
         ("trajectory_id", pa.string()),
+        ("step", pa.int32()),  # the turn within its episode (0 for one-reply tasks)
         ("round", pa.int32()),
         ("task_id", pa.string()),
         ("split", pa.string()),

@@ -1,5 +1,9 @@
 """ExperimentAgent: runs experiment cycles (seed 000) with shared generator and sandbox pools.
 
+Two callers: `ouroboros experiment` asks for one cycle at a time (`run_cycle`), and a learning
+run (`ouroboros run` with `env.name: experiment`) asks for a batch of episodes on research
+goals (`run_episodes`), which come back as Trajectories for the judge and the learner.
+
 A plain class; `experiments.py` wraps it with `ray.remote` as a threaded actor that runs up to
 `experiment.cycles_per_agent` cycles at once: a cycle mostly waits on the model and the
 sandbox, so one process can carry several, and 32 cycles do not cost 32 Python processes. It
@@ -10,12 +14,15 @@ workdir and warm container live there). Each thread has its own SQLite connectio
 from __future__ import annotations
 
 import itertools
+import random
 import secrets
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from ouroboros.config import Config
-from ouroboros.envs.experiment.cycle import ExperimentCycle
-from ouroboros.types import Completion, ExecResult, Request
+from ouroboros.envs.experiment.cycle import Episode, ExperimentCycle
+from ouroboros.store.experiments import KnowledgeScope
+from ouroboros.types import Completion, ExecResult, Request, Trajectory
 
 
 class RunnerPool:
@@ -111,17 +118,22 @@ class ExperimentAgent:
         self.research = ResearchTools(cfg) if (cfg.experiment.research.web_search or cfg.experiment.research.load_url) else None
         self.owner = reaper.owner_token()
         self._local = threading.local()
+        self._episode_pool: ThreadPoolExecutor | None = None
 
-    def _generator_for(self, slot: int, session: str):
+    def _generator_for(self, slot: int, session: str, temperature: float | None = None, top_p: float = 1.0,
+                       seed: str | None = None):
         """generate(messages) for one cycle: its slot's generator (spreading slots over the
         pool), with the cycle as the request's session (a `scripted` generator replays its
-        script to each cycle from the start)."""
+        script to each cycle from the start). With a `seed`, each turn gets its own seed drawn
+        from it, so a rerun draws the same seeds and two samples draw different ones."""
         generator = self.generators[slot % len(self.generators)]
+        temperature = self.cfg.experiment.temperature if temperature is None else temperature
+        seeds = random.Random(seed) if seed is not None else None
 
         def generate(messages: list[dict]) -> Completion:
             request = Request(id=secrets.token_hex(8), messages=messages, session=session,
-                              max_new_tokens=self.cfg.experiment.max_new_tokens,
-                              temperature=self.cfg.experiment.temperature)
+                              max_new_tokens=self.cfg.experiment.max_new_tokens, temperature=temperature,
+                              top_p=top_p, seed=seeds.randrange(2**31) if seeds else None)
             return RunnerPool._call(generator.generate, [request])[0]
 
         return generate
@@ -139,6 +151,30 @@ class ExperimentAgent:
         generate = self._generator_for(slot, f"{self.run_id}/cycle-{cycle}")
         return ExperimentCycle(self.cfg, self.run_id, cycle, self.owner, generate, self.pool, self._store(),
                                self.committer, self.research, self.log_path).run()
+
+    def run_episodes(self, goals: list, samples: int, round_: int, temperature: float, top_p: float = 1.0,
+                     seed: int | None = None, first_sample: int = 0) -> list[Trajectory]:
+        """`samples` cycles on each research goal (envs/experiment/goals.py), up to
+        `experiment.cycles_per_agent` at once. Every cycle of the round sees the same knowledge:
+        train experiments of earlier rounds (see KnowledgeScope)."""
+        if self._episode_pool is None:
+            self._episode_pool = ThreadPoolExecutor(self.cfg.experiment.cycles_per_agent,
+                                                    thread_name_prefix="episode")
+        scope = KnowledgeScope(before_round=round_, split="train")
+        plan = [(goal, first_sample + k) for goal in goals for k in range(samples)]
+
+        def one(position: int, goal, k: int) -> Trajectory:
+            tid = f"r{round_}-{goal.id}-{goal.split}-s{k}"
+            generate = self._generator_for(position, f"{self.run_id}/{tid}", temperature, top_p,
+                                           None if seed is None else f"{seed}/{tid}")
+            cycle = ExperimentCycle(self.cfg, self.run_id, position, self.owner, generate, self.pool, self._store(),
+                                    self.committer, self.research, self.log_path, goal=goal.goal,
+                                    episode=Episode(goal.id, round_, goal.split, scope))
+            cycle.run()  # never raises for the cycle's own failures: the row ends failed, with why
+            return Trajectory(id=tid, task_id=goal.id, split=goal.split, round=round_, sample=k, steps=cycle.turns)
+
+        futures = [self._episode_pool.submit(one, n, goal, k) for n, (goal, k) in enumerate(plan)]
+        return [f.result() for f in futures]
 
     def flush(self, timeout_s: float = 120.0) -> bool:
         """Wait until every finished experiment of this agent has its git commit."""

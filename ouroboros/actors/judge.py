@@ -1,14 +1,21 @@
-"""Judge: rule and execution judges for the `tasks` environment.
+"""Judges: rule and execution judges for the `tasks` and `experiment` environments.
 
-The rule judge checks the reply's form (a valid `run` action); the execution
-judge reads what the sandbox reported (the code ran, the share of hidden tests
-passed). Components are kept apart in the store, and the total is their
-weighted sum.
+Components are kept apart in the store, and the total is their weighted sum.
+- tasks: the rule judge checks the reply's form (a valid `run` action); the execution judge
+  reads what the sandbox reported (the code ran, the share of hidden tests passed).
+- experiment: the form of every reply, the share of run actions that exited cleanly, whether
+  the cycle finalized after running code, whether its conclusion quotes a number a successful run printed
+  (grounded), and whether it states the goal's known answer.
 """
 from __future__ import annotations
 
-from ouroboros.config import JudgeConfig
+import math
+import re
+
+from ouroboros.config import ExperimentJudgeConfig, JudgeConfig
 from ouroboros.types import Score, Trajectory
+
+_NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
 
 class TasksJudge:
@@ -26,7 +33,70 @@ class TasksJudge:
         tests = float(outcome.get("passed", 0)) / total_tests if valid and total_tests else 0.0
         components = {"valid": valid, "runs": runs, "tests": tests}
         total = self.cfg.valid_weight * valid + self.cfg.runs_weight * runs + self.cfg.tests_weight * tests
-        return Score(trajectory_id=traj.id, components=components, total=round(total, 6), judge=self.name)
+        return Score(trajectory_id=traj.id, components=components, total=round(total, 6), judge=self.name,
+                     passed=tests == 1.0)
+
+    def score(self, trajectories: list[Trajectory]) -> list[Score]:
+        return [self.score_one(t) for t in trajectories]
+
+
+def numbers(text: str) -> list[float]:
+    """The numbers written in `text` ("9,592", "3.1416", "1e5"), as floats."""
+    out = []
+    for match in _NUMBER.finditer(text or ""):
+        try:
+            value = float(match.group(0).replace(",", ""))
+        except ValueError:
+            continue
+        if math.isfinite(value):
+            out.append(value)
+    return out
+
+
+def _close(a: float, b: float, rel: float = 1e-3) -> bool:
+    return abs(a - b) <= rel * max(abs(a), abs(b), 1e-12)
+
+
+class ExperimentJudge:
+    """Scores an experiment cycle from its turns; the goal's answer is looked up here, by id,
+    so it never travels with the episode the policy produced."""
+
+    name = "experiment-rule+exec"
+
+    def __init__(self, cfg: ExperimentJudgeConfig, goals: dict | None = None) -> None:
+        from ouroboros.envs.experiment.goals import load_goals
+
+        self.cfg = cfg
+        self.goals = goals if goals is not None else {g.id: g for g in load_goals()}
+
+    def score_one(self, traj: Trajectory) -> Score:
+        steps = traj.steps
+        if not steps:  # the cycle crashed before its first reply
+            zero = {k: 0.0 for k in ("valid", "runs", "finalized", "grounded", "answer")}
+            return Score(trajectory_id=traj.id, components=zero, total=0.0, judge=self.name)
+        outcome = steps[-1].outcome
+        valid = sum(1 for s in steps if s.action.valid) / len(steps)
+        runs = [s for s in steps if s.action.valid and s.action.name == "run"]
+        clean = [s for s in runs if s.result is not None and s.result.exit_code == 0 and not s.result.timed_out
+                 and not s.result.error]
+        # Concluding without running anything concluded nothing: finalize counts after a run.
+        finalized = float(outcome.get("status") == "finalized" and bool(runs))
+        stated = numbers(outcome.get("final", "")) if finalized else []
+        goal = self.goals.get(traj.task_id)
+        # A conclusion is grounded when it quotes a number a clean run printed, not one it made up.
+        # Numbers the goal itself states, and 0, 1, 2, say nothing about what was measured.
+        given = set(numbers(goal.goal)) if goal is not None else set()
+        measured = [a for a in stated if a not in given and not (a.is_integer() and abs(a) <= 2)]
+        printed = [v for s in clean for v in numbers(s.result.stdout)]
+        grounded = float(any(_close(a, b) for a in measured for b in printed))
+        answer = float(goal is not None and any(goal.matches(v) for v in stated))
+        components = {"valid": round(valid, 6), "runs": round(len(clean) / len(runs), 6) if runs else 0.0,
+                      "finalized": finalized, "grounded": grounded, "answer": answer}
+        c = self.cfg
+        total = (c.valid_weight * components["valid"] + c.runs_weight * components["runs"]
+                 + c.finalized_weight * finalized + c.grounded_weight * grounded + c.answer_weight * answer)
+        return Score(trajectory_id=traj.id, components=components, total=round(total, 6), judge=self.name,
+                     passed=bool(answer and grounded))
 
     def score(self, trajectories: list[Trajectory]) -> list[Score]:
         return [self.score_one(t) for t in trajectories]

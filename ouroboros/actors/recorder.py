@@ -40,30 +40,37 @@ class Recorder:
         by_id = {s.trajectory_id: s for s in scores}
         completions, shard_rows, score_rows = [], [], []
         for t in trajectories:
-            step = t.steps[-1]
-            c, a, r, o = step.completion, step.action, step.result, step.outcome
             s = by_id.get(t.id)
-            prompt = json.dumps(step.request.messages)
-            completions.append({
-                "trajectory_id": t.id, "run_id": self.run_id, "round": round_, "phase": phase,
-                "task_id": t.task_id, "split": t.split, "sample": t.sample, "request_id": c.request_id,
-                "prompt": prompt, "text": c.text, "weights_version": c.weights_version, "backend": c.backend,
-                "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-                "finish_reason": c.finish_reason,
-                "action": {"name": a.name, "data": a.data, "notes": a.notes}, "action_valid": a.valid,
-                "action_error": a.error, "exec_result": r.to_dict() if r else None, "outcome": o,
-            })
             if s:
                 score_rows.append({"trajectory_id": t.id, "run_id": self.run_id, "round": round_,
                                    "judge": s.judge, "components": s.components, "total": s.total})
-            shard_rows.append({
-                "trajectory_id": t.id, "round": round_, "task_id": t.task_id, "split": t.split,
-                "sample": t.sample, "prompt": prompt, "text": c.text, "token_ids": c.token_ids,
-                "logprobs": c.logprobs, "weights_version": c.weights_version, "action_valid": a.valid,
-                "action_error": a.error, "exit_code": r.exit_code if r else None,
-                "tests_passed": int(o.get("passed", 0)), "tests_total": int(o.get("total", 0)),
-                "reward": s.total if s else None,
+            if not t.steps:  # a cycle that crashed before its first reply: its score says so
+                continue
+            # The DB keeps one row per episode, its last turn (an experiment's turns are in the
+            # experiments and steps tables); the shard keeps every turn, for a learner.
+            step = t.steps[-1]
+            c, a, r, o = step.completion, step.action, step.result, step.outcome
+            completions.append({
+                "trajectory_id": t.id, "run_id": self.run_id, "round": round_, "phase": phase,
+                "task_id": t.task_id, "split": t.split, "sample": t.sample, "request_id": c.request_id,
+                "prompt": json.dumps(step.request.messages), "text": c.text, "weights_version": c.weights_version,
+                "backend": c.backend, "prompt_tokens": sum(x.completion.prompt_tokens for x in t.steps),
+                "completion_tokens": sum(x.completion.completion_tokens for x in t.steps),
+                "finish_reason": c.finish_reason,
+                "action": {"name": a.name, "data": a.data, "notes": a.notes}, "action_valid": a.valid,
+                "action_error": a.error, "exec_result": r.to_dict() if r else None,
+                "outcome": {**o, "turns": len(t.steps)},
             })
+            for step in t.steps:
+                c, a, r, o = step.completion, step.action, step.result, step.outcome
+                shard_rows.append({
+                    "trajectory_id": t.id, "step": step.index, "round": round_, "task_id": t.task_id,
+                    "split": t.split, "sample": t.sample, "prompt": json.dumps(step.request.messages),
+                    "text": c.text, "token_ids": c.token_ids, "logprobs": c.logprobs,
+                    "weights_version": c.weights_version, "action_valid": a.valid, "action_error": a.error,
+                    "exit_code": r.exit_code if r else None, "tests_passed": int(o.get("passed", 0)),
+                    "tests_total": int(o.get("total", 0)), "reward": s.total if s else None,
+                })
         self.db.upsert("completions", completions)
         self.db.upsert("scores", score_rows)
         write_shard(self.run_dir, round_, f"{phase}-completions", shard_rows, COMPLETION_SCHEMA)
@@ -102,18 +109,21 @@ class Recorder:
 
 
 def phase_metrics(trajectories: list[Trajectory], scores: list[Score], pairs: int) -> dict:
+    """valid_rate: the mean of the judges' `valid` component (the share of valid replies, which
+    for one-reply tasks is the share of episodes); pass_rate: episodes the judge marked passed."""
     n = len(trajectories)
     by_id = {s.trajectory_id: s for s in scores}
-    valid = sum(1 for t in trajectories if by_id.get(t.id) and by_id[t.id].components.get("valid"))
-    passed = sum(1 for t in trajectories if by_id.get(t.id) and by_id[t.id].components.get("tests") == 1.0)
+    valid = sum(by_id[t.id].components.get("valid", 0.0) for t in trajectories if t.id in by_id)
+    passed = sum(1 for t in trajectories if t.id in by_id and by_id[t.id].passed)
     rewards = [by_id[t.id].total for t in trajectories if t.id in by_id]
-    versions = sorted({t.steps[-1].completion.weights_version for t in trajectories})
+    versions = sorted({s.completion.weights_version for t in trajectories for s in t.steps})
     return {
         "samples": n,
         "valid_rate": valid / n if n else 0.0,
         "pass_rate": passed / n if n else 0.0,
         "reward_mean": sum(rewards) / len(rewards) if rewards else 0.0,
-        "tokens": sum(t.steps[-1].completion.completion_tokens for t in trajectories),
+        "tokens": sum(s.completion.completion_tokens for t in trajectories for s in t.steps),
+        "turns": sum(len(t.steps) for t in trajectories),
         "weights_versions": versions,
         "pairs": pairs,
     }

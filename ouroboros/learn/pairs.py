@@ -1,4 +1,11 @@
-"""Preference pairs: per task, the best completion against the worst by reward; ties give none."""
+"""Preference pairs: per task, the best episode against the worst by reward; ties give none.
+
+An episode can have many turns (an experiment cycle). The pair is taken where the two episodes
+first part: the first turn whose replies differ. Up to there both saw the same conversation,
+so the prompt is shared and the reward difference is credited to the one choice that differed.
+(Between cycles the prompts also differ in the experiment number and the seconds left; the
+prompt kept is the chosen episode's.) Episodes whose replies never differ give no pair.
+"""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -6,11 +13,19 @@ from collections import defaultdict
 from ouroboros.types import PreferencePair, Score, Trajectory
 
 
+def branch_point(a: Trajectory, b: Trajectory) -> int | None:
+    """Index of the first turn where `a` and `b` replied differently, if both have one."""
+    for i, (x, y) in enumerate(zip(a.steps, b.steps)):
+        if x.completion.text != y.completion.text:
+            return i
+    return None
+
+
 def build_pairs(trajectories: list[Trajectory], scores: list[Score], round_: int) -> list[PreferencePair]:
     reward = {s.trajectory_id: s.total for s in scores}
     by_task: dict[str, list[Trajectory]] = defaultdict(list)
     for t in trajectories:
-        if t.id in reward:
+        if t.id in reward and t.steps:
             by_task[t.task_id].append(t)
     pairs = []
     for task_id, group in sorted(by_task.items()):
@@ -21,10 +36,13 @@ def build_pairs(trajectories: list[Trajectory], scores: list[Score], round_: int
         best, worst = ranked[0], ranked[-1]
         if reward[best.id] == reward[worst.id]:
             continue
-        b, w = best.steps[-1], worst.steps[-1]
+        at = branch_point(best, worst)
+        if at is None:
+            continue
+        b, w = best.steps[at], worst.steps[at]
         pairs.append(PreferencePair(
-            id=f"{best.id}>{worst.id}", round=round_, task_id=task_id, prompt=b.request.messages,
-            chosen=b.completion.text, rejected=w.completion.text,
+            id=f"{best.id}>{worst.id}" + (f"@{at}" if at else ""), round=round_, task_id=task_id,
+            prompt=b.request.messages, chosen=b.completion.text, rejected=w.completion.text,
             chosen_reward=reward[best.id], rejected_reward=reward[worst.id],
             chosen_trajectory=best.id, rejected_trajectory=worst.id,
         ))

@@ -3,8 +3,10 @@
 A randomly initialised model would never emit a valid action, so every reward
 would tie and no DPO pair would ever form. The tiny model is therefore
 warm-started with a few supervised steps on protocol replies to the *train*
-tasks: it learns the shape of the reply only partly, which leaves the spread of
-rewards that preference learning needs. Held-out tasks are never shown to it.
+tasks, and on the two turns of an experiment (run the reference program, then
+finalize with its result) for the *train* research goals: it learns the shape
+of the replies only partly, which leaves the spread of rewards that preference
+learning needs. Held-out tasks and goals are never shown to it.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ RECIPE = {
     "num_hidden_layers": 2,
     "num_attention_heads": 4,
     "num_key_value_heads": 2,
-    "sft_steps": 150,
+    "max_positions": 4096,  # experiment prompts with their demonstration run to ~2k tokens
+    "sft_steps": 200,
     "sft_batch": 8,
     "sft_lr": 3e-3,
     "seed": 0,
@@ -30,13 +33,43 @@ RECIPE = {
 
 
 def _recipe_key() -> str:
+    from ouroboros.envs.experiment import goals
+    from ouroboros.envs.experiment import prompt as xprompt
     from ouroboros.envs.tasks import prompt
     from ouroboros.envs.tasks.dataset import DATA
 
     # The model is trained on prompts and replies, so a change to either makes a new model.
     blob = (json.dumps(RECIPE, sort_keys=True) + prompt.SYSTEM + prompt.EXAMPLE_TASK + prompt.EXAMPLE_REPLY).encode()
-    blob += DATA.read_bytes()
+    blob += DATA.read_bytes() + goals.DATA.read_bytes()
+    blob += (xprompt.DEFAULT_TEMPLATE + json.dumps(xprompt.DEMO_REPLIES) + xprompt.DEMO_RESULT).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def experiment_examples() -> list[tuple[list[dict], str]]:
+    """(messages, reply) for the two turns of an experiment on each train goal, as the
+    experiment environment renders them with its demonstration (configs/smoke-run-experiment.yaml)."""
+    from ouroboros.config import ExperimentConfig
+    from ouroboros.envs.experiment import prompt
+    from ouroboros.envs.experiment.goals import load_goals
+
+    x = ExperimentConfig()
+    result_chars, context_chars = 500, 6000
+    examples = []
+    for n, goal in enumerate(load_goals("train")):
+        values = {"experiment_id": n + 1, "current_action": 1, "max_actions": 3, "time_remaining": 120.0,
+                  "network_access": "Disabled", "gpu_access": "Disabled", "prev_data": "(no earlier experiments)",
+                  "current_dockerfile": x.dockerfile, "access_info": "[]", "action_history": "", "goal": goal.goal}
+        demo = prompt.demonstration(prompt.DEFAULT_TEMPLATE, values, result_chars, context_chars)
+        run = {"action": "run", "data": goal.reference, "notes": "Compute it directly."}
+        answer = f"{goal.answer:g}" if goal.rel_tol == 0 else f"{goal.answer:.4f}"
+        final = {"action": "finalize", "data": f"The result is {answer}.", "notes": f"Measured {answer}."}
+        first, _ = prompt.render(prompt.DEFAULT_TEMPLATE, values, [], result_chars, context_chars)
+        second, _ = prompt.render(prompt.DEFAULT_TEMPLATE, {**values, "current_action": 2},
+                                  [prompt.demo_step(run, f"exit code 0\nstdout:\n{answer}\n")], result_chars,
+                                  context_chars)
+        examples.append((prompt.build_messages(first, demo), json.dumps(run)))
+        examples.append((prompt.build_messages(second, demo), json.dumps(final)))
+    return examples
 
 
 def prepared_dir() -> Path:
@@ -68,7 +101,7 @@ def _build(tmp: Path, log) -> None:
         num_hidden_layers=RECIPE["num_hidden_layers"],
         num_attention_heads=RECIPE["num_attention_heads"],
         num_key_value_heads=RECIPE["num_key_value_heads"],
-        max_position_embeddings=2048,
+        max_position_embeddings=RECIPE["max_positions"],
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -76,11 +109,13 @@ def _build(tmp: Path, log) -> None:
     )
     model = LlamaForCausalLM(config)
 
-    # Supervised warm start on (prompt, reference reply) for train tasks; loss on the reply only.
+    # Supervised warm start on (prompt, reference reply) for train tasks and the turns of train
+    # experiments; loss on the reply only.
     examples = []
-    for task in load_tasks("train"):
-        prompt = tokenizer.apply_chat_template(build_messages(task), add_generation_prompt=True, tokenize=False)
-        reply = reference_reply(task) + tokenizer.eos_token
+    pairs = [(build_messages(task), reference_reply(task)) for task in load_tasks("train")] + experiment_examples()
+    for messages, reply in pairs:
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        reply = reply + tokenizer.eos_token
         p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         r_ids = tokenizer(reply, add_special_tokens=False)["input_ids"]
         examples.append((p_ids + r_ids, [-100] * len(p_ids) + r_ids))

@@ -13,6 +13,7 @@ import json
 import re
 import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 SCHEMA = """
@@ -21,7 +22,7 @@ CREATE TABLE IF NOT EXISTS experiments (
     end_reason TEXT, started_at REAL, finished_at REAL, notes TEXT, dockerfile TEXT, environment TEXT,
     actions INTEGER DEFAULT 0, errors INTEGER DEFAULT 0, prompt_tokens INTEGER DEFAULT 0,
     completion_tokens INTEGER DEFAULT 0, cost_usd REAL DEFAULT 0, history_trimmed INTEGER DEFAULT 0,
-    git_commit TEXT
+    git_commit TEXT, goal TEXT, task_id TEXT, round INTEGER, split TEXT
 );
 CREATE INDEX IF NOT EXISTS experiments_status ON experiments (status, finished_at);
 CREATE TABLE IF NOT EXISTS steps (
@@ -38,6 +39,26 @@ CREATE VIRTUAL TABLE IF NOT EXISTS experiments_fts USING fts5(
     experiment_id UNINDEXED, notes, code, results, errors, tokenize = 'porter unicode61'
 );
 """
+
+# Columns added after the first release; older run databases gain them on open.
+_ADDED_COLUMNS = {"goal": "TEXT", "task_id": "TEXT", "round": "INTEGER", "split": "TEXT"}
+
+
+@dataclass(frozen=True)
+class KnowledgeScope:
+    """Which earlier experiments a cycle may see through `search` and `{prev_data}`.
+
+    A learning run compares several cycles on one goal, so they must start from the same
+    knowledge, and held-out goals must not learn from other evaluations: there a cycle sees
+    the `split` experiments of rounds before `before_round` only. None (standalone cycles)
+    sees every experiment in the store."""
+
+    before_round: int
+    split: str = "train"
+
+    def clause(self) -> tuple[str, tuple]:
+        return "round < ? AND split = ?", (self.before_round, self.split)
+
 
 _WORD = re.compile(r"[A-Za-z0-9_]{2,}")
 
@@ -67,11 +88,22 @@ class ExperimentStore:
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute("PRAGMA synchronous=NORMAL")
                 self.conn.executescript(SCHEMA)  # IF NOT EXISTS throughout
+                self._add_columns()
                 break
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or attempt == 199:
                     raise
                 time.sleep(0.01 + 0.002 * attempt)
+
+    def _add_columns(self) -> None:
+        have = {row[1] for row in self.conn.execute("PRAGMA table_info(experiments)")}
+        for name, kind in _ADDED_COLUMNS.items():
+            if name not in have:
+                try:
+                    self.conn.execute(f"ALTER TABLE experiments ADD COLUMN {name} {kind}")
+                except sqlite3.OperationalError as exc:  # another connection added it first
+                    if "duplicate column" not in str(exc):
+                        raise
 
     def _tx(self):
         conn = self.conn
@@ -90,12 +122,13 @@ class ExperimentStore:
 
     # ------------------------------------------------------------------ writes
 
-    def start(self, run_id: str, cycle: int, owner: str, dockerfile: str) -> int:
+    def start(self, run_id: str, cycle: int, owner: str, dockerfile: str, goal: str = "",
+              task_id: str | None = None, round_: int | None = None, split: str | None = None) -> int:
         with self._tx():
             row = self.conn.execute(
-                "INSERT INTO experiments (run_id, cycle, owner, status, started_at, dockerfile) "
-                "VALUES (?, ?, ?, 'running', ?, ?) RETURNING id",
-                (run_id, cycle, owner, time.time(), dockerfile),
+                "INSERT INTO experiments (run_id, cycle, owner, status, started_at, dockerfile, goal, task_id, round, "
+                "split) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?) RETURNING id",
+                (run_id, cycle, owner, time.time(), dockerfile, goal, task_id, round_, split),
             ).fetchone()
         return int(row[0])
 
@@ -146,15 +179,20 @@ class ExperimentStore:
 
     # ------------------------------------------------------------------ reads
 
-    def search(self, text: str, limit: int = 5, exclude: int | None = None) -> list[dict]:
+    def search(self, text: str, limit: int = 5, exclude: int | None = None,
+               scope: KnowledgeScope | None = None) -> list[dict]:
         """Ranked snippets of earlier experiments matching `text` (BM25 over notes, code, results, errors)."""
         query = fts_query(text)
         if not query:
             return []
+        where, args = "", ()
+        if scope is not None:
+            clause, args = scope.clause()
+            where = f" AND experiment_id IN (SELECT id FROM experiments WHERE {clause})"
         rows = self.conn.execute(
             "SELECT experiment_id, snippet(experiments_fts, -1, '[', ']', '...', 16), bm25(experiments_fts) "
-            "FROM experiments_fts WHERE experiments_fts MATCH ? AND experiment_id != ? ORDER BY rank LIMIT ?",
-            (query, -1 if exclude is None else exclude, limit),
+            f"FROM experiments_fts WHERE experiments_fts MATCH ? AND experiment_id != ?{where} ORDER BY rank LIMIT ?",
+            (query, -1 if exclude is None else exclude, *args, limit),
         ).fetchall()
         return [{"experiment_id": int(eid), "snippet": snippet, "score": round(-score, 4)} for eid, snippet, score in rows]
 
@@ -168,10 +206,11 @@ class ExperimentStore:
         by_id = {r[0]: r for r in rows}
         return [dict(zip(("id", "status", "end_reason", "notes", "actions", "errors"), by_id[i])) for i in ids if i in by_id]
 
-    def recent_finished(self, limit: int, exclude: int | None = None) -> list[int]:
+    def recent_finished(self, limit: int, exclude: int | None = None, scope: KnowledgeScope | None = None) -> list[int]:
+        clause, args = scope.clause() if scope is not None else ("1", ())
         rows = self.conn.execute(
-            "SELECT id FROM experiments WHERE status IN ('finalized', 'limit') AND id != ? "
-            "ORDER BY finished_at DESC LIMIT ?", (-1 if exclude is None else exclude, limit)
+            f"SELECT id FROM experiments WHERE status IN ('finalized', 'limit') AND id != ? AND {clause} "
+            "ORDER BY finished_at DESC LIMIT ?", (-1 if exclude is None else exclude, *args, limit)
         ).fetchall()
         return [r[0] for r in rows]
 

@@ -14,6 +14,7 @@ sandbox session is closed.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import secrets
@@ -26,7 +27,8 @@ from ouroboros.config import Config
 from ouroboros.envs.experiment import prompt as prompt_mod
 from ouroboros.envs.experiment.query import ask
 from ouroboros.envs.protocol import ACTIONS
-from ouroboros.types import Completion, ExecResult
+from ouroboros.store.experiments import KnowledgeScope
+from ouroboros.types import Completion, ExecResult, Request, Step
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +88,30 @@ def describe_exec(result: ExecResult, chars: int) -> str:
     return f"{head}\nstdout:\n{out}" + (f"\nstderr:\n{err}" if err else "")
 
 
+@dataclass(frozen=True)
+class Episode:
+    """A cycle run as a learning episode: which goal, round and split it belongs to, and which
+    earlier experiments it may see (so samples of one goal start from the same knowledge)."""
+
+    task_id: str
+    round: int
+    split: str
+    scope: KnowledgeScope | None = None
+
+
 class ExperimentCycle:
     def __init__(self, cfg: Config, run_id: str, cycle: int, owner: str,
                  generate: Callable[[list[dict]], Completion], sandboxes: Sandboxes, store, repo,
-                 research: Research | None = None, log_path: str | None = None) -> None:
+                 research: Research | None = None, log_path: str | None = None, goal: str | None = None,
+                 episode: Episode | None = None) -> None:
         self.cfg, self.x = cfg, cfg.experiment
         self.run_id, self.cycle, self.owner = run_id, cycle, owner
+        self.goal = self.x.goal if goal is None else goal
+        self.episode = episode
+        self.scope = episode.scope if episode else None
+        # The turns as a learner sees them: one Step per action, with the completion that chose it.
+        self.turns: list[Step] = []
+        self._exec: ExecResult | None = None  # the last run action's result, for its turn
         self.generate, self.sandboxes, self.store, self.repo = generate, sandboxes, store, repo
         self.research = research
         self.log_path = log_path
@@ -106,7 +126,10 @@ class ExperimentCycle:
     def run(self) -> dict:
         x = self.x
         dockerfile = x.dockerfile
-        eid = self.store.start(self.run_id, self.cycle, self.owner, dockerfile)
+        ep = self.episode
+        eid = self.store.start(self.run_id, self.cycle, self.owner, dockerfile, self.goal,
+                               ep.task_id if ep else None, ep.round if ep else None, ep.split if ep else None)
+        self.experiment_id = eid
         root = Span(eid, "experiment", f"experiment {eid}")
         self.lines: list[str] = []
         self._log(f"experiment {eid} started (run {self.run_id}, cycle {self.cycle})")
@@ -116,6 +139,7 @@ class ExperimentCycle:
         consecutive_errors = errors = 0
         deadline = time.monotonic() + x.time_limit_s
         session = None
+        demo = None  # the demonstration turns, rendered once per experiment
         spans: list[Span] = [root]
         try:
             session = self.sandboxes.open()
@@ -133,7 +157,7 @@ class ExperimentCycle:
                 step_span = Span(eid, "action", f"action {index + 1}", parent_id=root.id)
                 spans.append(step_span)
                 prompt_span = Span(eid, "prompt", "render", parent_id=step_span.id)
-                text, summarized = prompt_mod.render(self.template, {
+                values = {
                     "experiment_id": eid, "current_action": index + 1, "max_actions": x.max_actions,
                     "time_remaining": remaining,
                     "network_access": "Enabled" if self.cfg.sandbox.network else "Disabled",
@@ -141,11 +165,15 @@ class ExperimentCycle:
                     "prev_data": self._prev_data(eid, steps),
                     "current_dockerfile": dockerfile,
                     "access_info": json.dumps(sorted(self.cfg.sandbox.env)),
-                    "action_history": "",
-                }, steps, x.result_chars, x.context_chars)
+                    "action_history": "", "goal": self.goal,
+                }
+                text, summarized = prompt_mod.render(self.template, values, steps, x.result_chars, x.context_chars)
+                if x.demonstrate and demo is None:
+                    demo = prompt_mod.demonstration(self.template, {**values, "time_remaining": x.time_limit_s},
+                                                    x.result_chars, x.context_chars)
                 trimmed = max(trimmed, summarized)
                 spans.append(prompt_span.end(chars=len(text), history_summarized=summarized, prompt=text))
-                query = ask(self.generate, [{"role": "user", "content": text}], x.query_retries, self.allowed,
+                query = ask(self.generate, prompt_mod.build_messages(text, demo), x.query_retries, self.allowed,
                             budget_ok=lambda used: sum(tokens) + used < x.max_tokens)
                 for n, attempt in enumerate(query.attempts):
                     span = Span(eid, "generate", f"attempt {n + 1}", parent_id=step_span.id,
@@ -159,6 +187,7 @@ class ExperimentCycle:
                 action = query.action
                 act_span = Span(eid, "act", action.name or "invalid", parent_id=step_span.id)
                 started = time.time()
+                self._exec = None
                 if not action.valid:
                     ok, result = False, f"invalid reply after {len(query.attempts)} attempt(s): {action.error}"
                 else:
@@ -171,6 +200,7 @@ class ExperimentCycle:
                         "duration_s": time.time() - started, "prompt_tokens": query.prompt_tokens,
                         "completion_tokens": query.completion_tokens}
                 steps.append(step)
+                self._turn(index, query, action, ok)
                 self.store.add_step(eid, step)
                 spans.append(step_span.end(action=action.name, ok=ok))
                 self._log(f"action {index + 1}: {action.name or 'invalid'} -> {'ok' if ok else 'error'}: "
@@ -199,6 +229,9 @@ class ExperimentCycle:
                 except Exception as exc:
                     self._log(f"closing the sandbox session failed: {exc}")
         self._finish(eid, status, reason, steps, dockerfile, tokens, errors, trimmed, final_notes, spans, root)
+        if self.turns:  # what the judge reads: how the experiment ended and what it concluded
+            final = steps[-1]["data"] + "\n" + steps[-1]["notes"] if status == "finalized" else ""
+            self.turns[-1].outcome.update(experiment_id=eid, status=status, end_reason=reason, final=final)
         return {"experiment_id": eid, "status": status, "end_reason": reason, "actions": len(steps),
                 "prompt_tokens": tokens[0], "completion_tokens": tokens[1]}
 
@@ -212,6 +245,7 @@ class ExperimentCycle:
             # The action still running counts against the experiment's time limit.
             timeout = max(0.5, min(self.cfg.sandbox.timeout_s, remaining))
             result = self.sandboxes.exec(session, data, timeout)
+            self._exec = result
             span.attrs.update(exit_code=result.exit_code, timed_out=result.timed_out, oom=result.oom,
                               image=result.image, exec_s=result.duration_s)
             ok = result.exit_code == 0 and not result.timed_out and not result.error
@@ -231,7 +265,7 @@ class ExperimentCycle:
             span.attrs["environment"] = environment
             return True, f"built and switched to environment {environment[:19]}", data
         if name == "search":
-            hits = self.store.search(data, x.search_results, exclude=None)
+            hits = self.store.search(data, x.search_results, exclude=None, scope=self.scope)
             if not hits:
                 return True, "no earlier experiment matches", dockerfile
             return True, "\n".join(f"experiment {h['experiment_id']} (score {h['score']}): {h['snippet']}" for h in hits), dockerfile
@@ -251,6 +285,22 @@ class ExperimentCycle:
 
     # ------------------------------------------------------------------ helpers
 
+    def _turn(self, index: int, query, action, ok: bool) -> None:
+        """Keep the step for a learner: the conversation of the last attempt and its completion."""
+        last = query.attempts[-1] if query.attempts else None
+        if last is None or last.completion is None:
+            return
+        request = Request(id=last.completion.request_id, messages=last.messages,
+                          max_new_tokens=self.x.max_new_tokens, temperature=self.x.temperature)
+        # Turns go to the run's store and shards: sandbox credentials are redacted there too.
+        action = dataclasses.replace(action, data=redact(action.data, self.secret_values))
+        result = self._exec
+        if result is not None:
+            result = dataclasses.replace(result, stdout=redact(result.stdout, self.secret_values),
+                                         stderr=redact(result.stderr, self.secret_values))
+        self.turns.append(Step(index=index, request=request, completion=last.completion, action=action,
+                               result=result, outcome={"ok": ok, "attempts": len(query.attempts)}))
+
     def _cost(self, tokens: list[int]) -> float:
         return (tokens[0] * self.x.price_input_per_mtok + tokens[1] * self.x.price_output_per_mtok) / 1e6
 
@@ -260,9 +310,10 @@ class ExperimentCycle:
         if k == 0:
             return "(disabled)"
         context = " ".join(f"{s['notes']} {s['data'][:500]}" for s in steps[-3:])
-        ids = [h["experiment_id"] for h in self.store.search(context, k, exclude=eid)] if context.strip() else []
+        ids = [h["experiment_id"] for h in self.store.search(context, k, exclude=eid, scope=self.scope)] \
+            if context.strip() else []
         if len(ids) < k:
-            ids += [i for i in self.store.recent_finished(k, exclude=eid) if i not in ids][: k - len(ids)]
+            ids += [i for i in self.store.recent_finished(k, exclude=eid, scope=self.scope) if i not in ids][: k - len(ids)]
         rows = self.store.summaries(ids)
         if not rows:
             return "(no earlier experiments)"

@@ -1,8 +1,9 @@
 """The experiment prompt: a configurable template with the seed-000 variables, fitted to the context.
 
 Variables: {experiment_id} {current_action} {max_actions} {time_remaining} {network_access}
-{gpu_access} {prev_data} {action_history} {current_dockerfile} {access_info}. A template that
-names any other variable is a config error (found at start-up, not mid-cycle).
+{gpu_access} {prev_data} {action_history} {current_dockerfile} {access_info}, the seed's, and
+{goal}, ours: the research goal (the config's `experiment.goal`, or a goal of a learning run).
+A template that names any other variable is a config error (found at start-up, not mid-cycle).
 
 `{access_info}` lists the *names* of the variables the config passes into the sandbox, never
 their values. When the prompt would exceed the context budget, the oldest actions of the
@@ -14,12 +15,14 @@ import json
 import string
 
 VARIABLES = ("experiment_id", "current_action", "max_actions", "time_remaining", "network_access",
-             "gpu_access", "prev_data", "action_history", "current_dockerfile", "access_info")
+             "gpu_access", "prev_data", "action_history", "current_dockerfile", "access_info", "goal")
 
 DEFAULT_TEMPLATE = """Experiment #{experiment_id}
 
 You are Ouroboros, an AI system that runs experiments to advance AI research, building on what
 earlier experiments found.
+
+Goal: {goal}
 
 Current status:
 - Action: {current_action} of {max_actions}
@@ -45,6 +48,17 @@ Reply with exactly one JSON object {{"action": ..., "data": ..., "notes": ...}}.
 - "load_url": data is an http(s) URL to read as text (only if research is enabled).
 - "finalize": data and notes summarize what this experiment found; it ends the experiment.
 Use "finalize" on or before the last action."""
+
+
+# A finished two-turn experiment shown before the real prompt when `experiment.demonstrate` is
+# on. Small models copy a demonstrated reply far more often than they follow described rules
+# (see envs/tasks/prompt.py); API models do not need it.
+DEMO_GOAL = "Compute the sum of the integers from 1 to 10."
+DEMO_REPLIES = (
+    {"action": "run", "data": "print(sum(range(1, 11)))", "notes": "Sum the integers directly."},
+    {"action": "finalize", "data": "The sum of the integers from 1 to 10 is 55.", "notes": "Measured 55 by summing."},
+)
+DEMO_RESULT = "exit code 0\nstdout:\n55\n"
 
 
 class TemplateError(ValueError):
@@ -90,3 +104,22 @@ def render(template: str, values: dict, steps: list[dict], result_chars: int, co
         if len(prompt) <= context_chars:
             return prompt, summarized
     return prompt[:context_chars], len(steps)
+
+
+def demo_step(reply: dict, result: str) -> dict:
+    return {"action": reply["action"], "data": reply["data"], "notes": reply["notes"], "ok": True, "result": result}
+
+
+def demonstration(template: str, values: dict, result_chars: int, context_chars: int) -> list[dict]:
+    """The demonstration turns, rendered with the real prompt's template and settings."""
+    base = {**values, "experiment_id": 0, "goal": DEMO_GOAL, "prev_data": "(no earlier experiments)"}
+    first, _ = render(template, {**base, "current_action": 1}, [], result_chars, context_chars)
+    second, _ = render(template, {**base, "current_action": 2}, [demo_step(DEMO_REPLIES[0], DEMO_RESULT)],
+                       result_chars, context_chars)
+    return [{"role": "user", "content": first}, {"role": "assistant", "content": json.dumps(DEMO_REPLIES[0])},
+            {"role": "user", "content": second}, {"role": "assistant", "content": json.dumps(DEMO_REPLIES[1])}]
+
+
+def build_messages(prompt: str, demo: list[dict] | None = None) -> list[dict]:
+    """The conversation for one turn: the demonstration (if any), then the rendered prompt."""
+    return [*(demo or []), {"role": "user", "content": prompt}]

@@ -35,6 +35,10 @@ class Attempt:
     started_at: float
     duration_s: float
     finish_reason: str = "stop"
+    # What a learner needs of the turn: the conversation it answered and the completion itself
+    # (token ids, log-probabilities, weights version).
+    messages: list[dict] = field(default_factory=list)
+    completion: Completion | None = None
 
 
 @dataclass
@@ -84,7 +88,8 @@ def ask(generate: Callable[[list[dict]], Completion], messages: list[dict], retr
                                        prompt_tokens=completion.prompt_tokens,
                                        completion_tokens=completion.completion_tokens,
                                        started_at=started, duration_s=time.time() - started,
-                                       finish_reason=completion.finish_reason))
+                                       finish_reason=completion.finish_reason, messages=convo,
+                                       completion=completion))
         result.action = action
         if action.valid or attempt == retries or not budget_ok(result.prompt_tokens + result.completion_tokens):
             return result
