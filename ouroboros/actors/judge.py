@@ -80,8 +80,9 @@ class ExperimentJudge:
         clean = [s for s in runs if s.result is not None and s.result.exit_code == 0 and not s.result.timed_out
                  and not s.result.error]
         # Concluding without running anything concluded nothing: finalize counts after a run.
-        finalized = float(outcome.get("status") == "finalized" and bool(runs))
-        stated = numbers(outcome.get("final", "")) if finalized else []
+        ended = outcome.get("status") == "finalized"
+        finalized = float(ended and bool(runs))
+        stated = numbers(outcome.get("final", "")) if ended else []
         goal = self.goals.get(traj.task_id)
         # A conclusion is grounded when it quotes a number a clean run printed, not one it made up.
         # Numbers the goal itself states, and 0, 1, 2, say nothing about what was measured.
