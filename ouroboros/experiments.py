@@ -43,11 +43,11 @@ class ExperimentDriver:
         import ray
 
         from ouroboros.actors.experiment_agent import ExperimentAgent
-        from ouroboros.actors.generator import Generator
+        from ouroboros.actors.generator import generator_actor
         from ouroboros.loop import sandbox_runners
 
         cfg = self.cfg
-        gen_cls = ray.remote(num_cpus=cfg.generator.num_cpus, num_gpus=cfg.generator.num_gpus)(Generator)
+        gen_cls = generator_actor(cfg)
         generators = [gen_cls.remote(cfg) for _ in range(cfg.generator.count)]
         runners = sandbox_runners(cfg, self.run_id, sessions=True)
         per_agent = cfg.experiment.cycles_per_agent

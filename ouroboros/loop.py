@@ -85,12 +85,12 @@ def sandbox_runners(cfg: Config, run_id: str, sessions: bool = False) -> list:
 def build_actors(cfg: Config, run_dir: str, run_id: str) -> Actors:
     import ray
 
-    from ouroboros.actors.generator import Generator
+    from ouroboros.actors.generator import generator_actor
     from ouroboros.actors.learner import Learner
     from ouroboros.actors.recorder import Recorder
 
     # Resource needs sit here, next to where each actor is made; placement is Ray's.
-    gen_cls = ray.remote(num_cpus=cfg.generator.num_cpus, num_gpus=cfg.generator.num_gpus)(Generator)
+    gen_cls = generator_actor(cfg)
     learner_cls = ray.remote(num_cpus=1, num_gpus=cfg.learner.num_gpus)(Learner)
     generators = [gen_cls.remote(cfg) for _ in range(cfg.generator.count)]
     experiment = cfg.env.name == "experiment"

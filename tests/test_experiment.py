@@ -164,6 +164,24 @@ def test_limits_max_actions_consecutive_errors_time_tokens_and_cost(tmp_path, ru
     assert "timed_out" in steps[0][5] and "time limit" in steps[0][5]
     assert out["status"] == "limit" and "time limit" in out["end_reason"]
 
+    # A model call that outlasts the experiment is given up on at the limit, not waited for.
+    import time
+
+    h = Harness(tmp_path, runner, time_limit_s=1.0)
+    script = ScriptedBackend(script=[act("run", "print(1)")])
+
+    def slow_model(messages):
+        if len(h.prompts) >= 1:
+            time.sleep(20)
+        h.prompts.append(messages[-1]["content"])
+        return script.generate([Request(id="r", messages=messages)])[0]
+
+    started = time.monotonic()
+    out = h.cycle([], generate=slow_model)
+    assert time.monotonic() - started < 5
+    assert out["status"] == "limit" and "during a model call" in out["end_reason"] and out["actions"] == 1
+    assert h.row(out["experiment_id"])["status"] == "limit"
+
     h = Harness(tmp_path, runner, max_tokens=2000)
     out = h.cycle([act("run", "print(1)")])
     assert out["status"] == "limit" and "token budget" in out["end_reason"]

@@ -103,3 +103,83 @@ def test_scripted_replays_each_session_from_the_start():
 def test_vllm_slot_says_it_is_not_available_yet():
     with pytest.raises(BackendError, match="not available yet"):
         backend_class("vllm")(model="x")
+
+
+def test_concurrent_calls_on_a_local_model_coalesce_into_batches(tiny_model_path):
+    """Eight 'cycles' each ask for one reply at a time; the hf generator serves them in batches,
+    each caller gets its own completion, and a weights load never runs under a batch."""
+    import threading
+
+    cfg = load_config("configs/smoke.yaml", [f"policy.model={tiny_model_path}", "generator.max_new_tokens=8"])
+    gen = Generator(cfg)
+    tasks = load_tasks("train")[:8]
+    results: dict[str, list] = {}
+    barrier = threading.Barrier(len(tasks))
+
+    def cycle(n: int) -> None:
+        barrier.wait()
+        for turn in range(3):
+            req = Request(id=f"c{n}-t{turn}", messages=build_messages(tasks[n]), max_new_tokens=8, temperature=0.0)
+            results.setdefault(f"c{n}", []).extend(gen.generate([req]))
+
+    threads = [threading.Thread(target=cycle, args=(n,)) for n in range(len(tasks))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for n in range(len(tasks)):
+        assert [c.request_id for c in results[f"c{n}"]] == [f"c{n}-t{k}" for k in range(3)]
+    stats = gen.batching()
+    assert stats["requests"] == 24 and stats["batches"] < 24  # fewer model calls than requests
+
+    # A weights load waits for the batch in flight and holds the model alone.
+    order = []
+    with gen.coalescer.exclusive():
+        t = threading.Thread(target=lambda: order.append(gen.generate([Request(
+            id="late", messages=build_messages(tasks[0]), max_new_tokens=4, temperature=0.0)])[0].request_id))
+        t.start()
+        t.join(0.5)
+        order.append("load")
+    t.join()
+    assert order == ["load", "late"]
+
+
+def test_a_backend_error_reaches_every_caller_of_its_batch():
+    import threading
+
+    from ouroboros.backends.coalesce import Coalescer
+
+    gate = threading.Event()
+    calls = []
+
+    def run(requests):
+        calls.append(len(requests))
+        if len(calls) == 1:
+            gate.wait(2)  # hold the first batch so the others queue behind it
+            return [None] * len(requests)
+        raise BackendError("model fell over")
+
+    c = Coalescer(run, max_batch=8)
+    errors = []
+
+    def call(i):
+        try:
+            c.generate([Request(id=str(i), messages=[])])
+        except BackendError as exc:
+            errors.append(str(exc))
+
+    first = threading.Thread(target=call, args=(0,))
+    first.start()
+    while not calls:
+        pass
+    rest = [threading.Thread(target=call, args=(i,)) for i in range(1, 5)]
+    for t in rest:
+        t.start()
+    import time
+
+    time.sleep(0.2)
+    gate.set()
+    for t in [first, *rest]:
+        t.join()
+    assert calls == [1, 4]  # the four that queued ran as one batch
+    assert errors == ["model fell over"] * 4

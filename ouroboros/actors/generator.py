@@ -1,9 +1,15 @@
-"""Generator: owns one model backend; generates and loads published weights."""
+"""Generator: owns one model backend; generates and loads published weights.
+
+It runs as a threaded actor (`generator_actor`). Calls on a local model (hf, vllm) coalesce
+into batches (backends/coalesce.py), and a weights load waits for the batch in flight and
+holds the model alone; API and scripted backends take their calls concurrently.
+"""
 from __future__ import annotations
 
 import time
 
 from ouroboros.backends import BackendError, backend_class
+from ouroboros.backends.coalesce import Coalescer
 from ouroboros.config import Config
 from ouroboros.types import Completion, Request, WeightsRef
 
@@ -40,12 +46,34 @@ def lora_settings(cfg: Config) -> dict:
             "target_modules": list(l.target_modules), "task_type": "CAUSAL_LM"}
 
 
+# Local models: one device, batched generation. The rest are concurrent already.
+COALESCED = ("hf", "vllm")
+
+
+def generator_actor(cfg: Config):
+    """The Generator class as a Ray actor with its resources: threaded, so concurrent calls
+    (many experiment cycles) meet in one batch, or run side by side on an API."""
+    import ray
+
+    return ray.remote(num_cpus=cfg.generator.num_cpus, num_gpus=cfg.generator.num_gpus,
+                      max_concurrency=cfg.generator.concurrency)(Generator)
+
+
 class Generator:
     def __init__(self, cfg: Config) -> None:
         self.backend = backend_class(cfg.generator.backend)(**backend_kwargs(cfg))
+        self.coalescer = Coalescer(self.backend.generate, cfg.generator.max_batch) \
+            if cfg.generator.backend in COALESCED else None
 
     def generate(self, requests: list[Request]) -> list[Completion]:
+        if self.coalescer is not None:
+            return self.coalescer.generate(requests)
         return self.backend.generate(requests)
+
+    def batching(self) -> dict:
+        """Backend calls against requests served so far (coalesced backends)."""
+        c = self.coalescer
+        return {"batches": c.batches, "requests": c.requests} if c else {}
 
     def load_weights(self, weights: WeightsRef) -> dict:
         """Make `weights` live. Returns how long it took, for the broadcast benchmark."""
@@ -54,7 +82,11 @@ class Generator:
         started = time.perf_counter()
         flat = ray.get(weights.ref) if isinstance(weights.ref, ray.ObjectRef) else weights.ref  # zero-copy
         fetched = time.perf_counter()
-        self.backend.load_weights(flat, weights.index, weights.kind, weights.version)
+        if self.coalescer is not None:
+            with self.coalescer.exclusive():  # never under a batch in flight
+                self.backend.load_weights(flat, weights.index, weights.kind, weights.version)
+        else:
+            self.backend.load_weights(flat, weights.index, weights.kind, weights.version)
         done = time.perf_counter()
         return {"version": weights.version, "fetch_s": fetched - started, "copy_s": done - fetched,
                 "total_s": done - started}

@@ -8,7 +8,7 @@
 
 Every limit the seed declared is enforced: `max_actions`; `max_errors` consecutive failed
 actions; `time_limit_s` as wall time, which also bounds the action that is running (its exec
-timeout is the time left); a token budget; and a cost budget priced from config. Whatever
+timeout is the time left) and a model call in flight (`bounded`); a token budget; and a cost budget priced from config. Whatever
 happens, the experiment row ends `finalized`, `limit` or `failed`, never half-written, and its
 sandbox session is closed.
 """
@@ -18,6 +18,7 @@ import dataclasses
 import json
 import logging
 import secrets
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -38,6 +39,41 @@ class Sandboxes(Protocol):
     def exec(self, session: str, program: str, timeout_s: float) -> ExecResult: ...
     def build(self, session: str, dockerfile: str) -> str: ...
     def close(self, session: str) -> None: ...
+
+
+class TimeLimit(Exception):
+    """The experiment's time ran out during a model call: the cycle ends as a limit."""
+
+
+def bounded(generate: Callable[[list[dict]], Completion], deadline: float, limit_s: float):
+    """`generate` that gives up at `deadline` (time.monotonic()). The call runs on its own thread,
+    so a slow provider or a busy generator cannot hold the cycle past its time limit; a call
+    given up on finishes in the background (bounded by the provider's own timeout) and its
+    reply is dropped."""
+
+    def call(messages: list[dict]) -> Completion:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeLimit(f"time limit of {limit_s:g} s reached before a model call")
+        box: dict = {}
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                box["reply"] = generate(messages)
+            except BaseException as exc:  # re-raised in the cycle's thread
+                box["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name="model-call", daemon=True).start()
+        if not done.wait(remaining):
+            raise TimeLimit(f"time limit of {limit_s:g} s reached during a model call")
+        if "error" in box:
+            raise box["error"]
+        return box["reply"]
+
+    return call
 
 
 class Research(Protocol):
@@ -140,6 +176,7 @@ class ExperimentCycle:
         deadline = time.monotonic() + x.time_limit_s
         session = None
         demo = None  # the demonstration turns, rendered once per experiment
+        generate = bounded(self.generate, deadline, x.time_limit_s)
         spans: list[Span] = [root]
         try:
             session = self.sandboxes.open()
@@ -173,7 +210,7 @@ class ExperimentCycle:
                                                     x.result_chars, x.context_chars)
                 trimmed = max(trimmed, summarized)
                 spans.append(prompt_span.end(chars=len(text), history_summarized=summarized, prompt=text))
-                query = ask(self.generate, prompt_mod.build_messages(text, demo), x.query_retries, self.allowed,
+                query = ask(generate, prompt_mod.build_messages(text, demo), x.query_retries, self.allowed,
                             budget_ok=lambda used: sum(tokens) + used < x.max_tokens)
                 for n, attempt in enumerate(query.attempts):
                     span = Span(eid, "generate", f"attempt {n + 1}", parent_id=step_span.id,
@@ -215,6 +252,8 @@ class ExperimentCycle:
                     break
             else:
                 status, reason = "limit", f"max_actions ({x.max_actions}) reached without finalize"
+        except TimeLimit as exc:
+            status, reason = "limit", str(exc)
         except BaseException as exc:  # the row must still end as failed, with why
             status = "failed"
             reason = f"{type(exc).__name__}: {exc}"[:500]
