@@ -112,3 +112,41 @@ def test_ctrl_c_during_experiments_marks_rows_and_leaves_no_sandbox(tmp_path):
         if os.path.isdir(workdir.ROOT) else []
     assert not [d for d in leftovers if not __import__("ouroboros.sandbox.reaper", fromlist=["x"]).is_alive(d)]
 
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_run_on_the_experiment_environment_marks_rows_and_leaves_no_sandbox(tiny_model_path, tmp_path):
+    require_bwrap()
+    deadline = time.monotonic() + 30
+    while _ray_processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    out = tmp_path / "run"
+    tag = f"ctrlc-run-{os.getpid()}-{time.time_ns()}"
+    sleeper = json.dumps({"action": "run", "data": "import time\nprint('working', flush=True)\ntime.sleep(30)",
+                          "notes": "long"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ouroboros", "run", "configs/smoke-run-experiment.yaml", "--out", str(out),
+         "--set", "generator.backend=scripted", "--set", f"generator.script=[{json.dumps(sleeper)}]",
+         "--set", "experiment.max_new_tokens=512", "--set", "sandbox.timeout_s=60",
+         "--set", f"sandbox.env={{OUROBOROS_TAG: {tag}}}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    log = out / "experiments.log"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:  # both held-out cycles of round 0 started
+        if log.exists() and log.read_text().count("started") >= 2:
+            break
+        time.sleep(0.3)
+    time.sleep(2.0)
+    assert proc.poll() is None, proc.stderr.read()[-2000:]
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    db = sqlite3.connect(out / "ouroboros.db")
+    statuses = [s for (s,) in db.execute("SELECT status FROM experiments")]
+    assert statuses and "running" not in statuses, statuses
+    assert db.execute("SELECT status FROM runs").fetchone()[0] == "interrupted"
+    deadline = time.monotonic() + 30
+    while (_ray_processes() or processes_tagged(tag)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not processes_tagged(tag), "a sandboxed process outlived Ctrl-C"
+    assert not _ray_processes()

@@ -4,8 +4,9 @@ Experiment cycles ask for one reply at a time, many cycles at once. A local mode
 is far faster on one batch of N prompts than on N single prompts, so a threaded Generator
 actor passes its calls through a `Coalescer`: the first caller to find the model idle runs
 everything queued so far as one batch (up to `max_batch` requests) and hands each caller its
-own completions; callers that arrive meanwhile queue up for the next batch. There is no timer,
-so a lone caller waits for nobody, and under load batches grow by themselves.
+own completions; callers that arrive meanwhile queue up for the next batch. Under load,
+batches grow by themselves; the caller that finds the model idle waits only `gather_s`
+(milliseconds, against seconds of generation) for others arriving at that moment.
 
 API backends do not go through it: their calls are already concurrent, and a batch would make
 each caller wait for the slowest request in it.
@@ -30,9 +31,11 @@ class _Call:
 
 
 class Coalescer:
-    def __init__(self, run: Callable[[list[Request]], list[Completion]], max_batch: int) -> None:
+    def __init__(self, run: Callable[[list[Request]], list[Completion]], max_batch: int,
+                 gather_s: float = 0.005) -> None:
         self._run = run
         self.max_batch = max(1, max_batch)
+        self.gather_s = gather_s
         self._cv = threading.Condition()
         self._queue: list[_Call] = []
         self._busy = False
@@ -47,8 +50,10 @@ class Coalescer:
                 if self._busy:
                     self._cv.wait()
                     continue
-                batch = self._take()
                 self._busy = True
+                if self.gather_s > 0:  # let the calls arriving right now join this batch
+                    self._cv.wait(self.gather_s)
+                batch = self._take()
                 self._cv.release()
                 try:
                     self._serve(batch)
