@@ -161,7 +161,8 @@ class ExperimentConfig(Section):
         "Choose a small, useful experiment that builds on what earlier experiments found.",
         description="The research goal ({goal}) of `ouroboros experiment` cycles; a learning run uses its own goals.")
     demonstrate: bool = Field(
-        False, description="Show a finished two-action experiment before each prompt (helps small local models).")
+        False, description="Show a finished two-action experiment before each prompt (helps small local models; "
+                           "the conversation grows by two renders of the template).")
     cycles_per_agent: int = Field(
         8, ge=1, description="Cycles one ExperimentAgent actor runs at once; --parallel K starts ceil(K / this) agents.")
     max_actions: int = Field(10, ge=1, description="Actions per experiment.")

@@ -33,6 +33,24 @@ def _ray_processes() -> list[str]:
             and " Z" not in l]
 
 
+def interrupt_and_check(proc, db_path, tag: str) -> None:
+    """Ctrl-C a running experiment process: it exits 130, no experiment row is left `running`,
+    the run is `interrupted`, and no sandboxed process (marked with `tag`) or Ray process lives on."""
+    assert proc.poll() is None, proc.stderr.read()[-2000:]
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    db = sqlite3.connect(db_path)
+    statuses = [s for (s,) in db.execute("SELECT status FROM experiments")]
+    assert statuses and "running" not in statuses, statuses
+    assert db.execute("SELECT status FROM runs").fetchone()[0] == "interrupted"
+    deadline = time.monotonic() + 30
+    while (_ray_processes() or processes_tagged(tag)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not processes_tagged(tag), "a sandboxed process outlived Ctrl-C"
+    assert not _ray_processes()
+
+
 @pytest.mark.slow
 def test_ctrl_c_keeps_finished_rounds_and_leaves_nothing_behind(tiny_model_path, tmp_path):
     require_bwrap()
@@ -93,19 +111,7 @@ def test_ctrl_c_during_experiments_marks_rows_and_leaves_no_sandbox(tmp_path):
             break
         time.sleep(0.3)
     time.sleep(2.0)  # both are now inside their 20 s sandboxed exec
-    assert proc.poll() is None, proc.stderr.read()[-2000:]
-    os.killpg(proc.pid, signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr[-2000:]
-    db = sqlite3.connect(db_path)
-    statuses = [s for (s,) in db.execute("SELECT status FROM experiments")]
-    assert statuses and "running" not in statuses, statuses
-    assert db.execute("SELECT status FROM runs").fetchone()[0] == "interrupted"
-    deadline = time.monotonic() + 30
-    while (_ray_processes() or processes_tagged(tag)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not processes_tagged(tag), "a sandboxed process outlived Ctrl-C"
-    assert not _ray_processes()
+    interrupt_and_check(proc, db_path, tag)
     from ouroboros.sandbox import workdir
 
     leftovers = [d for d in os.listdir(workdir.ROOT) if os.listdir(os.path.join(workdir.ROOT, d))] \
@@ -137,16 +143,4 @@ def test_ctrl_c_in_a_run_on_the_experiment_environment_marks_rows_and_leaves_no_
             break
         time.sleep(0.3)
     time.sleep(2.0)
-    assert proc.poll() is None, proc.stderr.read()[-2000:]
-    os.killpg(proc.pid, signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr[-2000:]
-    db = sqlite3.connect(out / "ouroboros.db")
-    statuses = [s for (s,) in db.execute("SELECT status FROM experiments")]
-    assert statuses and "running" not in statuses, statuses
-    assert db.execute("SELECT status FROM runs").fetchone()[0] == "interrupted"
-    deadline = time.monotonic() + 30
-    while (_ray_processes() or processes_tagged(tag)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not processes_tagged(tag), "a sandboxed process outlived Ctrl-C"
-    assert not _ray_processes()
+    interrupt_and_check(proc, out / "ouroboros.db", tag)

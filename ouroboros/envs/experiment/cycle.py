@@ -8,9 +8,9 @@
 
 Every limit the seed declared is enforced: `max_actions`; `max_errors` consecutive failed
 actions; `time_limit_s` as wall time, which also bounds the action that is running (its exec
-timeout is the time left) and a model call in flight (`bounded`); a token budget; and a cost budget priced from config. Whatever
-happens, the experiment row ends `finalized`, `limit` or `failed`, never half-written, and its
-sandbox session is closed.
+timeout is the time left) and a model call in flight (`bounded`); a token budget; and a cost
+budget priced from config. Whatever happens, the experiment row ends `finalized`, `limit` or
+`failed`, never half-written, and its sandbox session is closed.
 """
 from __future__ import annotations
 
@@ -165,7 +165,6 @@ class ExperimentCycle:
         ep = self.episode
         eid = self.store.start(self.run_id, self.cycle, self.owner, dockerfile, self.goal,
                                ep.task_id if ep else None, ep.round if ep else None, ep.split if ep else None)
-        self.experiment_id = eid
         root = Span(eid, "experiment", f"experiment {eid}")
         self.lines: list[str] = []
         self._log(f"experiment {eid} started (run {self.run_id}, cycle {self.cycle})")
