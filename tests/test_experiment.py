@@ -116,6 +116,9 @@ HOSTILE = [
     '{"action": "environment", "data": "FROM ubuntu\\nADD http://169.254.169.254/ /x"}',
     '{"action": "load_url", "data": "http://169.254.169.254/latest/meta-data/"}',
     '{"action": "search", "data": "\\" OR * NEAR( -x AND"}',
+    '{"action": "run", "data": "x", "notes": ' + "[" * 100_000 + "]" * 100_000 + "}",  # recursion depth
+    '{"action": "run", "data": "print(\'\\ud800\')", "notes": "a lone surrogate cannot be stored"}',
+    '{"action": "run", "data": "print(1)\\u0000", "notes": "a NUL byte in the code"}',
 ]
 
 
@@ -135,6 +138,7 @@ def test_malformed_and_hostile_replies_never_crash_and_end_as_a_limit(tmp_path, 
     attempts = h.store.query("SELECT attrs FROM traces WHERE experiment_id=? AND kind='generate'", (out["experiment_id"],))
     errors = [json.loads(a)["error"] for (a,) in attempts]
     assert any("no JSON object" in e for e in errors) and any("unknown action" in e for e in errors)
+    assert any("nested too deeply" in e for e in errors) and any("unicode" in e for e in errors)
     assert "tok-s3cret-value" not in (tmp_path / "experiments" / f"{out['experiment_id']:06d}" / "results.json").read_text()
 
 

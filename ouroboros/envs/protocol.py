@@ -37,6 +37,9 @@ def _first_object(text: str) -> tuple[dict | None, str]:
         except json.JSONDecodeError as exc:
             last_error = f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
             continue
+        except RecursionError:  # a reply of thousands of nested brackets must not end the caller
+            last_error = "invalid JSON: nested too deeply"
+            continue
         if isinstance(value, dict):
             return value, ""
         last_error = f"expected a JSON object, got {type(value).__name__}"
