@@ -36,3 +36,13 @@ def test_malformed_replies_become_invalid_actions_with_reasons():
     for text, reason in cases.items():
         a = parse_action(text)
         assert not a.valid and reason in a.error, (text, a.error)
+
+
+def test_an_object_before_the_action_does_not_hide_it():
+    a = parse_action('{"thought": "count first"}\n{"action": "run", "data": "print(1)", "notes": "go"}')
+    assert a.valid and a.name == "run" and a.data == "print(1)"
+    # An object nested in a field is not mistaken for the action, and one with no action says so.
+    b = parse_action('{"action": "finalize", "data": "done", "notes": {"action": "run"}}')
+    assert b.valid and b.name == "finalize"
+    c = parse_action('{"thought": "only a plan"}')
+    assert not c.valid and 'missing "action"' in c.error

@@ -30,7 +30,10 @@ def _candidates(text: str):
 
 
 def _first_object(text: str) -> tuple[dict | None, str]:
+    """The first JSON object with an "action" key; else the first object (its error names what
+    is missing). A preamble object such as {"thought": ...} before the action does not hide it."""
     last_error = "no JSON object found in the reply"
+    first: dict | None = None
     for candidate in _candidates(text):
         try:
             value, _ = _DECODER.raw_decode(candidate)
@@ -41,9 +44,12 @@ def _first_object(text: str) -> tuple[dict | None, str]:
             last_error = "invalid JSON: nested too deeply"
             continue
         if isinstance(value, dict):
-            return value, ""
+            if "action" in value:
+                return value, ""
+            first = value if first is None else first
+            continue
         last_error = f"expected a JSON object, got {type(value).__name__}"
-    return None, last_error
+    return (first, "") if first is not None else (None, last_error)
 
 
 def parse_action(text: str, allowed: tuple[str, ...] = ACTIONS) -> Action:
