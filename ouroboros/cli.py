@@ -33,6 +33,26 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return USER_ERRORS + (BackendError, SandboxUnavailable, SandboxError, ModelUnavailable)
 
 
+def actor_failure(exc: BaseException) -> str | None:
+    """One line for a Ray failure a user can act on (an actor killed for memory, an actor that
+    died, a user error raised inside an actor), or None for anything else, which is a bug."""
+    try:
+        import ray.exceptions as rx
+    except ImportError:
+        return None
+    if isinstance(exc, rx.RayTaskError) and isinstance(getattr(exc, "cause", None), _user_errors()):
+        return str(exc.cause)
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    if isinstance(exc, rx.OutOfMemoryError) or "low on memory" in str(exc):
+        return ("Ray killed an actor because the node ran low on memory. Lower what this config holds in "
+                "memory (learner.max_length, learner.batch_size, generator.max_batch, "
+                "experiment.cycles_per_agent) or use a node with more memory")
+    if isinstance(exc, (rx.ActorDiedError, rx.ActorUnavailableError, rx.WorkerCrashedError)):
+        return (f"an actor died ({first[:200]}). Its logs are under /tmp/ray/session_latest/logs; "
+                "run `ouroboros doctor` to check the host")
+    return None
+
+
 class RichReporter:
     """Progress bars per phase and a line per finished round."""
 
@@ -101,6 +121,13 @@ def run(
             reporter.progress.stop()
             console.print(f"[yellow]interrupted: {len(loop.rows)} finished round(s) kept in {run_dir}")
             raise typer.Exit(130)
+        except Exception as exc:
+            message = actor_failure(exc)
+            if message is None:
+                raise
+            reporter.progress.stop()
+            sys.stderr.write(f"error: {message}. {len(loop.rows)} finished round(s) kept in {run_dir}\n")
+            raise typer.Exit(1)
     console.print(rounds_table(rows))
     console.print(f"run directory: {run_dir}")
 
@@ -134,6 +161,12 @@ def experiment(
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted: {len(driver.results)} finished experiment(s) kept in {run_dir}")
         raise typer.Exit(130)
+    except Exception as exc:
+        message = actor_failure(exc)
+        if message is None:
+            raise
+        sys.stderr.write(f"error: {message}. {len(driver.results)} finished experiment(s) kept in {run_dir}\n")
+        raise typer.Exit(1)
     table = Table(title="experiments")
     for col in ("id", "status", "actions", "tokens", "end"):
         table.add_column(col)

@@ -226,8 +226,9 @@ class Loop:
                     if not learn["pairs"]:
                         # Nothing to learn from (every reward tied): the policy is unchanged, so no new version.
                         row["seconds"]["learn"] = time.monotonic() - t
-                        self.reporter.message(f"round {round_}: no preference pairs (all rewards tied); "
-                                              f"keeping weights v{version}")
+                        why = (f"all {learn['pairs_too_long']} pairs are longer than learner.max_length"
+                               if learn.get("pairs_too_long") else "no preference pairs (all rewards tied)")
+                        self.reporter.message(f"round {round_}: {why}; keeping weights v{version}")
                     else:
                         weights = ray.get(a.learner.publish.remote())  # small: version, checksum and a ref
                         row["seconds"]["learn"] = time.monotonic() - t

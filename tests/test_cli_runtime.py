@@ -144,3 +144,39 @@ def test_ctrl_c_in_a_run_on_the_experiment_environment_marks_rows_and_leaves_no_
         time.sleep(0.3)
     time.sleep(2.0)
     interrupt_and_check(proc, out / "ouroboros.db", tag)
+
+
+@pytest.mark.slow
+def test_a_killed_actor_is_one_clear_error_and_finished_rounds_stay(tiny_model_path, tmp_path):
+    require_bwrap()
+    deadline = time.monotonic() + 30
+    while _ray_processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "ouroboros", "run", "configs/smoke.yaml", "--rounds", "3",
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    summary = out / "summary.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and not summary.exists():
+        time.sleep(0.3)
+    assert proc.poll() is None, proc.stderr.read()[-2000:]
+    # Round 0 is stored: kill the learner's process, as the kernel's OOM killer would.
+    learner = subprocess.run(["pgrep", "-f", "ray::Learner"], capture_output=True, text=True).stdout.split()
+    assert learner
+    for pid in learner:
+        os.kill(int(pid), signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: an actor died") and "finished round(s) kept in" in last, stderr[-3000:]
+    assert "Traceback" not in stderr
+    rounds = json.loads(summary.read_text())["rounds"]
+    assert rounds and rounds[0]["round"] == 0
+    db = sqlite3.connect(out / "ouroboros.db")
+    assert db.execute("SELECT status FROM runs").fetchone()[0] == "failed"
+    assert db.execute("SELECT status FROM rounds WHERE round=0").fetchone()[0] == "done"
+    deadline = time.monotonic() + 30
+    while _ray_processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _ray_processes()

@@ -26,11 +26,14 @@ def test_dpo_trains_publishes_versions_and_generators_follow(tiny_model_path, tm
     assert learner.weights_version() == 0
     with pytest.raises(RuntimeError, match="publish"):
         learner.copy_benchmark()
-    assert learner.train([]) == {"dpo_loss": None, "pairs": 0, "steps": 0, "seconds": 0.0}
+    assert learner.train([]) == {"dpo_loss": None, "pairs": 0, "steps": 0, "seconds": 0.0, "pairs_too_long": 0}
 
+    # A pair longer than learner.max_length would lose its replies to TRL's truncation: left out, counted.
+    long = _pairs(1)[0]
+    long.prompt = [{"role": "user", "content": "word " * (cfg.learner.max_length + 10)}]
     pairs = _pairs(8)
-    first = learner.train(pairs)
-    assert first["pairs"] == 8 and first["steps"] == 3
+    first = learner.train(pairs + [long])
+    assert first["pairs"] == 8 and first["steps"] == 3 and first["pairs_too_long"] == 1
     # DPO loss starts at log 2 (policy == reference) and must fall as the policy moves.
     assert first["dpo_loss"] < 0.6931 and first["rewards_margins"] > 0
     w1 = learner.publish()

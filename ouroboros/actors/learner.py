@@ -59,13 +59,32 @@ class Learner:
             for p in pairs
         ])
 
+    def _fitting(self, pairs: list[PreferencePair]) -> tuple[list[PreferencePair], int]:
+        """The pairs whose prompt and longer reply fit `learner.max_length`. TRL cuts a longer
+        sequence at its end, which would cut the replies the pair is about and leave a pair
+        with nothing to compare; those are left out and counted instead."""
+        limit = self.cfg.learner.max_length
+        fitting = []
+        for p in pairs:
+            prompt = self.tokenizer.apply_chat_template(p.prompt, add_generation_prompt=True, tokenize=True,
+                                                        return_dict=False)
+            reply = max(len(self.tokenizer(p.chosen, add_special_tokens=False)["input_ids"]),
+                        len(self.tokenizer(p.rejected, add_special_tokens=False)["input_ids"]))
+            if len(prompt) + reply + 2 <= limit:  # + end-of-turn tokens
+                fitting.append(p)
+        if len(fitting) < len(pairs):
+            log.warning("%d of %d preference pairs do not fit learner.max_length=%d and are left out; raise it",
+                        len(pairs) - len(fitting), len(pairs), limit)
+        return fitting, len(pairs) - len(fitting)
+
     def train(self, batch_refs) -> dict:
         """One policy update from the round's pairs (refs, or lists of pairs in tests)."""
         from trl import DPOConfig, DPOTrainer
 
         pairs: list[PreferencePair] = gather(batch_refs)
+        pairs, too_long = self._fitting(pairs)
         if not pairs:
-            return {"dpo_loss": None, "pairs": 0, "steps": 0, "seconds": 0.0}
+            return {"dpo_loss": None, "pairs": 0, "steps": 0, "seconds": 0.0, "pairs_too_long": too_long}
         started = time.monotonic()
         l = self.cfg.learner
         with tempfile.TemporaryDirectory(prefix="ouroboros-dpo-") as tmp:
@@ -100,6 +119,7 @@ class Learner:
         metrics = {
             "dpo_loss": float(result.training_loss),
             "pairs": len(pairs),
+            "pairs_too_long": too_long,
             "steps": trainer.state.global_step,
             "seconds": time.monotonic() - started,
         }
