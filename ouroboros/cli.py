@@ -40,14 +40,17 @@ def actor_failure(exc: BaseException) -> str | None:
         import ray.exceptions as rx
     except ImportError:
         return None
-    if isinstance(exc, rx.RayTaskError) and isinstance(getattr(exc, "cause", None), _user_errors()):
-        return str(exc.cause)
-    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-    if isinstance(exc, rx.OutOfMemoryError) or "low on memory" in str(exc):
+    # An error raised inside an actor arrives wrapped; what happened is its cause.
+    cause = getattr(exc, "cause", None) if isinstance(exc, rx.RayTaskError) else None
+    inner = cause if isinstance(cause, BaseException) else exc
+    if isinstance(inner, _user_errors()):
+        return str(inner)
+    first = next((line.strip() for line in str(inner).splitlines() if line.strip()), type(inner).__name__)
+    if isinstance(inner, rx.OutOfMemoryError) or "low on memory" in str(inner):
         return ("Ray killed an actor because the node ran low on memory. Lower what this config holds in "
                 "memory (learner.max_length, learner.batch_size, generator.max_batch, "
                 "experiment.cycles_per_agent) or use a node with more memory")
-    if isinstance(exc, (rx.ActorDiedError, rx.ActorUnavailableError, rx.WorkerCrashedError)):
+    if isinstance(inner, (rx.RayActorError, rx.WorkerCrashedError)):
         return (f"an actor died ({first[:200]}). Its logs are under /tmp/ray/session_latest/logs; "
                 "run `ouroboros doctor` to check the host")
     return None

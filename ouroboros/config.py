@@ -93,7 +93,8 @@ class ExperimentJudgeConfig(Section):
     finalized_weight: float = Field(0.2, ge=0, description="Reward for ending with finalize (after at least one run), not a limit or a crash.")
     grounded_weight: float = Field(
         0.1, ge=0, description="Reward when the final notes quote a number that a successful run printed.")
-    answer_weight: float = Field(0.4, ge=0, description="Reward when the final notes state the goal's known answer.")
+    answer_weight: float = Field(
+        0.4, ge=0, description="Reward when the final notes state the goal's known answer and a clean run printed it.")
 
 
 class JudgeConfig(Section):

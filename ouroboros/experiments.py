@@ -110,11 +110,10 @@ class ExperimentDriver:
                 for ref in done:
                     slot = running.pop(ref)
                     idle.append(slot)
-                    try:
-                        row = ray.get(ref)
-                    except ray.exceptions.RayError as exc:
-                        row = {"experiment_id": None, "status": "failed", "end_reason": f"agent died: {exc}"[:300],
-                               "actions": 0}
+                    # A cycle ends its own failures in its row; what raises here is a dead agent,
+                    # generator or runner, which would fail every later cycle too: stop, and the
+                    # CLI says which (cli.actor_failure).
+                    row = ray.get(ref)
                     self.results.append(row)
                     self.on_result(row)
             status = "finished"

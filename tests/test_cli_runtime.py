@@ -153,16 +153,18 @@ def test_a_killed_actor_is_one_clear_error_and_finished_rounds_stay(tiny_model_p
     while _ray_processes() and time.monotonic() < deadline:
         time.sleep(0.5)
     out = tmp_path / "run"
+    tag = f"killed-actor-{os.getpid()}-{time.time_ns()}"  # Ray's workers inherit it: this run's, no other
     proc = subprocess.Popen([sys.executable, "-m", "ouroboros", "run", "configs/smoke.yaml", "--rounds", "3",
                              "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, env=dict(os.environ, OUROBOROS_TEST_TAG=tag))
     summary = out / "summary.json"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None and not summary.exists():
         time.sleep(0.3)
     assert proc.poll() is None, proc.stderr.read()[-2000:]
     # Round 0 is stored: kill the learner's process, as the kernel's OOM killer would.
-    learner = subprocess.run(["pgrep", "-f", "ray::Learner"], capture_output=True, text=True).stdout.split()
+    learners = subprocess.run(["pgrep", "-f", "ray::Learner"], capture_output=True, text=True).stdout.split()
+    learner = [pid for pid in learners if int(pid) in processes_tagged(tag)]
     assert learner
     for pid in learner:
         os.kill(int(pid), signal.SIGKILL)

@@ -171,18 +171,20 @@ def test_limits_max_actions_consecutive_errors_time_tokens_and_cost(tmp_path, ru
     # A model call that outlasts the experiment is given up on at the limit, not waited for.
     import time
 
-    h = Harness(tmp_path, runner, time_limit_s=1.0)
+    h = Harness(tmp_path, runner, time_limit_s=3.0)
     script = ScriptedBackend(script=[act("run", "print(1)")])
+    release = threading.Event()
 
     def slow_model(messages):
         if len(h.prompts) >= 1:
-            time.sleep(20)
+            release.wait(60)  # hangs like a stuck provider until the test lets it go
         h.prompts.append(messages[-1]["content"])
         return script.generate([Request(id="r", messages=messages)])[0]
 
     started = time.monotonic()
     out = h.cycle([], generate=slow_model)
-    assert time.monotonic() - started < 5
+    release.set()
+    assert time.monotonic() - started < 10
     assert out["status"] == "limit" and "during a model call" in out["end_reason"] and out["actions"] == 1
     assert h.row(out["experiment_id"])["status"] == "limit"
 
@@ -228,6 +230,19 @@ def test_a_crashing_cycle_leaves_a_failed_row_and_no_session(tmp_path, runner):
     out = h.cycle([], generate=broken)
     row = h.row(out["experiment_id"])
     assert row["status"] == "failed" and "provider exploded" in row["end_reason"]
+    assert runner.sessions == {}
+
+    # A dead generator actor would fail every later cycle too: the row ends failed, and the
+    # cycle raises, so the run stops and says so instead of scoring empty experiments.
+    import ray.exceptions
+
+    def dead(messages):
+        raise ray.exceptions.ActorDiedError()
+
+    with pytest.raises(ray.exceptions.ActorDiedError):
+        h.cycle([], generate=dead)
+    last = h.store.query("SELECT status, end_reason FROM experiments ORDER BY id DESC LIMIT 1")[0]
+    assert last[0] == "failed" and "ActorDiedError" in last[1]
     assert runner.sessions == {}
 
 

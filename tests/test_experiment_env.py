@@ -79,15 +79,23 @@ def test_judge_prefers_a_measured_answer_to_a_guess_a_wrong_answer_and_a_crash()
     m = scores["measured"]
     assert m.components == {"valid": 1.0, "runs": 1.0, "finalized": 1.0, "grounded": 1.0, "answer": 1.0}
     assert m.passed and m.total == pytest.approx(1.0)
-    # The right number without running anything: the answer counts, but it is neither grounded
-    # nor a finished experiment.
+    # The right number without running anything is a guess: no answer, not grounded, not finished.
     g = scores["guessed"]
-    assert g.components["answer"] == 1.0 and g.components["grounded"] == 0.0 and g.components["finalized"] == 0.0
-    assert not g.passed
+    assert g.components["answer"] == 0.0 and g.components["grounded"] == 0.0 and g.components["finalized"] == 0.0
+    assert not g.passed and g.total == pytest.approx(0.1)  # only the valid reply
     w = scores["wrong"]
     assert w.components["answer"] == 0.0 and not w.passed
     assert scores["failed"].components["runs"] == 0.0 and scores["failed"].components["valid"] == 0.5
     assert scores["crashed"].total == 0.0
+    # A run printed some number, but the right one was guessed: grounded, not answered. And a
+    # list of candidates that happens to include the answer is not an answer.
+    other = episode("other", PRIMES.id, [turn(0, "a", run, "99\n"), turn(1, "b", final)],
+                    final="Checked 99 numbers: there are 25 primes below 100.")
+    listed = episode("listed", PRIMES.id, [turn(0, "a", run, "23 24 25 26\n"), turn(1, "b", final)],
+                     final="It is 23, 24, 25 or 26.")
+    more = {s.trajectory_id: s for s in judge.score([other, listed])}
+    assert more["other"].components["grounded"] == 1.0 and more["other"].components["answer"] == 0.0
+    assert more["listed"].components["answer"] == 0.0 and not more["listed"].passed
     ranked = sorted(scores, key=lambda k: -scores[k].total)
     assert ranked[0] == "measured" and ranked[-1] == "crashed"
     assert scores["measured"].total > scores["wrong"].total > scores["failed"].total
@@ -104,6 +112,11 @@ def test_pairs_are_taken_where_two_episodes_first_differ():
     p = pairs[0]
     assert (p.chosen, p.rejected, p.id) == ("right", "wrong", "best>worst@1")
     assert p.prompt == best.steps[1].request.messages  # the turn where they parted, not the first
+    # A turn answered differently before the replies part (a simulation printed other numbers)
+    # means the later prompts differ: no pair.
+    noisy = episode("noisy", "g", [turn(0, "same", run, "24\n"), turn(1, "wrong", Action("finalize", "24", "", True))])
+    noisy.steps[-1].outcome["final"] = "24"
+    assert build_pairs([best, noisy], judge.score([best, noisy]), 1) == []
     # Episodes that never reply differently give no pair, whatever their rewards.
     twin = episode("twin", "g", [turn(0, "same", run, "25\n"), turn(1, "right", Action("finalize", "24", "", True))])
     twin.steps[-1].outcome["final"] = "24"
@@ -168,7 +181,9 @@ def test_run_episodes_returns_every_turn_redacted_and_tagged(tmp_path):
         # The credential's value never reaches what the learner and the store keep.
         assert "tok-s3cret-value" not in first.result.stdout and "[redacted:SERVICE_TOKEN]" in first.result.stdout
         assert last.outcome["status"] == "finalized" and "25" in last.outcome["final"]
-        assert all(s.completion.weights_version == 0 and s.request.seed is None for s in t.steps)
+        # Each turn records the request as sent: the round's sampling and its own seed.
+        assert all(s.completion.weights_version == 0 and s.request.seed is not None and s.request.temperature == 1.0
+                   and s.request.session and s.request.id == s.completion.request_id for s in t.steps)
     judge = ExperimentJudge(ExperimentJudgeConfig(), goals={PRIMES.id: PRIMES, other.id: other})
     assert all(s.passed for s in judge.score(trajectories))
     # Identical replies: rewards tie and no pair forms.

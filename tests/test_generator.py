@@ -177,7 +177,9 @@ def test_a_backend_error_reaches_every_caller_of_its_batch():
         t.start()
     import time
 
-    time.sleep(0.2)
+    deadline = time.monotonic() + 10
+    while len(c._queue) < 4 and time.monotonic() < deadline:  # all four wait behind the first batch
+        time.sleep(0.01)
     gate.set()
     for t in [first, *rest]:
         t.join()

@@ -125,7 +125,8 @@ class ExperimentAgent:
         """generate(messages) for one cycle: its slot's generator (spreading slots over the
         pool), with the cycle as the request's session (a `scripted` generator replays its
         script to each cycle from the start). With a `seed`, each turn gets its own seed drawn
-        from it, so a rerun draws the same seeds and two samples draw different ones."""
+        from it, so two samples draw different ones. (A rerun repeats its samples only where a
+        call is generated alone: a coalesced local model seeds a batch from its first request.)"""
         generator = self.generators[slot % len(self.generators)]
         temperature = self.cfg.experiment.temperature if temperature is None else temperature
         seeds = random.Random(seed) if seed is not None else None
@@ -134,8 +135,10 @@ class ExperimentAgent:
             request = Request(id=secrets.token_hex(8), messages=messages, session=session,
                               max_new_tokens=self.cfg.experiment.max_new_tokens, temperature=temperature,
                               top_p=top_p, seed=seeds.randrange(2**31) if seeds else None)
+            generate.last_request = request  # a cycle's calls are sequential: its turn records this one
             return RunnerPool._call(generator.generate, [request])[0]
 
+        generate.last_request = None
         return generate
 
     def _store(self):

@@ -4,8 +4,8 @@ Components are kept apart in the store, and the total is their weighted sum.
 - tasks: the rule judge checks the reply's form (a valid `run` action); the execution judge
   reads what the sandbox reported (the code ran, the share of hidden tests passed).
 - experiment: the form of every reply, the share of run actions that exited cleanly, whether
-  the cycle finalized after running code, whether its conclusion quotes a number a successful run printed
-  (grounded), and whether it states the goal's known answer.
+  the cycle finalized after running code, whether its conclusion quotes a number a successful
+  run printed (grounded), and whether it states the goal's known answer as a run measured it.
 """
 from __future__ import annotations
 
@@ -18,7 +18,19 @@ from ouroboros.types import Score, Trajectory
 _NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
 
-class TasksJudge:
+class Judge:
+    """Scores each trajectory on its own; subclasses say how (`score_one`)."""
+
+    name = "judge"
+
+    def score_one(self, traj: Trajectory) -> Score:
+        raise NotImplementedError
+
+    def score(self, trajectories: list[Trajectory]) -> list[Score]:
+        return [self.score_one(t) for t in trajectories]
+
+
+class TasksJudge(Judge):
     name = "tasks-rule+exec"
 
     def __init__(self, cfg: JudgeConfig) -> None:
@@ -36,10 +48,6 @@ class TasksJudge:
         return Score(trajectory_id=traj.id, components=components, total=round(total, 6), judge=self.name,
                      passed=tests == 1.0)
 
-    def score(self, trajectories: list[Trajectory]) -> list[Score]:
-        return [self.score_one(t) for t in trajectories]
-
-
 def numbers(text: str) -> list[float]:
     """The numbers written in `text` ("9,592", "3.1416", "1e5"), as floats."""
     out = []
@@ -53,15 +61,14 @@ def numbers(text: str) -> list[float]:
     return out
 
 
-def _close(a: float, b: float, rel: float = 1e-3) -> bool:
-    return abs(a - b) <= rel * max(abs(a), abs(b), 1e-12)
 
 
-class ExperimentJudge:
+class ExperimentJudge(Judge):
     """Scores an experiment cycle from its turns; the goal's answer is looked up here, by id,
     so it never travels with the episode the policy produced."""
 
     name = "experiment-rule+exec"
+    MAX_STATED = 3
 
     def __init__(self, cfg: ExperimentJudgeConfig, goals: dict | None = None) -> None:
         from ouroboros.envs.experiment.goals import load_goals
@@ -89,15 +96,16 @@ class ExperimentJudge:
         given = set(numbers(goal.goal)) if goal is not None else set()
         measured = [a for a in stated if a not in given and not (a.is_integer() and abs(a) <= 2)]
         printed = [v for s in clean for v in numbers(s.result.stdout)]
-        grounded = float(any(_close(a, b) for a in measured for b in printed))
-        answer = float(goal is not None and any(goal.matches(v) for v in stated))
+        found = [a for a in measured if any(math.isclose(a, b, rel_tol=1e-3) for b in printed)]
+        grounded = float(bool(found))
+        # The answer counts when the conclusion states it and a run printed it: a guess earns
+        # nothing, and so does a list of candidates (more than MAX_STATED distinct numbers).
+        answer = float(goal is not None and len(set(measured)) <= self.MAX_STATED
+                       and any(goal.matches(v) for v in found))
         components = {"valid": round(valid, 6), "runs": round(len(clean) / len(runs), 6) if runs else 0.0,
                       "finalized": finalized, "grounded": grounded, "answer": answer}
         c = self.cfg
         total = (c.valid_weight * components["valid"] + c.runs_weight * components["runs"]
                  + c.finalized_weight * finalized + c.grounded_weight * grounded + c.answer_weight * answer)
         return Score(trajectory_id=traj.id, components=components, total=round(total, 6), judge=self.name,
-                     passed=bool(answer and grounded))
-
-    def score(self, trajectories: list[Trajectory]) -> list[Score]:
-        return [self.score_one(t) for t in trajectories]
+                     passed=bool(answer))

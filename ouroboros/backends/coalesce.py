@@ -17,6 +17,7 @@ import threading
 from contextlib import contextmanager
 from typing import Callable
 
+from ouroboros.backends.base import BackendError
 from ouroboros.types import Completion, Request
 
 
@@ -78,6 +79,8 @@ class Coalescer:
         flat = [r for call in batch for r in call.requests]
         try:
             out = self._run(flat)
+            if len(out) != len(flat):
+                raise BackendError(f"the backend returned {len(out)} completions for {len(flat)} requests")
         except BaseException as exc:  # every caller in the batch sees the backend's own error
             for call in batch:
                 call.error, call.done = exc, True

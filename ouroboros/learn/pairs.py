@@ -1,10 +1,11 @@
 """Preference pairs: per task, the best episode against the worst by reward; ties give none.
 
 An episode can have many turns (an experiment cycle). The pair is taken where the two episodes
-first part: the first turn whose replies differ. Up to there both saw the same conversation,
-so the prompt is shared and the reward difference is credited to the one choice that differed.
-(Between cycles the prompts also differ in the experiment number and the seconds left; the
-prompt kept is the chosen episode's.) Episodes whose replies never differ give no pair.
+first part: the first turn whose replies differ, provided every earlier turn was answered
+alike. Up to there both saw the same conversation, so the prompt is shared and the reward
+difference is credited to the one choice that differed. (Between cycles the prompts also
+differ in the experiment number and the seconds left; the prompt kept is the chosen
+episode's.) Episodes that never part that way give no pair.
 """
 from __future__ import annotations
 
@@ -13,11 +14,24 @@ from collections import defaultdict
 from ouroboros.types import PreferencePair, Score, Trajectory
 
 
+def _observed(step) -> tuple:
+    """What the environment answered a turn with: the exec result a program printed."""
+    r = step.result
+    return (r.exit_code, r.stdout, r.stderr, r.timed_out) if r is not None else None
+
+
 def branch_point(a: Trajectory, b: Trajectory) -> int | None:
-    """Index of the first turn where `a` and `b` replied differently, if both have one."""
+    """Index of the first turn where `a` and `b` replied differently from the same conversation,
+    if both have one. Turns before it must have been answered alike too (a simulation prints
+    other numbers on each run), and the turn itself asked the same way (retries append the
+    failed reply to the conversation); otherwise the two replies answered different prompts."""
     for i, (x, y) in enumerate(zip(a.steps, b.steps)):
+        if len(x.request.messages) != len(y.request.messages):
+            return None
         if x.completion.text != y.completion.text:
             return i
+        if _observed(x) != _observed(y):
+            return None
     return None
 
 

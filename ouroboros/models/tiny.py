@@ -48,20 +48,19 @@ def _recipe_key() -> str:
 def experiment_examples() -> list[tuple[list[dict], str]]:
     """(messages, reply) for the two turns of an experiment on each train goal, as the
     experiment environment renders them with its demonstration (configs/smoke-run-experiment.yaml)."""
-    from ouroboros.config import ExperimentConfig
+    from ouroboros.config import ExperimentConfig, SandboxConfig
     from ouroboros.envs.experiment import prompt
     from ouroboros.envs.experiment.goals import load_goals
 
-    x = ExperimentConfig()
+    x = ExperimentConfig(max_actions=3)
     result_chars, context_chars = 500, 6000
     examples = []
     for n, goal in enumerate(load_goals("train")):
-        values = {"experiment_id": n + 1, "current_action": 1, "max_actions": 3, "time_remaining": 120.0,
-                  "network_access": "Disabled", "gpu_access": "Disabled", "prev_data": "(no earlier experiments)",
-                  "current_dockerfile": x.dockerfile, "access_info": "[]", "action_history": "", "goal": goal.goal}
+        values = prompt.values(x, SandboxConfig(), experiment_id=n + 1, current_action=1, time_remaining=120.0,
+                               prev_data="(no earlier experiments)", dockerfile=x.dockerfile, goal=goal.goal)
         demo = prompt.demonstration(prompt.DEFAULT_TEMPLATE, values, result_chars, context_chars)
         run = {"action": "run", "data": goal.reference, "notes": "Compute it directly."}
-        answer = f"{goal.answer:g}" if goal.rel_tol == 0 else f"{goal.answer:.4f}"
+        answer = str(int(goal.answer)) if goal.rel_tol == 0 else f"{goal.answer:.4f}"
         final = {"action": "finalize", "data": f"The result is {answer}.", "notes": f"Measured {answer}."}
         first, _ = prompt.render(prompt.DEFAULT_TEMPLATE, values, [], result_chars, context_chars)
         second, _ = prompt.render(prompt.DEFAULT_TEMPLATE, {**values, "current_action": 2},

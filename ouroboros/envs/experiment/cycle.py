@@ -1,7 +1,8 @@
 """One experiment cycle (seed 000): the model picks actions until it finalizes or hits a limit.
 
 `ExperimentCycle.run()` is a plain method over plain collaborators, so it is tested without Ray:
-- `generate(messages) -> Completion`: the policy (a Generator actor, an API, `scripted`);
+- `generate(messages) -> Completion`: the policy (a Generator actor, an API, `scripted`); it may
+  say which `Request` it last sent (`last_request`), which the turns then record;
 - `sandboxes`: a session API (`open`, `exec`, `build`, `close`) over SandboxRunners;
 - `store` (`ExperimentStore`), `repo` (`ExperimentRepo`, or a `Committer` that commits in the
   background), and `research` (or None).
@@ -39,6 +40,15 @@ class Sandboxes(Protocol):
     def exec(self, session: str, program: str, timeout_s: float) -> ExecResult: ...
     def build(self, session: str, dockerfile: str) -> str: ...
     def close(self, session: str) -> None: ...
+
+
+def pool_died(exc: BaseException) -> bool:
+    """An actor the cycle depends on (a generator, a sandbox runner) is gone."""
+    try:
+        import ray.exceptions as rx
+    except ImportError:
+        return False
+    return isinstance(exc, (rx.RayActorError, rx.WorkerCrashedError, rx.OutOfMemoryError))
 
 
 class TimeLimit(Exception):
@@ -193,16 +203,9 @@ class ExperimentCycle:
                 step_span = Span(eid, "action", f"action {index + 1}", parent_id=root.id)
                 spans.append(step_span)
                 prompt_span = Span(eid, "prompt", "render", parent_id=step_span.id)
-                values = {
-                    "experiment_id": eid, "current_action": index + 1, "max_actions": x.max_actions,
-                    "time_remaining": remaining,
-                    "network_access": "Enabled" if self.cfg.sandbox.network else "Disabled",
-                    "gpu_access": "Enabled" if self.cfg.sandbox.gpus else "Disabled",
-                    "prev_data": self._prev_data(eid, steps),
-                    "current_dockerfile": dockerfile,
-                    "access_info": json.dumps(sorted(self.cfg.sandbox.env)),
-                    "action_history": "", "goal": self.goal,
-                }
+                values = prompt_mod.values(x, self.cfg.sandbox, experiment_id=eid, current_action=index + 1,
+                                           time_remaining=remaining, prev_data=self._prev_data(eid, steps),
+                                           dockerfile=dockerfile, goal=self.goal)
                 text, summarized = prompt_mod.render(self.template, values, steps, x.result_chars, x.context_chars)
                 if x.demonstrate and demo is None:
                     demo = prompt_mod.demonstration(self.template, {**values, "time_remaining": x.time_limit_s},
@@ -257,7 +260,9 @@ class ExperimentCycle:
             status = "failed"
             reason = f"{type(exc).__name__}: {exc}"[:500]
             self._log(f"experiment {eid} crashed: {reason}\n{traceback.format_exc(limit=5)}")
-            if not isinstance(exc, Exception):
+            # A dead generator or runner fails every later cycle too: the run must stop and say
+            # so, not go on scoring empty experiments.
+            if not isinstance(exc, Exception) or pool_died(exc):
                 self._finish(eid, status, reason, steps, dockerfile, tokens, errors, trimmed, final_notes, spans, root)
                 raise
         finally:
@@ -328,10 +333,15 @@ class ExperimentCycle:
         last = query.attempts[-1] if query.attempts else None
         if last is None or last.completion is None:
             return
-        request = Request(id=last.completion.request_id, messages=last.messages,
-                          max_new_tokens=self.x.max_new_tokens, temperature=self.x.temperature)
+        # The request as sent, where the policy call says (ExperimentAgent's does); else its gist.
+        sent = getattr(self.generate, "last_request", None)
+        request = dataclasses.replace(sent, messages=last.messages) if sent is not None and \
+            sent.id == last.completion.request_id else Request(
+                id=last.completion.request_id, messages=last.messages, max_new_tokens=self.x.max_new_tokens,
+                temperature=self.x.temperature)
         # Turns go to the run's store and shards: sandbox credentials are redacted there too.
-        action = dataclasses.replace(action, data=redact(action.data, self.secret_values))
+        action = dataclasses.replace(action, data=redact(action.data, self.secret_values),
+                                     notes=redact(action.notes, self.secret_values))
         result = self._exec
         if result is not None:
             result = dataclasses.replace(result, stdout=redact(result.stdout, self.secret_values),

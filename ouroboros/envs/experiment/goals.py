@@ -42,7 +42,3 @@ def _load() -> tuple[Goal, ...]:
 
 def load_goals(split: str | None = None) -> list[Goal]:
     return [g for g in _load() if split is None or g.split == split]
-
-
-def goal_by_id(goal_id: str) -> Goal | None:
-    return next((g for g in _load() if g.id == goal_id), None)

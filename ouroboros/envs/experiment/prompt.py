@@ -106,6 +106,17 @@ def render(template: str, values: dict, steps: list[dict], result_chars: int, co
     return prompt[:context_chars], len(steps)
 
 
+def values(x, sandbox, *, experiment_id: int, current_action: int, time_remaining: float, prev_data: str,
+           dockerfile: str, goal: str) -> dict:
+    """The template's variables for one turn (`x`: ExperimentConfig, `sandbox`: SandboxConfig);
+    the history is filled in by `render`."""
+    return {"experiment_id": experiment_id, "current_action": current_action, "max_actions": x.max_actions,
+            "time_remaining": time_remaining, "network_access": "Enabled" if sandbox.network else "Disabled",
+            "gpu_access": "Enabled" if sandbox.gpus else "Disabled", "prev_data": prev_data,
+            "current_dockerfile": dockerfile, "access_info": json.dumps(sorted(sandbox.env)), "action_history": "",
+            "goal": goal}
+
+
 def demo_step(reply: dict, result: str) -> dict:
     return {"action": reply["action"], "data": reply["data"], "notes": reply["notes"], "ok": True, "result": result}
 
