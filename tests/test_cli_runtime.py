@@ -33,6 +33,13 @@ def _ray_processes() -> list[str]:
             and " Z" not in l]
 
 
+def wait_for_ray_to_go(seconds: float = 30) -> None:
+    """Give Ray processes (this test's, or an earlier test's still shutting down) time to exit."""
+    deadline = time.monotonic() + seconds
+    while _ray_processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
 def interrupt_and_check(proc, db_path, tag: str) -> None:
     """Ctrl-C a running experiment process: it exits 130, no experiment row is left `running`,
     the run is `interrupted`, and no sandboxed process (marked with `tag`) or Ray process lives on."""
@@ -54,9 +61,7 @@ def interrupt_and_check(proc, db_path, tag: str) -> None:
 @pytest.mark.slow
 def test_ctrl_c_keeps_finished_rounds_and_leaves_nothing_behind(tiny_model_path, tmp_path):
     require_bwrap()
-    deadline = time.monotonic() + 30  # an earlier test's Ray may still be shutting down
-    while _ray_processes() and time.monotonic() < deadline:
-        time.sleep(0.5)
+    wait_for_ray_to_go()  # an earlier test's Ray may still be shutting down
     assert not _ray_processes(), "another Ray is running; this test needs the host to itself"
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "ouroboros", "run", "configs/smoke.yaml", "--rounds", "6",
@@ -81,18 +86,14 @@ def test_ctrl_c_keeps_finished_rounds_and_leaves_nothing_behind(tiny_model_path,
     statuses = dict(db.execute("SELECT round, status FROM rounds"))
     assert all(statuses[r["round"]] == "done" for r in rounds)
     assert set(statuses.values()) <= {"done", "interrupted"}
-    deadline = time.monotonic() + 30
-    while _ray_processes() and time.monotonic() < deadline:
-        time.sleep(0.5)
+    wait_for_ray_to_go()
     assert not _ray_processes()
 
 
 @pytest.mark.slow
 def test_ctrl_c_during_experiments_marks_rows_and_leaves_no_sandbox(tmp_path):
     require_bwrap()
-    deadline = time.monotonic() + 30
-    while _ray_processes() and time.monotonic() < deadline:
-        time.sleep(0.5)
+    wait_for_ray_to_go()
     out = tmp_path / "run"
     tag = f"ctrlc-{os.getpid()}-{time.time_ns()}"  # marks this run's sandboxed processes
     sleeper = json.dumps({"action": "run", "data": "import time\nprint('working', flush=True)\ntime.sleep(20)",
@@ -123,9 +124,7 @@ def test_ctrl_c_during_experiments_marks_rows_and_leaves_no_sandbox(tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_in_a_run_on_the_experiment_environment_marks_rows_and_leaves_no_sandbox(tiny_model_path, tmp_path):
     require_bwrap()
-    deadline = time.monotonic() + 30
-    while _ray_processes() and time.monotonic() < deadline:
-        time.sleep(0.5)
+    wait_for_ray_to_go()
     out = tmp_path / "run"
     tag = f"ctrlc-run-{os.getpid()}-{time.time_ns()}"
     sleeper = json.dumps({"action": "run", "data": "import time\nprint('working', flush=True)\ntime.sleep(30)",
@@ -149,9 +148,7 @@ def test_ctrl_c_in_a_run_on_the_experiment_environment_marks_rows_and_leaves_no_
 @pytest.mark.slow
 def test_a_killed_actor_is_one_clear_error_and_finished_rounds_stay(tiny_model_path, tmp_path):
     require_bwrap()
-    deadline = time.monotonic() + 30
-    while _ray_processes() and time.monotonic() < deadline:
-        time.sleep(0.5)
+    wait_for_ray_to_go()
     out = tmp_path / "run"
     tag = f"killed-actor-{os.getpid()}-{time.time_ns()}"  # Ray's workers inherit it: this run's, no other
     proc = subprocess.Popen([sys.executable, "-m", "ouroboros", "run", "configs/smoke.yaml", "--rounds", "3",
@@ -178,7 +175,5 @@ def test_a_killed_actor_is_one_clear_error_and_finished_rounds_stay(tiny_model_p
     db = sqlite3.connect(out / "ouroboros.db")
     assert db.execute("SELECT status FROM runs").fetchone()[0] == "failed"
     assert db.execute("SELECT status FROM rounds WHERE round=0").fetchone()[0] == "done"
-    deadline = time.monotonic() + 30
-    while _ray_processes() and time.monotonic() < deadline:
-        time.sleep(0.5)
+    wait_for_ray_to_go()
     assert not _ray_processes()
