@@ -216,7 +216,7 @@ def test_run_on_the_experiment_environment_closes_the_loop(tiny_model_path, tmp_
     rows = json.loads((out / "summary.json").read_text())["rounds"]
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert all(r["heldout_samples"] == 2 for r in rows)
-    assert rows[1]["train_samples"] == 12 and rows[2]["train_samples"] == 12
+    assert rows[1]["train_samples"] == 16 and rows[2]["train_samples"] == 16
     # Cycles of one goal differ somewhere over two rounds, so the learner trains and publishes.
     assert rows[1]["pairs"] + rows[2]["pairs"] > 0
     trained = [r for r in rows[1:] if r["pairs"]]
@@ -225,7 +225,7 @@ def test_run_on_the_experiment_environment_closes_the_loop(tiny_model_path, tmp_
 
     db = sqlite3.connect(out / "ouroboros.db")
     experiments = db.execute("SELECT id, task_id, round, split, status, git_commit FROM experiments").fetchall()
-    assert len(experiments) == 2 + 2 * (12 + 2)
+    assert len(experiments) == 2 + 2 * (16 + 2)
     assert all(e[4] in ("finalized", "limit") and e[5] for e in experiments)  # none left running; all committed
     assert {e[3] for e in experiments if e[2] == 0} == {"heldout"}
     # Every episode's row links to its experiment, and its turns are all in the shard.
@@ -233,7 +233,7 @@ def test_run_on_the_experiment_environment_closes_the_loop(tiny_model_path, tmp_
     linked = {o["experiment_id"] for o in outcomes}
     assert linked <= {e[0] for e in experiments} and len(linked) == len(outcomes)
     shard = pq.read_table(out / "shards" / "round-0001" / "train-completions.parquet").to_pylist()
-    assert len({r["trajectory_id"] for r in shard}) == 12 and max(r["step"] for r in shard) >= 1
+    assert len({r["trajectory_id"] for r in shard}) == 16 and max(r["step"] for r in shard) >= 1
     assert {r["weights_version"] for r in shard} == {0}
     for r in rows[1:]:
         assert r["eval_weights_versions"] == [r["weights_version"]]
