@@ -152,8 +152,12 @@ class ExperimentAgent:
 
     def run_cycle(self, cycle: int, slot: int = 0) -> dict:
         generate = self._generator_for(slot, f"{self.run_id}/cycle-{cycle}")
+        return self._cycle(cycle, generate).run()
+
+    def _cycle(self, cycle: int, generate, **episode) -> ExperimentCycle:
+        """A cycle on this agent's pools, store (this thread's connection), committer and log."""
         return ExperimentCycle(self.cfg, self.run_id, cycle, self.owner, generate, self.pool, self._store(),
-                               self.committer, self.research, self.log_path).run()
+                               self.committer, self.research, self.log_path, **episode)
 
     def run_episodes(self, goals: list, samples: int, round_: int, temperature: float, top_p: float = 1.0,
                      seed: int | None = None, first_sample: int = 0) -> list[Trajectory]:
@@ -170,9 +174,7 @@ class ExperimentAgent:
             tid = f"r{round_}-{goal.id}-{goal.split}-s{k}"
             generate = self._generator_for(position, f"{self.run_id}/{tid}", temperature, top_p,
                                            None if seed is None else f"{seed}/{tid}")
-            cycle = ExperimentCycle(self.cfg, self.run_id, position, self.owner, generate, self.pool, self._store(),
-                                    self.committer, self.research, self.log_path, goal=goal.goal,
-                                    episode=Episode(goal.id, round_, goal.split, scope))
+            cycle = self._cycle(position, generate, goal=goal.goal, episode=Episode(goal.id, round_, goal.split, scope))
             cycle.run()  # never raises for the cycle's own failures: the row ends failed, with why
             return Trajectory(id=tid, task_id=goal.id, split=goal.split, round=round_, sample=k, steps=cycle.turns)
 
