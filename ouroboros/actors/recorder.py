@@ -1,19 +1,22 @@
-"""Recorder: the one writer of a run directory (SQLite, Parquet shards, summary.json).
+"""Recorder: the one writer of a run's records (SQLite rows, Parquet shards, summary.json).
 
 DESIGN.md lists no store actor, but the driver must not pull batches into its
 own process and SQLite wants a single writer, so trajectories and scores go by
 reference to this actor, which writes them, builds the round's preference
 pairs and hands back only small metrics and the pairs' ref.
+
+Every row and shard it writes carries the run id, and the run's own files live under
+`runs/<run id>/` (store/layout.py), so a run never replaces another's.
 """
 from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 from ouroboros.actors.handles import gather
 from ouroboros.learn.pairs import build_pairs
 from ouroboros.store.db import RunDB
+from ouroboros.store.layout import RunPaths
 from ouroboros.store.shards import write_shard
 from ouroboros.store.summary import Summary
 from ouroboros.types import COMPLETION_SCHEMA, PAIR_SCHEMA, Score, Trajectory, WeightsRef
@@ -21,12 +24,11 @@ from ouroboros.types import COMPLETION_SCHEMA, PAIR_SCHEMA, Score, Trajectory, W
 
 class Recorder:
     def __init__(self, run_dir: str, run_id: str, name: str, config: dict) -> None:
-        self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.paths = RunPaths(run_dir, run_id).make()
         self.run_id = run_id
-        self.db = RunDB(self.run_dir / "ouroboros.db")
+        self.db = RunDB(self.paths.db)
         self.db.start_run(run_id, name, config)
-        self.summary = Summary(self.run_dir, run_id)
+        self.summary = Summary(self.paths.summary, run_id)
 
     def start_round(self, round_: int, weights_version: int) -> None:
         self.db.upsert("rounds", [{"run_id": self.run_id, "round": round_, "weights_version": weights_version,
@@ -64,7 +66,7 @@ class Recorder:
             for step in t.steps:
                 c, a, r, o = step.completion, step.action, step.result, step.outcome
                 shard_rows.append({
-                    "trajectory_id": t.id, "step": step.index, "round": round_, "task_id": t.task_id,
+                    "run_id": self.run_id, "trajectory_id": t.id, "step": step.index, "round": round_, "task_id": t.task_id,
                     "split": t.split, "sample": t.sample, "prompt": json.dumps(step.request.messages),
                     "text": c.text, "token_ids": c.token_ids, "logprobs": c.logprobs,
                     "weights_version": c.weights_version, "action_valid": a.valid, "action_error": a.error,
@@ -73,7 +75,7 @@ class Recorder:
                 })
         self.db.upsert("completions", completions)
         self.db.upsert("scores", score_rows)
-        write_shard(self.run_dir, round_, f"{phase}-completions", shard_rows, COMPLETION_SCHEMA)
+        write_shard(self.paths.shards, round_, f"{phase}-completions", shard_rows, COMPLETION_SCHEMA)
 
         pairs = build_pairs(trajectories, scores, round_) if make_pairs else []
         if make_pairs:
@@ -82,8 +84,8 @@ class Recorder:
                 "chosen": p.chosen, "rejected": p.rejected, "chosen_reward": p.chosen_reward,
                 "rejected_reward": p.rejected_reward, "chosen_trajectory": p.chosen_trajectory,
                 "rejected_trajectory": p.rejected_trajectory} for p in pairs])
-            write_shard(self.run_dir, round_, "pairs", [{
-                "id": p.id, "round": round_, "task_id": p.task_id, "prompt": json.dumps(p.prompt),
+            write_shard(self.paths.shards, round_, "pairs", [{
+                "run_id": self.run_id, "id": p.id, "round": round_, "task_id": p.task_id, "prompt": json.dumps(p.prompt),
                 "chosen": p.chosen, "rejected": p.rejected, "chosen_reward": p.chosen_reward,
                 "rejected_reward": p.rejected_reward} for p in pairs], PAIR_SCHEMA)
         return phase_metrics(trajectories, scores, len(pairs)), pairs

@@ -1,4 +1,10 @@
-"""The run's SQLite database (WAL mode). Every write is keyed by ids, so a retry never duplicates a row."""
+"""The run directory's SQLite database (WAL mode).
+
+Several runs can share one database (a reused `--out`, see store/layout.py), so every table is
+keyed by run id as well: a retried write replaces its own row and never another run's. Databases
+written before runs shared them (keyed by trajectory or pair id alone) are re-keyed on open,
+their rows kept.
+"""
 from __future__ import annotations
 
 import json
@@ -15,18 +21,20 @@ CREATE TABLE IF NOT EXISTS rounds (
     started_at REAL, finished_at REAL, PRIMARY KEY (run_id, round)
 );
 CREATE TABLE IF NOT EXISTS completions (
-    trajectory_id TEXT PRIMARY KEY, run_id TEXT, round INTEGER, phase TEXT, task_id TEXT, split TEXT,
+    trajectory_id TEXT, run_id TEXT, round INTEGER, phase TEXT, task_id TEXT, split TEXT,
     sample INTEGER, request_id TEXT, prompt TEXT, text TEXT, weights_version INTEGER, backend TEXT,
     prompt_tokens INTEGER, completion_tokens INTEGER, finish_reason TEXT,
-    action TEXT, action_valid INTEGER, action_error TEXT, exec_result TEXT, outcome TEXT
+    action TEXT, action_valid INTEGER, action_error TEXT, exec_result TEXT, outcome TEXT,
+    PRIMARY KEY (run_id, trajectory_id)
 );
-CREATE INDEX IF NOT EXISTS completions_round ON completions (run_id, round, phase);
 CREATE TABLE IF NOT EXISTS scores (
-    trajectory_id TEXT PRIMARY KEY, run_id TEXT, round INTEGER, judge TEXT, components TEXT, total REAL
+    trajectory_id TEXT, run_id TEXT, round INTEGER, judge TEXT, components TEXT, total REAL,
+    PRIMARY KEY (run_id, trajectory_id)
 );
 CREATE TABLE IF NOT EXISTS pairs (
-    id TEXT PRIMARY KEY, run_id TEXT, round INTEGER, task_id TEXT, prompt TEXT, chosen TEXT, rejected TEXT,
-    chosen_reward REAL, rejected_reward REAL, chosen_trajectory TEXT, rejected_trajectory TEXT
+    id TEXT, run_id TEXT, round INTEGER, task_id TEXT, prompt TEXT, chosen TEXT, rejected TEXT,
+    chosen_reward REAL, rejected_reward REAL, chosen_trajectory TEXT, rejected_trajectory TEXT,
+    PRIMARY KEY (run_id, id)
 );
 CREATE TABLE IF NOT EXISTS weights (
     run_id TEXT, version INTEGER, kind TEXT, checksum TEXT, num_bytes INTEGER, base_model TEXT,
@@ -43,8 +51,34 @@ class RunDB:
         self.conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.executescript(SCHEMA)
-        self.conn.commit()
+        # Re-keying and creating happen in one transaction: a crash leaves the old tables as they were.
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._rekey()
+            self._create()
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    def _create(self) -> None:
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                self.conn.execute(statement)
+        self.conn.execute("CREATE INDEX IF NOT EXISTS completions_round ON completions (run_id, round, phase)")
+
+    def _rekey(self) -> None:
+        """Re-key tables from before runs shared a database: (run_id, id) instead of id alone."""
+        for table, key in (("completions", "trajectory_id"), ("scores", "trajectory_id"), ("pairs", "id")):
+            info = self.conn.execute(f"PRAGMA table_info({table})").fetchall()
+            if [row[1] for row in info if row[5]] != [key]:
+                continue  # absent, or keyed by run already
+            cols = ", ".join(row[1] for row in info)
+            self.conn.execute(f"ALTER TABLE {table} RENAME TO {table}_unkeyed")
+            self.conn.execute("DROP INDEX IF EXISTS completions_round")
+            self._create()
+            self.conn.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {table}_unkeyed")
+            self.conn.execute(f"DROP TABLE {table}_unkeyed")
 
     def close(self) -> None:
         self.conn.close()

@@ -1,4 +1,5 @@
-"""summary.json: {"run": ..., "rounds": [one object per finished round]}, rewritten atomically as the run goes."""
+"""summary.json: {"run": ..., "rounds": [one object per finished round]}, rewritten atomically as
+the run goes. It is the run's own file (`runs/<run id>/summary.json`, see store/layout.py)."""
 from __future__ import annotations
 
 import json
@@ -7,8 +8,9 @@ from pathlib import Path
 
 
 class Summary:
-    def __init__(self, run_dir: str | Path, run_id: str) -> None:
-        self.path = Path(run_dir) / "summary.json"
+    def __init__(self, path: str | Path, run_id: str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.data = {"run": run_id, "rounds": []}
         if self.path.is_file():
             try:
