@@ -29,8 +29,16 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from ouroboros.backends import BackendError
     from ouroboros.models.smollm2 import ModelUnavailable
     from ouroboros.sandbox import SandboxError, SandboxUnavailable
+    from ouroboros.secrets import SecretError
 
-    return USER_ERRORS + (BackendError, SandboxUnavailable, SandboxError, ModelUnavailable)
+    return USER_ERRORS + (BackendError, SandboxUnavailable, SandboxError, ModelUnavailable, SecretError)
+
+
+def _preflight_errors() -> tuple[type[BaseException], ...]:
+    """What the driver refuses before it starts anything: exit 2 like any config error."""
+    from ouroboros.secrets import SecretError
+
+    return (ConfigError, SecretError)
 
 
 def actor_failure(exc: BaseException) -> str | None:
@@ -125,6 +133,9 @@ def run(
             console.print(f"[yellow]interrupted: {len(loop.rows)} finished round(s) kept in {run_dir}")
             raise typer.Exit(130)
         except Exception as exc:
+            if isinstance(exc, _preflight_errors()):  # refused before anything started: a config error
+                reporter.progress.stop()
+                raise
             message = actor_failure(exc)
             if message is None:
                 raise
@@ -132,7 +143,8 @@ def run(
             sys.stderr.write(f"error: {message}. {len(loop.rows)} finished round(s) kept in {run_dir}\n")
             raise typer.Exit(1)
     console.print(rounds_table(rows))
-    console.print(f"run directory: {run_dir}")
+    console.print(f"run {loop.run_id}: {run_dir}/runs/{loop.run_id} (summary.json, shards/); "
+                  f"every run's rows are in {run_dir}/ouroboros.db")
 
 
 @app.command()
@@ -165,6 +177,8 @@ def experiment(
         console.print(f"[yellow]interrupted: {len(driver.results)} finished experiment(s) kept in {run_dir}")
         raise typer.Exit(130)
     except Exception as exc:
+        if isinstance(exc, _preflight_errors()):
+            raise
         message = actor_failure(exc)
         if message is None:
             raise
@@ -177,7 +191,7 @@ def experiment(
         table.add_row(str(r["experiment_id"]), r["status"], str(r["actions"]),
                       str(r.get("prompt_tokens", 0) + r.get("completion_tokens", 0)), r["end_reason"][:60])
     console.print(table)
-    console.print(f"run directory: {run_dir}  (git -C {run_dir}/experiments log)")
+    console.print(f"run {driver.run_id}: {run_dir}  (git -C {run_dir}/experiments log)")
 
 
 @app.command()

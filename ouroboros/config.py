@@ -6,11 +6,12 @@ ignored setting.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class ConfigError(ValueError):
@@ -61,6 +62,14 @@ class GeneratorConfig(Section):
     script_file: str | None = Field(None, description="JSONL of replies (a 'text' field each) for the scripted backend.")
     api: ApiConfig = Field(default_factory=ApiConfig, description="Settings of the anthropic and openai backends.")
 
+    @field_validator("backend")
+    @classmethod
+    def _available(cls, backend: str) -> str:
+        if backend == "vllm":
+            raise ValueError("the vllm generator backend is not built yet: use 'hf' (transformers) for a local "
+                             "policy, or 'anthropic'/'openai' for experiment cycles")
+        return backend
+
 
 class SandboxConfig(Section):
     backend: Literal["bwrap", "docker", "process"] = Field(
@@ -78,13 +87,43 @@ class SandboxConfig(Section):
     output_bytes: int = Field(1 << 20, ge=1024, description="Captured bytes per stream; the rest is dropped.")
     disk_mb: int = Field(256, ge=1, description="Data an experiment may write into its workdir (and the largest file).")
     cpus: float = Field(1.0, gt=0, description="CPU share per exec, in cores.")
-    env: dict[str, str] = Field(default_factory=dict, description="Environment variables passed in; nothing else is.")
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Plain settings passed into the sandbox as environment variables; stored with the run's config, "
+                    "so never a credential (use env_from).")
+    env_from: dict[str, str] = Field(
+        default_factory=dict,
+        description="Credentials passed into the sandbox: {SANDBOX_VAR: HOST_VAR}, the value read from the host "
+                    "variable where the sandbox runs. Only the names are stored; the values are redacted from "
+                    "everything a run writes.")
     network: bool = Field(False, description="Give sandboxed programs a network (off: no interface but loopback).")
     image: str = Field("ouroboros-sandbox:base", description="docker: the base image (cluster/build_sandbox_image.sh).")
     gpus: int = Field(0, ge=-1, description="docker: GPUs to request per container (-1: all).")
     build_timeout_s: float = Field(600.0, gt=0, description="docker: time limit for building a Dockerfile.")
     build_memory_mb: int = Field(2048, ge=64, description="docker: memory limit for a build's RUN steps.")
     build_network: bool = Field(False, description="docker: let builds use the network (off: --network none).")
+
+
+    @field_validator("env")
+    @classmethod
+    def _no_credentials_in_env(cls, env: dict[str, str]) -> dict[str, str]:
+        from ouroboros.secrets import looks_like_credential
+
+        for name in env:
+            if looks_like_credential(name):
+                raise ValueError(
+                    f"{name!r} looks like a credential, and sandbox.env values are stored with the run's config: "
+                    f"export its value in a host variable and name it instead, sandbox.env_from: {{{name}: HOST_VAR}}")
+        return env
+
+    @field_validator("env_from")
+    @classmethod
+    def _names_only(cls, env_from: dict[str, str]) -> dict[str, str]:
+        for inner, host in env_from.items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", inner) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", host):
+                raise ValueError(f"{inner!r}: {host!r}: both must be environment variable names (the value is read "
+                                 "from the host variable, never written here)")
+        return env_from
 
 
 class ExperimentJudgeConfig(Section):
@@ -179,6 +218,10 @@ class ExperimentConfig(Section):
     context_chars: int = Field(24_000, ge=2000, description="Prompt size the history is trimmed to fit.")
     result_chars: int = Field(4000, ge=200, description="Characters of each action's result kept in the history.")
     prev_experiments: int = Field(3, ge=0, description="Earlier experiments summarized in {prev_data}.")
+    learn_from_runs: list[str] = Field(
+        default_factory=list,
+        description="Earlier runs in the same run directory whose experiments `search` and {prev_data} may show, "
+                    "by run id ('*': all of them); a run always sees its own.")
     search_results: int = Field(5, ge=1, description="Ranked snippets per search action.")
     dockerfile: str = Field(
         "FROM ouroboros-sandbox:base\nWORKDIR /work\n",
@@ -206,6 +249,8 @@ def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
         allowed = _fields_at(model, error["loc"][:-1])
         hint = f"; expected one of: {', '.join(allowed)}" if allowed else ""
         return f"unknown config key '{key}'{hint}"
+    if kind == "value_error":  # our own validators: their message says it all, and the value may be a secret
+        return f"bad value for '{key}': {error['ctx']['error']}"
     value = error.get("input")
     return f"bad value for '{key}': {value!r}: {error['msg'].lower()}"
 

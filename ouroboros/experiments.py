@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
-from pathlib import Path
 from typing import Callable
 
 from ouroboros.config import Config
+from ouroboros.store.layout import RunPaths, new_run_id
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +29,7 @@ class ExperimentDriver:
             check_template(cfg.experiment.template)  # a bad template is a config error, before Ray starts
         self.cfg = cfg
         self.run_dir = str(run_dir)
-        self.run_id = f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        self.run_id = new_run_id(cfg.run.name)
         self.on_result = on_result or (lambda row: None)
         self.results: list[dict] = []
         self.handles: list = []
@@ -70,14 +69,15 @@ class ExperimentDriver:
             wait_first: bool = False) -> list[dict]:
         import ray
 
-        from ouroboros.loop import init_ray, stop_actors
+        from ouroboros.loop import init_ray, preflight_secrets, stop_actors
         from ouroboros.store.db import RunDB
         from ouroboros.store.experiments import ExperimentStore
 
-        Path(self.run_dir).mkdir(parents=True, exist_ok=True)
-        db = RunDB(Path(self.run_dir) / "ouroboros.db")
+        preflight_secrets(self.cfg)
+        paths = RunPaths(self.run_dir, self.run_id).make()  # beside earlier runs, never over them
+        db = RunDB(paths.db)
         db.start_run(self.run_id, self.cfg.run.name, self.cfg.model_dump())
-        store = ExperimentStore(Path(self.run_dir) / "ouroboros.db")
+        store = ExperimentStore(paths.db)
         total = None if forever else max(1, cycles or 1)
         status = "failed"
         init_ray(self.cfg)
@@ -124,7 +124,7 @@ class ExperimentDriver:
         finally:
             flush_commits(self.agents, status)
             stop_actors(self.handles)
-            close_experiments(store, self.run_dir)
+            close_experiments(store, paths.experiments)
             db.finish_run(self.run_id, status)
             store.close()
             db.close()
@@ -145,7 +145,7 @@ def flush_commits(agents: list, status: str) -> None:
         log.warning("could not wait for the experiment commits (%s); rows may lack git_commit", exc)
 
 
-def close_experiments(store, run_dir: str) -> None:
+def close_experiments(store, repo_path) -> None:
     """After the agents are stopped: mark the experiments they left `running` failed, and bring
     the experiments repository's index up to date (commits bypass it) so `git status` is clean."""
     from ouroboros.sandbox import reaper
@@ -158,7 +158,7 @@ def close_experiments(store, run_dir: str) -> None:
             break
         time.sleep(0.2)
     store.fail_orphans(reaper.is_alive)
-    path = Path(run_dir) / "experiments"
+    path = repo_path
     if not (path / ".git").is_dir():
         return
     try:

@@ -20,10 +20,10 @@ import math
 import os
 import random
 import time
-import uuid
 from dataclasses import dataclass, field
 
-from ouroboros.config import Config
+from ouroboros.config import Config, ConfigError
+from ouroboros.store.layout import RunPaths, new_run_id
 
 
 class Reporter:
@@ -109,7 +109,7 @@ def build_actors(cfg: Config, run_dir: str, run_id: str) -> Actors:
         from ouroboros.actors.agent import TasksAgent
         from ouroboros.actors.judge import TasksJudge
 
-        agents = [ray.remote(num_cpus=0)(TasksAgent).remote(generators, runners, cfg.generator.max_new_tokens)
+        agents = [ray.remote(num_cpus=0)(TasksAgent).remote(generators, runners, cfg.generator.max_new_tokens, cfg)
                   for _ in range(cfg.env.agents)]
         judge = ray.remote(num_cpus=0)(TasksJudge).remote(cfg.judge)
     learner = learner_cls.remote(cfg)
@@ -125,7 +125,7 @@ class Loop:
     def __init__(self, cfg: Config, reporter: Reporter | None = None) -> None:
         self.cfg = cfg
         self.reporter = reporter or Reporter()
-        self.run_id = f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        self.run_id = new_run_id(cfg.run.name)
         if cfg.env.name == "experiment":
             from ouroboros.envs.experiment.goals import load_goals as load
         else:
@@ -192,6 +192,8 @@ class Loop:
         cfg = self.cfg
         rounds = cfg.run.rounds if rounds is None else rounds
         run_dir = run_dir or cfg.run.out
+        check_trainable(cfg, rounds)
+        preflight_secrets(cfg)
         init_ray(cfg)
         a = None
         status = "failed"
@@ -267,11 +269,32 @@ class Loop:
                 from ouroboros.experiments import close_experiments
                 from ouroboros.store.experiments import ExperimentStore
 
-                store = ExperimentStore(os.path.join(run_dir, "ouroboros.db"))
+                paths = RunPaths(run_dir, self.run_id)
+                store = ExperimentStore(paths.db)
                 try:
-                    close_experiments(store, run_dir)
+                    close_experiments(store, paths.experiments)
                 finally:
                     store.close()
+
+
+def check_trainable(cfg: Config, rounds: int) -> None:
+    """Learning rounds broadcast each new version to the generators: refuse, before anything
+    starts, a backend that cannot load weights (an API model), unless the run only evaluates."""
+    from ouroboros.backends import backend_class
+
+    if rounds > 0 and not backend_class(cfg.generator.backend).accepts_weights:
+        raise ConfigError(
+            f"generator.backend {cfg.generator.backend!r} cannot load trained weights, so `ouroboros run` cannot "
+            "train it: pass --rounds 0 to only evaluate it on the held-out tasks, or run experiment cycles with "
+            "`ouroboros experiment CONFIG`")
+
+
+def preflight_secrets(cfg: Config) -> None:
+    """A credential the config names but this host lacks is one clear line now, not an actor
+    that dies at start-up. The values read here are dropped at once."""
+    from ouroboros.secrets import resolve
+
+    resolve(cfg.sandbox.env_from)
 
 
 def shutdown(a: Actors | None) -> None:

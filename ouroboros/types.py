@@ -52,6 +52,8 @@ class Completion:
     finish_reason: str = "stop"  # "stop" or "length"
     # The provider's own count, for backends that return text without token ids (APIs).
     output_tokens: int | None = None
+    # The text carried a secret and was redacted (ouroboros/secrets.py); token ids were dropped.
+    redacted: bool = False
 
     @property
     def completion_tokens(self) -> int:
@@ -149,9 +151,10 @@ class WeightsRef:
     index: tuple = ()
 
 
-# Arrow schemas of what goes into shards/round-NNNN/*.parquet.
+# Arrow schemas of what goes into runs/<run id>/shards/round-NNNN/*.parquet.
 COMPLETION_SCHEMA = pa.schema(
     [
+        ("run_id", pa.string()),
         ("trajectory_id", pa.string()),
         ("step", pa.int32()),  # the turn within its episode (0 for one-reply tasks)
         ("round", pa.int32()),
@@ -174,6 +177,7 @@ COMPLETION_SCHEMA = pa.schema(
 
 PAIR_SCHEMA = pa.schema(
     [
+        ("run_id", pa.string()),
         ("id", pa.string()),
         ("round", pa.int32()),
         ("task_id", pa.string()),

@@ -67,7 +67,7 @@ def test_ctrl_c_keeps_finished_rounds_and_leaves_nothing_behind(tiny_model_path,
     proc = subprocess.Popen([sys.executable, "-m", "ouroboros", "run", "configs/smoke.yaml", "--rounds", "6",
                              "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-    summary = out / "summary.json"
+    summary = out / "latest" / "summary.json"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         if summary.exists() and len(json.loads(summary.read_text())["rounds"]) >= 2:
@@ -106,7 +106,7 @@ def test_ctrl_c_during_experiments_marks_rows_and_leaves_no_sandbox(tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     db_path = out / "ouroboros.db"
     deadline = time.monotonic() + 120
-    log = out / "experiments.log"
+    log = out / "latest" / "experiments.log"
     while time.monotonic() < deadline:  # wait until both cycles have started their first action
         if log.exists() and log.read_text().count("started") >= 2:
             break
@@ -135,7 +135,7 @@ def test_ctrl_c_in_a_run_on_the_experiment_environment_marks_rows_and_leaves_no_
          "--set", "experiment.max_new_tokens=512", "--set", "sandbox.timeout_s=60",
          "--set", f"sandbox.env={{OUROBOROS_TAG: {tag}}}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    log = out / "experiments.log"
+    log = out / "latest" / "experiments.log"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None:  # both held-out cycles of round 0 started
         if log.exists() and log.read_text().count("started") >= 2:
@@ -154,7 +154,7 @@ def test_a_killed_actor_is_one_clear_error_and_finished_rounds_stay(tiny_model_p
     proc = subprocess.Popen([sys.executable, "-m", "ouroboros", "run", "configs/smoke.yaml", "--rounds", "3",
                              "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, env=dict(os.environ, OUROBOROS_TEST_TAG=tag))
-    summary = out / "summary.json"
+    summary = out / "latest" / "summary.json"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None and not summary.exists():
         time.sleep(0.3)

@@ -51,3 +51,42 @@ def test_cli_exits_2_with_one_line_and_no_traceback(args, needle, tmp_path):
     lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
     assert len(lines) == 1 and "Traceback" not in proc.stderr
     assert (needle or "not found") in lines[0]
+
+
+def test_run_refuses_a_backend_that_cannot_load_weights_before_anything_starts(tmp_path):
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "ouroboros", "run", "configs/smoke.yaml", "--out", str(tmp_path / "run"),
+            "--set", "generator.backend=openai", "--set", "generator.api.model=gpt-test"]
+    proc = subprocess.run(base + ["--rounds", "1"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "cannot load trained weights" in line and "--rounds 0" in line and "ouroboros experiment" in line
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_a_credential_named_but_not_set_is_one_clear_line(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.delenv("OUROBOROS_TEST_UNSET_TOKEN", raising=False)
+    proc = subprocess.run([sys.executable, "-m", "ouroboros", "run", "configs/smoke.yaml", "--rounds", "0",
+                           "--out", str(tmp_path / "run"),
+                           "--set", "sandbox.env_from={SERVICE_TOKEN: OUROBOROS_TEST_UNSET_TOKEN}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "OUROBOROS_TEST_UNSET_TOKEN" in line and "not set" in line and "export" in line
+
+
+def test_sandbox_env_refuses_credentials_and_env_from_takes_names_only():
+    from ouroboros.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as err:
+        load_config("configs/smoke.yaml", ["sandbox.env={API_TOKEN: s3cret-literal-value}"])
+    assert "env_from" in str(err.value) and "s3cret-literal-value" not in str(err.value)
+    with pytest.raises(ConfigError, match="environment variable names"):
+        load_config("configs/smoke.yaml", ["sandbox.env_from={TOKEN: 'sk-1234 5678'}"])
+    cfg = load_config("configs/smoke.yaml", ["sandbox.env_from={TOKEN: HOST_TOKEN}", "sandbox.env={MODE: fast}"])
+    assert cfg.model_dump()["sandbox"]["env_from"] == {"TOKEN": "HOST_TOKEN"}

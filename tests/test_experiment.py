@@ -30,9 +30,14 @@ def act(action: str, data: str = "", notes: str = "") -> str:
     return json.dumps({"action": action, "data": data, "notes": notes})
 
 
+# The sandbox credential: named by host variable in the config, its value only in the environment.
+SECRET_ENV = {"SERVICE_TOKEN": "OUROBOROS_TEST_SERVICE_TOKEN"}
+
+
 @pytest.fixture(scope="module")
 def runner():
-    r = SandboxRunner(Config().sandbox.model_copy(update={"timeout_s": 5, "env": {"SERVICE_TOKEN": "tok-s3cret-value"}}))
+    os.environ["OUROBOROS_TEST_SERVICE_TOKEN"] = "tok-s3cret-value"
+    r = SandboxRunner(Config().sandbox.model_copy(update={"timeout_s": 5, "env_from": SECRET_ENV}))
     yield r
     r.cleanup()
 
@@ -40,7 +45,7 @@ def runner():
 class Harness:
     def __init__(self, tmp_path: Path, runner, **experiment):
         self.cfg = Config()
-        self.cfg.sandbox.env = {"SERVICE_TOKEN": "tok-s3cret-value"}
+        self.cfg.sandbox.env_from = SECRET_ENV
         for key, value in experiment.items():
             setattr(self.cfg.experiment, key, value)
         self.store = ExperimentStore(tmp_path / "ouroboros.db")
@@ -338,7 +343,7 @@ def test_cli_smoke_four_parallel_cycles(tmp_path):
     status = subprocess.run(["git", "-C", str(out / "experiments"), "status", "--porcelain"], capture_output=True,
                             text=True)
     assert status.stdout == ""  # the index was brought up to date at the end
-    assert (out / "experiments.log").read_text().count("ended: finalized") == 4
+    assert (out / "latest" / "experiments.log").read_text().count("ended: finalized") == 4
 
 
 @pytest.mark.parametrize("provider", ["anthropic", "openai"])

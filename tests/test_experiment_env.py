@@ -149,7 +149,7 @@ def test_demonstration_is_rendered_with_the_real_template():
     assert prompt.build_messages("now", demo)[-1] == {"role": "user", "content": "now"}
 
 
-def test_run_episodes_returns_every_turn_redacted_and_tagged(tmp_path):
+def test_run_episodes_returns_every_turn_redacted_and_tagged(tmp_path, monkeypatch):
     """ExperimentAgent as a plain object: a scripted policy, a real bwrap runner, real SQLite and git."""
     require_bwrap()
     cfg = Config()
@@ -158,7 +158,8 @@ def test_run_episodes_returns_every_turn_redacted_and_tagged(tmp_path):
         act("run", "import os\nprint('token', os.environ['SERVICE_TOKEN'])\n" + PRIMES.reference, "count them"),
         act("finalize", "There are 25 primes below 100.", "measured 25"),
     ]
-    cfg.sandbox.env = {"SERVICE_TOKEN": "tok-s3cret-value"}
+    monkeypatch.setenv("OUROBOROS_TEST_SERVICE_TOKEN", "tok-s3cret-value")
+    cfg.sandbox.env_from = {"SERVICE_TOKEN": "OUROBOROS_TEST_SERVICE_TOKEN"}
     cfg.sandbox.concurrency = 4
     cfg.experiment.max_actions = 3
     cfg.experiment.demonstrate = True
@@ -213,7 +214,7 @@ def test_run_on_the_experiment_environment_closes_the_loop(tiny_model_path, tmp_
     proc = subprocess.run([sys.executable, "-m", "ouroboros", "run", "configs/smoke-run-experiment.yaml", "--rounds",
                            "2", "--out", str(out)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = json.loads((out / "summary.json").read_text())["rounds"]
+    rows = json.loads((out / "latest" / "summary.json").read_text())["rounds"]
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert all(r["heldout_samples"] == 2 for r in rows)
     assert rows[1]["train_samples"] == 16 and rows[2]["train_samples"] == 16
@@ -232,7 +233,7 @@ def test_run_on_the_experiment_environment_closes_the_loop(tiny_model_path, tmp_
     outcomes = [json.loads(o) for (o,) in db.execute("SELECT outcome FROM completions")]
     linked = {o["experiment_id"] for o in outcomes}
     assert linked <= {e[0] for e in experiments} and len(linked) == len(outcomes)
-    shard = pq.read_table(out / "shards" / "round-0001" / "train-completions.parquet").to_pylist()
+    shard = pq.read_table(out / "latest" / "shards" / "round-0001" / "train-completions.parquet").to_pylist()
     assert len({r["trajectory_id"] for r in shard}) == 16 and max(r["step"] for r in shard) >= 1
     assert {r["weights_version"] for r in shard} == {0}
     for r in rows[1:]:

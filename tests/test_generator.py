@@ -7,7 +7,12 @@ from ouroboros.backends import BackendError, backend_class
 from ouroboros.config import load_config
 from ouroboros.envs.tasks import build_messages, load_tasks
 from ouroboros.types import Request, WeightsRef
-from ouroboros.weights import pack
+from ouroboros.weights import checksum, pack
+
+
+def _ref(version, kind, flat, index, base="tiny"):
+    """A WeightsRef as the learner publishes it: its checksum computed over the buffer."""
+    return WeightsRef(version, kind, flat, checksum(flat, index), flat.nbytes, base, index)
 
 
 def _requests(n, temperature=1.0, seed=0):
@@ -53,8 +58,7 @@ def test_lora_weights_load_changes_outputs_and_tags_version(tiny_model_path):
     peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_path), LoraConfig(**lora_settings(cfg)))
     torch.manual_seed(0)
     bucket = pack([(n, torch.randn(p.shape) * 0.5) for n, p in peft_model.named_parameters() if "lora_" in n])
-    info = gen.load_weights(WeightsRef(version=3, kind="lora", ref=bucket.flat, checksum="x", num_bytes=0,
-                                       base_model="tiny", index=bucket.index))
+    info = gen.load_weights(_ref(3, "lora", bucket.flat, bucket.index))
     assert info["version"] == 3 and gen.weights_version() == 3
     after = gen.generate(_requests(1, temperature=0.0))[0]
     assert after.weights_version == 3 and after.token_ids != before.token_ids
@@ -64,18 +68,27 @@ def test_lora_weights_load_changes_outputs_and_tags_version(tiny_model_path):
         assert np.array_equal(live[name].detach().numpy(), value)
     # A second version of the same layout is one copy into the same storage.
     flat_before = gen.backend._flat.flat.data_ptr()
-    gen.load_weights(WeightsRef(4, "lora", np.zeros_like(bucket.flat), "y", 0, "tiny", bucket.index))
+    gen.load_weights(_ref(4, "lora", np.zeros_like(bucket.flat), bucket.index))
     assert gen.backend._flat.flat.data_ptr() == flat_before and gen.weights_version() == 4
     assert gen.generate(_requests(1, temperature=0.0))[0].token_ids == before.token_ids  # zero adapter == base
+    # A buffer that is not what was published (one value changed on the way) is refused, and
+    # the generator keeps serving the version it had.
+    published = _ref(5, "lora", bucket.flat, bucket.index)
+    corrupted = bucket.flat.copy()
+    corrupted[len(corrupted) // 2] += 1e-3
+    with pytest.raises(BackendError, match="v5 failed their checksum.*kept v4"):
+        gen.load_weights(WeightsRef(5, "lora", corrupted, published.checksum, 0, "tiny", bucket.index))
+    assert gen.weights_version() == 4
+    assert gen.generate(_requests(1, temperature=0.0))[0].token_ids == before.token_ids
 
 
 def test_unknown_tensor_names_are_refused(hf_generator):
     bucket = pack([("nope.weight", torch.zeros(2))])
     with pytest.raises(BackendError, match="unknown tensors"):
-        hf_generator.load_weights(WeightsRef(1, "full", bucket.flat, "", 0, "tiny", bucket.index))
+        hf_generator.load_weights(_ref(1, "full", bucket.flat, bucket.index))
 
 
-def test_scripted_replays_in_order_and_follows_versions(tmp_path):
+def test_scripted_replays_in_order_and_keeps_the_version_that_made_its_replies(tmp_path):
     f = tmp_path / "s.jsonl"
     f.write_text('{"text": "from file"}\n')
     b = backend_class("scripted")(script=["one", "two"], script_file=str(f))
@@ -83,7 +96,8 @@ def test_scripted_replays_in_order_and_follows_versions(tmp_path):
     assert [c.text for c in out] == ["one", "two", "from file", "one"]
     assert out[0].token_ids == list(b"one") and out[0].logprobs == [0.0, 0.0, 0.0]
     b.load_weights(np.zeros(0, np.float32), (), "lora", 5)
-    assert b.generate(_requests(1))[0].weights_version == 5
+    # The script, not version 5, made the next reply: its tag must not credit the trained version.
+    assert b.generate(_requests(1))[0].weights_version == 0 and b.loaded_version == 5
     with pytest.raises(BackendError, match="nothing to replay"):
         backend_class("scripted")()
 
@@ -101,8 +115,12 @@ def test_scripted_replays_each_session_from_the_start():
 
 
 def test_vllm_slot_says_it_is_not_available_yet():
+    from ouroboros.config import ConfigError
+
     with pytest.raises(BackendError, match="not available yet"):
         backend_class("vllm")(model="x")
+    with pytest.raises(ConfigError, match="vllm generator backend is not built yet"):  # refused at config time
+        load_config("configs/smoke.yaml", ["generator.backend=vllm"])
 
 
 def test_concurrent_calls_on_a_local_model_coalesce_into_batches(tiny_model_path):

@@ -18,7 +18,7 @@ def test_smoke_run_closes_the_loop(tiny_model_path, tmp_path):
                            "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    rows = json.loads((out / "summary.json").read_text())["rounds"]
+    rows = json.loads((out / "latest" / "summary.json").read_text())["rounds"]
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert [r["weights_version"] for r in rows] == [0, 1, 2]  # every round publishes a new version
     for r in rows:
@@ -44,9 +44,9 @@ def test_smoke_run_closes_the_loop(tiny_model_path, tmp_path):
     assert {s for (s,) in db.execute("SELECT status FROM rounds")} == {"done"}
 
     for rnd in (1, 2):
-        shard = out / "shards" / f"round-{rnd:04d}"
+        shard = out / "latest" / "shards" / f"round-{rnd:04d}"
         assert pq.read_table(shard / "train-completions.parquet").num_rows == 24
         assert pq.read_table(shard / "pairs.parquet").num_rows == rows[rnd]["pairs"]
-    eval0 = pq.read_table(out / "shards" / "round-0000" / "eval-completions.parquet").to_pylist()
+    eval0 = pq.read_table(out / "latest" / "shards" / "round-0000" / "eval-completions.parquet").to_pylist()
     assert all(len(r["token_ids"]) == len(r["logprobs"]) for r in eval0)
     assert "round" in proc.stderr and "rounds" in proc.stderr  # progress lines and the closing table

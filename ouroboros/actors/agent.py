@@ -17,9 +17,14 @@ from ouroboros.types import Request, Step, Task, Trajectory
 
 
 class TasksAgent:
-    def __init__(self, generators: list, runners: list, max_new_tokens: int = 192) -> None:
+    def __init__(self, generators: list, runners: list, max_new_tokens: int = 192, cfg=None) -> None:
+        from ouroboros.secrets import Redactor, redactor_for
+
         if not generators or not runners:
             raise ValueError("an agent needs at least one generator and one sandbox runner")
+        # Model text enters here; the config's credentials are read from this process's
+        # environment (ouroboros/secrets.py), never passed in.
+        self.redactor = redactor_for(cfg) if cfg is not None else Redactor({})
         self.generators = generators
         self.runners = runners
         self.max_new_tokens = max_new_tokens
@@ -39,7 +44,7 @@ class TasksAgent:
             for task, k in plan
         ]
         generator = self.generators[next(self._next_generator)]
-        completions = resolve(submit(generator, "generate", requests))
+        completions = [self.redactor.completion(c) for c in resolve(submit(generator, "generate", requests))]
 
         # Parse every reply; start an exec for each valid run action, all at once.
         actions = [parse_action(c.text) for c in completions]

@@ -100,21 +100,26 @@ class ResearchTools:
 
 class ExperimentAgent:
     def __init__(self, cfg: Config, run_id: str, run_dir: str, generators: list, runners: list, slot: int = 0) -> None:
-        from pathlib import Path
-
         from ouroboros.sandbox import reaper
         from ouroboros.store.committer import Committer
         from ouroboros.store.experiments import ExperimentStore
         from ouroboros.store.git_repo import ExperimentRepo
 
+        from ouroboros.secrets import redactor_for
+        from ouroboros.store.layout import RunPaths
+
         self.cfg, self.run_id = cfg, run_id
+        # Built here, from this process's environment: secret values never travel as Ray arguments.
+        self.redactor = redactor_for(cfg)
         self.generators = generators
         self.pool = RunnerPool(runners, start=slot)
-        self.db_path = Path(run_dir) / "ouroboros.db"
+        paths = RunPaths(run_dir, run_id)
+        paths.run.mkdir(parents=True, exist_ok=True)
+        self.db_path = paths.db
         ExperimentStore(self.db_path).close()  # the schema, once, before cycles open their own
-        self.log_path = str(Path(run_dir) / "experiments.log")
+        self.log_path = str(paths.experiments_log)
         # Commits happen in the background, batched across this agent's cycles.
-        self.committer = Committer(ExperimentRepo(Path(run_dir) / "experiments"), self.db_path, self.log_path)
+        self.committer = Committer(ExperimentRepo(paths.experiments), self.db_path, self.log_path)
         self.research = ResearchTools(cfg) if (cfg.experiment.research.web_search or cfg.experiment.research.load_url) else None
         self.owner = reaper.owner_token()
         self._local = threading.local()
@@ -136,7 +141,8 @@ class ExperimentAgent:
                               max_new_tokens=self.cfg.experiment.max_new_tokens, temperature=temperature,
                               top_p=top_p, seed=seeds.randrange(2**31) if seeds else None)
             generate.last_request = request  # a cycle's calls are sequential: its turn records this one
-            return RunnerPool._call(generator.generate, [request])[0]
+            # Model text enters here: redacted before the cycle, the store or a prompt sees it.
+            return self.redactor.completion(RunnerPool._call(generator.generate, [request])[0])
 
         generate.last_request = None
         return generate
@@ -152,12 +158,13 @@ class ExperimentAgent:
 
     def run_cycle(self, cycle: int, slot: int = 0) -> dict:
         generate = self._generator_for(slot, f"{self.run_id}/cycle-{cycle}")
-        return self._cycle(cycle, generate).run()
+        scope = KnowledgeScope.of_run(self.run_id, self.cfg.experiment.learn_from_runs)
+        return self._cycle(cycle, generate, scope=scope).run()
 
     def _cycle(self, cycle: int, generate, **episode) -> ExperimentCycle:
         """A cycle on this agent's pools, store (this thread's connection), committer and log."""
         return ExperimentCycle(self.cfg, self.run_id, cycle, self.owner, generate, self.pool, self._store(),
-                               self.committer, self.research, self.log_path, **episode)
+                               self.committer, self.research, self.log_path, redactor=self.redactor, **episode)
 
     def run_episodes(self, goals: list, samples: int, round_: int, temperature: float, top_p: float = 1.0,
                      seed: int | None = None, first_sample: int = 0) -> list[Trajectory]:
@@ -167,7 +174,8 @@ class ExperimentAgent:
         if self._episode_pool is None:
             self._episode_pool = ThreadPoolExecutor(self.cfg.experiment.cycles_per_agent,
                                                     thread_name_prefix="episode")
-        scope = KnowledgeScope(before_round=round_, split="train")
+        scope = KnowledgeScope.of_run(self.run_id, self.cfg.experiment.learn_from_runs, before_round=round_,
+                                      split="train")
         plan = [(goal, first_sample + k) for goal in goals for k in range(samples)]
 
         def one(position: int, goal, k: int) -> Trajectory:

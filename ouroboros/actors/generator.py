@@ -76,20 +76,31 @@ class Generator:
         return {"batches": c.batches, "requests": c.requests} if c else {}
 
     def load_weights(self, weights: WeightsRef) -> dict:
-        """Make `weights` live. Returns how long it took, for the broadcast benchmark."""
+        """Make `weights` live, after checking they are what the learner published. Returns how
+        long each part took, for the broadcast benchmark."""
         import ray
+
+        from ouroboros.weights import checksum
 
         started = time.perf_counter()
         flat = ray.get(weights.ref) if isinstance(weights.ref, ray.ObjectRef) else weights.ref  # zero-copy
         fetched = time.perf_counter()
+        # A corrupted or mixed-up buffer would silently become the policy every agent samples.
+        got = checksum(flat, weights.index)
+        if got != weights.checksum:
+            raise BackendError(
+                f"weights v{weights.version} failed their checksum ({got} received, {weights.checksum} published): "
+                "the buffer was corrupted or replaced on the way; the generator kept "
+                f"v{self.backend.weights_version}. Rerun; if it repeats, check the node's memory and Ray's object store")
+        checked = time.perf_counter()
         if self.coalescer is not None:
             with self.coalescer.exclusive():  # never under a batch in flight
                 self.backend.load_weights(flat, weights.index, weights.kind, weights.version)
         else:
             self.backend.load_weights(flat, weights.index, weights.kind, weights.version)
         done = time.perf_counter()
-        return {"version": weights.version, "fetch_s": fetched - started, "copy_s": done - fetched,
-                "total_s": done - started}
+        return {"version": weights.version, "fetch_s": fetched - started, "checksum_s": checked - fetched,
+                "copy_s": done - checked, "total_s": done - started}
 
     def weights_version(self) -> int:
         return self.backend.weights_version

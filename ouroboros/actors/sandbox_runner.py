@@ -14,6 +14,10 @@ nothing has used, so an experiment's first program does not wait for the sandbox
 A runner may run several calls at once (`sandbox.concurrency`, a threaded actor): sessions are
 independent, and each concurrent scratch exec takes its own idle scratch sandbox.
 
+Sandbox output is redacted here, as it leaves the runner: the credentials the runner passes in
+(`sandbox.env_from`, read from this process's environment) and their common encodings never
+reach a caller, whatever the program printed (ouroboros/secrets.py).
+
 A runner that dies mid-exec leaves nothing behind: its janitor (`sandbox/reaper.py`) removes
 its workdirs, containers and sandbox-uid processes, and the caller's `ray.get` raises
 `RayActorError`, so it can retry on another runner.
@@ -25,6 +29,7 @@ import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from ouroboros import secrets as secrets_mod
 from ouroboros.config import SandboxConfig
 from ouroboros.sandbox import Limits, Sandbox, SandboxError, sandbox_class
 from ouroboros.types import ExecResult
@@ -40,7 +45,8 @@ def limits_from(cfg: SandboxConfig) -> Limits:
 def make_sandbox(cfg: SandboxConfig, run_id: str = "adhoc", session: bool = False) -> Sandbox:
     """A sandbox from config. A session's bwrap sandbox keeps a warm interpreter (`sandbox.warm`):
     its programs fork from it instead of starting Python; a scratch one runs once, so it does not."""
-    kwargs = {"limits": limits_from(cfg), "env": dict(cfg.env), "network": cfg.network}
+    env = {**cfg.env, **secrets_mod.resolve(cfg.env_from)}  # credentials from this process's environment
+    kwargs = {"limits": limits_from(cfg), "env": env, "network": cfg.network}
     if cfg.backend == "bwrap":
         kwargs["warm"] = session and cfg.warm
     if cfg.backend == "process":
@@ -56,6 +62,7 @@ class SandboxRunner:
         """`sessions`: this runner will serve experiment sessions, so start its spares now."""
         self.cfg = cfg
         self.run_id = run_id
+        self.redactor = secrets_mod.Redactor(secrets_mod.resolve(cfg.env_from))
         self.scratch = make_sandbox(cfg, run_id)  # checks the backend works here, at start-up
         self._idle_scratch: list[Sandbox] = [self.scratch]
         self._scratch_all: list[Sandbox] = [self.scratch]
@@ -117,7 +124,7 @@ class SandboxRunner:
     def exec(self, program: str | None = None, files: dict | None = None, limits: dict | None = None,
              *, command: list[str] | None = None, session: str | None = None) -> ExecResult:
         with self._slots:
-            return self._exec(program, files, limits, command, session)
+            return self.redactor.result(self._exec(program, files, limits, command, session))
 
     def _exec(self, program, files, limits, command, session) -> ExecResult:
         if session is not None:
@@ -150,7 +157,8 @@ class SandboxRunner:
         self._session(session).write_file(path, data)
 
     def read_file(self, session: str, path: str, max_bytes: int = 16 << 20) -> bytes:
-        return self._session(session).read_file(path, max_bytes)
+        data = self._session(session).read_file(path, max_bytes)
+        return self.redactor.redact_bytes(data) if self.redactor else data
 
     def build(self, session: str, dockerfile: str, files: dict | None = None) -> str:
         """Build an environment and switch the session to it; raises BuildFailed with the log."""

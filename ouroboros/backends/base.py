@@ -20,6 +20,9 @@ class ModelBackend(abc.ABC):
     """Turns requests into completions, each tagged with the weights version used."""
 
     name: str = ""
+    # Whether published versions can be made live (`load_weights`). A backend that cannot is
+    # refused by `ouroboros run` before anything starts, except for an evaluation-only run.
+    accepts_weights: bool = False
 
     def __init__(self) -> None:
         self.weights_version = 0

@@ -14,6 +14,7 @@ from ouroboros.types import Completion, Request
 
 class HFBackend(ModelBackend):
     name = "hf"
+    accepts_weights = True
 
     def __init__(
         self,

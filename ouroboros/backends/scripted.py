@@ -7,6 +7,10 @@ episode) follows that session's own place in the script, so one scripted
 generator serves many concurrent conversations, each replayed from the start;
 requests without one share a single place. Token ids are the reply's UTF-8 bytes, since there is no
 tokenizer, and each log-probability is 0: a replay is certain.
+
+It accepts published weights, so a whole learning run can replay scripted episodes (tests,
+forging suites), but no weights make its replies: every completion keeps version 0, the
+script, whatever was loaded. The last version it received is `loaded_version`.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from ouroboros.types import Completion, Request
 
 class ScriptedBackend(ModelBackend):
     name = "scripted"
+    accepts_weights = True
 
     def __init__(self, script: list[str] | None = None, script_file: str | None = None) -> None:
         super().__init__()
@@ -40,6 +45,7 @@ class ScriptedBackend(ModelBackend):
         self.replies = replies
         self.position = 0
         self.sessions: dict[str, int] = {}
+        self.loaded_version = 0
         self._lock = threading.Lock()
 
     def generate(self, requests: list[Request]) -> list[Completion]:
@@ -63,6 +69,6 @@ class ScriptedBackend(ModelBackend):
         return out
 
     def load_weights(self, flat: Any, index: tuple, kind: str, version: int) -> None:
-        # Replies do not depend on weights, but the version tag must follow the published policy
-        # so a scripted run records which version each completion was made under.
-        self.weights_version = version
+        # The replies do not come from these weights, so completions keep saying version 0: a
+        # tag that followed the broadcast would credit a trained version with the script.
+        self.loaded_version = version

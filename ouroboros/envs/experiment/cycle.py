@@ -29,6 +29,7 @@ from ouroboros.config import Config
 from ouroboros.envs.experiment import prompt as prompt_mod
 from ouroboros.envs.experiment.query import ask
 from ouroboros.envs.protocol import ACTIONS
+from ouroboros.secrets import Redactor
 from ouroboros.store.experiments import KnowledgeScope
 from ouroboros.types import Completion, ExecResult, Request, Step
 
@@ -118,14 +119,6 @@ class Span:
                 "attrs": self.attrs}
 
 
-def redact(text: str, secrets_by_name: dict[str, str]) -> str:
-    """Sandbox credentials are for the sandbox only: never into the prompt, the DB, git or logs."""
-    for name, value in secrets_by_name.items():
-        if value and len(value) >= 4:
-            text = text.replace(value, f"[redacted:{name}]")
-    return text
-
-
 def describe_exec(result: ExecResult, chars: int) -> str:
     flags = [name for name in ("timed_out", "oom", "truncated") if getattr(result, name)]
     head = f"exit code {result.exit_code}" + (f" ({', '.join(flags)})" if flags else "")
@@ -149,12 +142,14 @@ class ExperimentCycle:
     def __init__(self, cfg: Config, run_id: str, cycle: int, owner: str,
                  generate: Callable[[list[dict]], Completion], sandboxes: Sandboxes, store, repo,
                  research: Research | None = None, log_path: str | None = None, goal: str | None = None,
-                 episode: Episode | None = None) -> None:
+                 episode: Episode | None = None, redactor: Redactor | None = None,
+                 scope: KnowledgeScope | None = None) -> None:
         self.cfg, self.x = cfg, cfg.experiment
         self.run_id, self.cycle, self.owner = run_id, cycle, owner
         self.goal = self.x.goal if goal is None else goal
         self.episode = episode
-        self.scope = episode.scope if episode else None
+        # What earlier experiments it may see (a learning episode brings its own); None: all of them.
+        self.scope = episode.scope if episode else scope
         # The turns as a learner sees them: one Step per action, with the completion that chose it.
         self.turns: list[Step] = []
         self._exec: ExecResult | None = None  # the last run action's result, for its turn
@@ -163,7 +158,9 @@ class ExperimentCycle:
         self.log_path = log_path
         self.template = self.x.template or prompt_mod.DEFAULT_TEMPLATE
         prompt_mod.check_template(self.template)
-        self.secret_values = dict(cfg.sandbox.env)
+        # Sandbox output and model text arrive redacted (the runner and the agent's `generate` do
+        # it, ouroboros/secrets.py); tool output is redacted here, where it enters.
+        self.redactor = redactor if redactor is not None else Redactor({})
         # Every action parses; a disabled one (research off) fails with a reason the model can read.
         self.allowed = ACTIONS
 
@@ -231,9 +228,8 @@ class ExperimentCycle:
                     ok, result = False, f"invalid reply after {len(query.attempts)} attempt(s): {action.error}"
                 else:
                     ok, result, dockerfile = self._act(session, action, dockerfile, deadline, act_span)
-                result = redact(result, self.secret_values)
                 spans.append(act_span.end(ok=ok, result=result[: x.result_chars]))
-                step = {"idx": index, "action": action.name or "", "data": redact(action.data, self.secret_values),
+                step = {"idx": index, "action": action.name or "", "data": action.data,
                         "notes": action.notes, "valid": action.valid, "error": action.error, "result": result,
                         "ok": ok, "attempts": len(query.attempts), "started_at": started,
                         "duration_s": time.time() - started, "prompt_tokens": query.prompt_tokens,
@@ -258,7 +254,7 @@ class ExperimentCycle:
             status, reason = "limit", str(exc)
         except BaseException as exc:  # the row must still end as failed, with why
             status = "failed"
-            reason = f"{type(exc).__name__}: {exc}"[:500]
+            reason = self.redactor.redact(f"{type(exc).__name__}: {exc}")[:500]  # redacted before the cut
             self._log(f"experiment {eid} crashed: {reason}\n{traceback.format_exc(limit=5)}")
             # A dead generator or runner fails every later cycle too: the run must stop and say
             # so, not go on scoring empty experiments.
@@ -320,8 +316,8 @@ class ExperimentCycle:
             try:
                 text = self.research.web_search(data) if name == "web_search" else self.research.load_url(data.strip())
             except ResearchError as exc:
-                return False, f"{name} failed: {exc}", dockerfile
-            return True, text, dockerfile
+                return False, self.redactor.redact(f"{name} failed: {exc}"), dockerfile
+            return True, self.redactor.redact(text), dockerfile
         if name == "finalize":
             return True, "finalized", dockerfile
         return False, f"unknown action {name!r}", dockerfile
@@ -339,13 +335,7 @@ class ExperimentCycle:
             sent.id == last.completion.request_id else Request(
                 id=last.completion.request_id, messages=last.messages, max_new_tokens=self.x.max_new_tokens,
                 temperature=self.x.temperature)
-        # Turns go to the run's store and shards: sandbox credentials are redacted there too.
-        action = dataclasses.replace(action, data=redact(action.data, self.secret_values),
-                                     notes=redact(action.notes, self.secret_values))
         result = self._exec
-        if result is not None:
-            result = dataclasses.replace(result, stdout=redact(result.stdout, self.secret_values),
-                                         stderr=redact(result.stderr, self.secret_values))
         self.turns.append(Step(index=index, request=request, completion=last.completion, action=action,
                                result=result, outcome={"ok": ok, "attempts": len(query.attempts)}))
 
@@ -369,7 +359,7 @@ class ExperimentCycle:
                          for r in rows)
 
     def _log(self, line: str) -> None:
-        stamped = f"{time.strftime('%Y-%m-%d %H:%M:%S')} cycle {self.cycle}: {redact(line, self.secret_values)}"
+        stamped = f"{time.strftime('%Y-%m-%d %H:%M:%S')} cycle {self.cycle}: {self.redactor.redact(line)}"
         self.lines.append(stamped)
         log.info(stamped)
         if self.log_path:
@@ -390,10 +380,10 @@ class ExperimentCycle:
         self.store.add_spans([s.row() for s in spans])
         self.store.finish(eid, status, reason, fields, index)
         files = {f"run-{s['idx'] + 1:02d}.py": s["data"] for s in steps if s["action"] == "run"}
-        files.update({"Dockerfile": dockerfile, "notes.md": f"# Experiment {eid}\n\n{status}: {reason}\n\n{notes}\n",
+        files.update({"Dockerfile": dockerfile, "notes.md": f"# Experiment {eid}\n\nrun {self.run_id}\n\n{status}: {reason}\n\n{notes}\n",
                       "results.json": json.dumps(steps, indent=1), "log.txt": "\n".join(self.lines) + "\n"})
         try:  # a Committer queues the commit and records it on the row itself (None here)
-            commit = self.repo.commit_experiment(eid, files, f"experiment {eid}: {status} ({reason})"[:200])
+            commit = self.repo.commit_experiment(eid, files, f"experiment {eid} of run {self.run_id}: {status} ({reason})"[:240])
             if commit:
                 self.store.set_commit(eid, commit)
         except Exception as exc:  # the DB row is complete; a git failure is logged, not fatal

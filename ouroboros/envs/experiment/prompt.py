@@ -5,8 +5,8 @@ Variables: {experiment_id} {current_action} {max_actions} {time_remaining} {netw
 {goal}, ours: the research goal (the config's `experiment.goal`, or a goal of a learning run).
 A template that names any other variable is a config error (found at start-up, not mid-cycle).
 
-`{access_info}` lists the *names* of the variables the config passes into the sandbox, never
-their values. When the prompt would exceed the context budget, the oldest actions of the
+`{access_info}` lists the *names* of the variables the config passes into the sandbox
+(`sandbox.env` and the credentials of `sandbox.env_from`), never their values. When the prompt would exceed the context budget, the oldest actions of the
 history are replaced by one-line summaries, then dropped, and the caller records that.
 """
 from __future__ import annotations
@@ -113,7 +113,7 @@ def values(x, sandbox, *, experiment_id: int, current_action: int, time_remainin
     return {"experiment_id": experiment_id, "current_action": current_action, "max_actions": x.max_actions,
             "time_remaining": time_remaining, "network_access": "Enabled" if sandbox.network else "Disabled",
             "gpu_access": "Enabled" if sandbox.gpus else "Disabled", "prev_data": prev_data,
-            "current_dockerfile": dockerfile, "access_info": json.dumps(sorted(sandbox.env)), "action_history": "",
+            "current_dockerfile": dockerfile, "access_info": json.dumps(sorted({*sandbox.env, *sandbox.env_from})), "action_history": "",
             "goal": goal}
 
 
