@@ -18,14 +18,15 @@ sees redacted text.
 
 A program can print a secret encoded, so each secret is also looked for reversed, in hex, base64
 and base32 (at every byte alignment, so an encoding of a longer text that contains the secret is
-caught too), percent-encoded, ROT13, as a list of its characters or byte values, and cut at the
-edge of a truncated stream.
+caught too), percent-encoded, ROT13, as a list of its characters or byte values, escaped as JSON or a
+repr would write it, and cut at the edge of a truncated stream.
 """
 from __future__ import annotations
 
 import base64
 import codecs
 import dataclasses
+import json
 import os
 import re
 import urllib.parse
@@ -106,7 +107,11 @@ def _aligned_core(data: bytes, alignments: int, group_bits: int, encode) -> Iter
 def variants(value: str) -> list[str]:
     """The literal forms of `value` that redaction looks for."""
     raw = value.encode("utf-8")
-    forms = {value, value[::-1], codecs.encode(value, "rot13"), urllib.parse.quote(value, safe="")}
+    # Escaped as JSON or a Python repr would write it (a JSON line of a report, an exception's
+    # repr), where quotes, backslashes and non-ASCII characters no longer read as themselves.
+    forms = {value, value[::-1], codecs.encode(value, "rot13"), urllib.parse.quote(value, safe=""),
+             json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1], repr(value)[1:-1],
+             json.dumps(json.dumps(value))[3:-3]}
     forms.update(_aligned_core(raw, 3, 6, lambda b: base64.b64encode(b).decode()))
     forms.update(_aligned_core(raw, 3, 6, lambda b: base64.urlsafe_b64encode(b).decode()))
     forms.update(_aligned_core(raw, 5, 5, lambda b: base64.b32encode(b).decode()))
@@ -116,6 +121,16 @@ def variants(value: str) -> list[str]:
 
 def _spread(units: list[str], gap: str) -> str:
     return gap.join(re.escape(u) for u in units)
+
+
+def _spread_chars(value: str, gap: str) -> str:
+    """`value`'s characters with up to a few separators between them, each character as itself
+    or escaped as a repr or JSON would write it ("['t', 'o', '\\\\', ...]")."""
+    def one(c: str) -> str:
+        options = sorted({c, repr(c)[1:-1], json.dumps(c)[1:-1]}, key=len, reverse=True)
+        return "(?:" + "|".join(re.escape(o) for o in options) + ")"
+
+    return gap.join(one(c) for c in value)
 
 
 class Redactor:
@@ -137,7 +152,7 @@ class Redactor:
             # ("s e c r e t", "['s', 'e', ...]", "[115, 101, ...]").
             patterns.append("(?i:" + re.escape(raw.hex()) + ")")
             patterns.append("(?i:" + re.escape(raw[::-1].hex()) + ")")
-            patterns.append(_spread(list(value), r"[\W_]{1,4}"))
+            patterns.append(_spread_chars(value, r"[\W_]{1,4}"))
             patterns.append(r"(?<!\d)" + _spread([str(b) for b in raw], r"\D{1,4}") + r"(?!\d)")
             self._prefixes.append((raw.hex(), label))
         self._by_pattern = re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
@@ -170,10 +185,14 @@ class Redactor:
         return text
 
     def _redact_cut_tail(self, text: str) -> str:
+        """Replace the longest tail of `text` (at least MIN_EDGE_CHARS) that begins a form of a
+        secret: the rest of that form was cut off."""
+        lowered = text.lower()
         best, label = 0, ""
         for form, name in self._prefixes:
-            for n in range(min(len(form) - 1, len(text)), MIN_EDGE_CHARS - 1, -1):
-                if n > best and text.endswith(form[:n]) or n > best and text.lower().endswith(form[:n].lower()):
+            form = form.lower()  # hex may come in either case; other forms rarely differ only in case
+            for n in range(min(len(form) - 1, len(text)), max(best, MIN_EDGE_CHARS - 1), -1):
+                if lowered.endswith(form[:n]):
                     best, label = n, name
                     break
         return text[:-best] + f"[redacted:{label}]" if best else text
