@@ -6,8 +6,10 @@ second with 2, 8 and 32 concurrent SandboxRunner actors on Ray, measured in one 
 1. bwrap overhead: `BwrapSandbox().exec(command=["python3", "-c", "pass"])` and `exec("pass")`
    (program form: main.py written to the workdir) against bare
    `subprocess.run(["/usr/bin/python3", "-c", "pass"], capture_output=True)`, interleaved
-   (the order rotates each round), one sandbox for all its execs, after an untimed warm-up.
-   "added" is the sandbox median minus the bare median (target: at most 15 ms).
+   (the order rotates each round), one sandbox for all its execs, after an untimed warm-up;
+   and `exec("pass")` followed by `reset()`, a fresh workdir per exec as one-shot execs (the
+   tasks environment's) get. "added" is the sandbox median minus the bare median (target: at
+   most 15 ms). Throughput sessions below are warm-interpreter sessions (`sandbox.warm`).
 2. docker: `DockerSandbox.exec(command=["python3", "-c", "pass"])` into one warm container
    (target: at most 100 ms); a fresh container per exec (exec then `reset()`, timed together and
    apart); and for comparison a bare `docker run --rm --network none <image> python3 -c pass`
@@ -72,12 +74,14 @@ def check(result, what: str, expect: str | None = None) -> None:
 def bench_bwrap(n: int, warmup: int) -> dict:
     from ouroboros.sandbox.bwrap import BwrapSandbox
 
-    sandbox = BwrapSandbox()
+    sandbox, fresh = BwrapSandbox(), BwrapSandbox()
     try:
         cases = {
             "bare": lambda: subprocess.run(BARE_CMD, capture_output=True, check=True),
             "bwrap_command": lambda: check(sandbox.exec(command=PASS_CMD), "bwrap exec(command)"),
             "bwrap_program": lambda: check(sandbox.exec("pass"), "bwrap exec(program)"),
+            # What a one-shot exec costs (the tasks environment's): a fresh workdir each time.
+            "bwrap_program_fresh_workdir": lambda: (check(fresh.exec("pass"), "bwrap exec(program)"), fresh.reset()),
         }
         names = list(cases)
         for _ in range(warmup):
@@ -89,10 +93,12 @@ def bench_bwrap(n: int, warmup: int) -> dict:
                 samples[name].append(timed(cases[name]))
     finally:
         sandbox.cleanup()
+        fresh.cleanup()
     out = {name: stats(xs) for name, xs in samples.items()}
     bare = out["bare"]["median_ms"]
     out["added_command_ms"] = round(out["bwrap_command"]["median_ms"] - bare, 2)
     out["added_program_ms"] = round(out["bwrap_program"]["median_ms"] - bare, 2)
+    out["added_fresh_workdir_ms"] = round(out["bwrap_program_fresh_workdir"]["median_ms"] - bare, 2)
     out["target_added_ms"] = 15
     return out
 
@@ -223,6 +229,8 @@ def table(results: dict) -> str:
         row("bare `python3 -c pass` (subprocess.run)", b["bare"])
         row(f"bwrap exec(command) (+{b['added_command_ms']:.1f} ms, target <= 15)", b["bwrap_command"])
         row(f"bwrap exec(\"pass\") (+{b['added_program_ms']:.1f} ms)", b["bwrap_program"])
+        row(f"bwrap exec(\"pass\") + reset(): a fresh workdir per exec (+{b['added_fresh_workdir_ms']:.1f} ms)",
+            b["bwrap_program_fresh_workdir"])
     d = results.get("docker")
     if d:
         row("docker warm exec(command) (target <= 100 ms)", d["warm_exec"])
