@@ -116,3 +116,25 @@ def test_a_database_from_before_runs_shared_one_is_rekeyed_with_its_rows(tmp_pat
     assert sorted(db.query("SELECT run_id, text FROM completions")) == [("new", "new"), ("old", "kept")]
     assert sorted(db.query("SELECT run_id, chosen FROM pairs")) == [("new", "new"), ("old", "kept")]
     db.close()
+
+
+def test_knowledge_scope_filters_by_run_unless_the_config_names_earlier_runs(tmp_path):
+    from ouroboros.store.experiments import ExperimentStore, KnowledgeScope
+
+    store = ExperimentStore(tmp_path / "ouroboros.db")
+    names = {}
+    for run_id, note in [("run-a", "alpha"), ("run-b", "beta"), ("run-c", "gamma")]:
+        eid = store.start(run_id, 0, "owner", "", "goal")
+        store.finish(eid, "finalized", "finalized", {"notes": f"prime count {note}"},
+                     {"notes": f"prime count {note}"})
+        names[eid] = run_id
+
+    def seen(scope):
+        return ({names[h["experiment_id"]] for h in store.search("prime count", 10, scope=scope)},
+                {names[i] for i in store.recent_finished(10, scope=scope)})
+
+    assert seen(KnowledgeScope.of_run("run-c")) == ({"run-c"}, {"run-c"})
+    assert seen(KnowledgeScope.of_run("run-c", ["run-a"])) == ({"run-a", "run-c"}, {"run-a", "run-c"})
+    assert seen(KnowledgeScope.of_run("run-c", ["*"])) == ({"run-a", "run-b", "run-c"},) * 2
+    assert seen(KnowledgeScope(runs=())) == (set(), set())  # a scope that sees nothing
+    store.close()
