@@ -124,6 +124,9 @@ def run(
             reporter.progress.stop()
             console.print(f"[yellow]interrupted: {len(loop.rows)} finished round(s) kept in {run_dir}")
             raise typer.Exit(130)
+        except ConfigError:  # found once the run started (a task set's references): exit 2 like any
+            reporter.progress.stop()
+            raise
         except Exception as exc:
             message = actor_failure(exc)
             if message is None:

@@ -132,6 +132,9 @@ class EnvConfig(Section):
     train_tasks_per_round: int = Field(8, ge=1, description="Train tasks (experiment: goals) sampled each round.")
     samples_per_task: int = Field(4, ge=2, description="Episodes per train task; pairs need two or more.")
     heldout_tasks: int = Field(0, ge=0, description="Held-out tasks (goals) evaluated each round; 0 means all.")
+    tasks_file: str | None = Field(
+        None, description="tasks: your own task set, JSONL as the bundled one (README: Bring your own tasks); "
+                          "refused at start if a line, a test or a reference (run in the sandbox) fails.")
 
 
 class RayConfig(Section):
