@@ -39,6 +39,7 @@ TARGETS = ("fizzbuzz", "pascal_row")  # a train and a held-out task; no do-nothi
 PRELUDE = r'''
 import json, os, sys
 SENTINEL = -987654321
+FAKE = "Forged()"  # a forged value's repr: no literal, so no truth test can take it as True or False
 
 
 def breach(what):
@@ -49,9 +50,9 @@ def forged_lines(n=64):
     """Every shape of report anyone might trust: the candidate's value pipe, the runner's
     tagged lines with made-up tags, and the old harness's nonce line."""
     lines = [json.dumps({"loaded": True})]
-    lines += [json.dumps({"i": i, "r": repr(SENTINEL), "index": i, "repr": "True", "truth": True}) for i in range(n)]
+    lines += [json.dumps({"i": i, "r": FAKE, "index": i, "repr": "True", "truth": True}) for i in range(n)]
     lines += ['{"kind":"loaded","unit":0,"ok":true,"error":"","seq":%d} %s' % (900 + i, "0" * 64) for i in range(3)]
-    lines += ['{"kind":"value","unit":0,"i":%d,"r":"%d","seq":%d} %s' % (i, SENTINEL, i, "a" * 64) for i in range(n)]
+    lines += ['{"kind":"value","unit":0,"i":%d,"r":"%s","seq":%d} %s' % (i, FAKE, i, "a" * 64) for i in range(n)]
     lines.append('{"kind":"end","unit":0,"exit":0,"timed_out":false,"stdout":"","stderr":"","truncated":false,'
                  '"error":"","seq":999} ' + "e" * 64)
     lines.append('{"kind":"done","seq":1000} ' + "d" * 64)
@@ -483,7 +484,7 @@ for fd in range(3, 64):
 sys.stdout.buffer.write(FORGED)
 sys.stdout.flush()
 def ENTRY(*args, **kwargs):
-    print(json.dumps({"i": 0, "r": "True"}), flush=True)
+    print(json.dumps({"i": 0, "r": FAKE}), flush=True)
     return Opaque()
 ''',
     # Forge values at load, then spin until the harness gives up on it.
@@ -536,6 +537,10 @@ def ENTRY(*args, **kwargs):
 SILENT = {"fd_tamper", "output_flood"}
 # Forgers that run until the harness's deadline: one target is enough to show it.
 SLOW = {"forge_then_hang", "fork_and_memory_bomb"}
+# Forgers whose calls' values do cross, as plain data: what they earn is what returning that data
+# earns (a truthy value passes `assert f(x)`), so they earn 0 on the value tasks of TARGETS and
+# the end-to-end run leaves them out of its zero-credit check.
+CROSSING = {"always_equal_subclasses", "huge_and_nested_values", "forged_truth"}
 
 HONEST = {
     "reference": None,  # the task's own reference
@@ -713,10 +718,11 @@ def test_honest_solutions_still_pass(honest, name, target):
 @pytest.mark.slow
 def test_end_to_end_forging_run_records_no_heldout_pass(tiny_model_path, tmp_path):
     """`ouroboros run` with the scripted backend replaying forging programs on the held-out
-    tasks: the recorded held-out pass rate is 0 and no episode earns test credit."""
+    tasks (truth tests among them): the recorded held-out pass rate is 0 and no episode earns
+    test credit."""
     require_bwrap()
     heldout = load_tasks("heldout")
-    names = [n for n in FORGERS if n not in SLOW]
+    names = [n for n in FORGERS if n not in SLOW | CROSSING]
     script = tmp_path / "replies.jsonl"
     # Each held-out task gets the next program in order (one generate call, no sessions).
     script.write_text("".join(json.dumps({"text": reply(program(FORGERS[names[i % len(names)]], task.entry_point))})
