@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
@@ -135,6 +135,12 @@ class EnvConfig(Section):
     tasks_file: str | None = Field(
         None, description="tasks: your own task set, JSONL as the bundled one (README: Bring your own tasks); "
                           "refused at start if a line, a test or a reference (run in the sandbox) fails.")
+
+    @model_validator(mode="after")
+    def _tasks_file_needs_tasks(self):
+        if self.tasks_file and self.name != "tasks":
+            raise ValueError(f"tasks_file applies to env.name 'tasks', not {self.name!r}")
+        return self
 
 
 class RayConfig(Section):

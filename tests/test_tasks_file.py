@@ -142,3 +142,11 @@ def test_cli_refuses_failing_references_with_exit_2_and_records_no_run(tmp_path)
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: env.tasks_file ") and "1 problem(s): task 'stats': its reference fails" in last
     assert not (tmp_path / "run" / "ouroboros.db").exists()
+
+
+def test_tasks_file_is_a_setting_of_the_tasks_environment():
+    from ouroboros.config import load_config
+
+    assert load_config("configs/smoke.yaml", ["env.tasks_file=mine.jsonl"]).env.tasks_file == "mine.jsonl"
+    with pytest.raises(ConfigError, match="tasks_file applies to env.name 'tasks', not 'experiment'"):
+        load_config("configs/smoke.yaml", ["env.name=experiment", "env.tasks_file=mine.jsonl"])

@@ -113,9 +113,10 @@ _main()
 '''
 
 RUNNER = r'''
-import sys
+import os, sys
 # Import nothing from the workdir (this script's directory), where the candidate writes files.
-del sys.path[0]
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if p and os.path.abspath(p) != _here]
 import ctypes, errno, hashlib, hmac, json, os, select, signal, subprocess, time
 
 
@@ -395,7 +396,7 @@ def read(result: ExecResult, job: Job) -> tuple[list[UnitReport], str]:
 
 def _verified(line: str, key: bytes) -> dict | None:
     body, sep, tag = line.rpartition(" ")
-    if not sep:
+    if not sep or len(tag) != 64 or not tag.isascii():  # compare_digest refuses non-ASCII text
         return None
     try:
         expected = hmac.new(key, body.encode("ascii"), hashlib.sha256).hexdigest()
@@ -438,6 +439,9 @@ def outcome(suite: Suite, report: UnitReport, result: ExecResult, runner_failure
         out["error"] = _why_silent(report, result, runner_failure)
     elif report.timed_out or (result.timed_out and not report.finished):
         out["error"] = "timed out"
+    elif not report.finished:
+        out["error"] = "ran out of memory" if result.oom else (
+            runner_failure or result.error or "the harness in the sandbox stopped before the calls finished")
     return out
 
 
