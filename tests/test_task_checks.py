@@ -131,6 +131,7 @@ HOSTILE = [
     ("assert sum(f(1), []) == []", [[[1]] * 1000], "sum() with a start that is not a number"),
     ("assert round(f(2), -f(2)) == 0", [10 ** 6], "round() to more than"),
     ("assert f(1) > 0", [[1]], "the check raised TypeError"),
+    ("assert isinstance(f(1), type('T', (str,), {}))", ["x"], "type() takes one argument"),
 ]
 
 

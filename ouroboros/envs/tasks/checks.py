@@ -192,6 +192,11 @@ def _sum_pre(iterable, start=0):
         raise CheckError("sum() with a start that is not a number (use a comprehension)")
 
 
+def _type_pre(*args, **kwargs):
+    if len(args) != 1 or kwargs:  # type(name, bases, namespace) would make a class
+        raise CheckError("type() takes one argument in checks")
+
+
 def _arg_at_most(limit: int, *positions):
     def pre(*args, **_kwargs):
         for i in positions:
@@ -234,7 +239,7 @@ SAFE_BUILTINS: dict[str, tuple[Any, Callable | None]] = {
     "oct": (oct, None), "ord": (ord, None), "pow": (pow, _pow_pre), "range": (range, _range_pre),
     "repr": (repr, None), "reversed": (reversed, None), "round": (round, _round_pre),
     "set": (set, None), "sorted": (sorted, None), "str": (str, None), "sum": (sum, _sum_pre),
-    "tuple": (tuple, None), "type": (type, None), "zip": (zip, None),
+    "tuple": (tuple, None), "type": (type, _type_pre), "zip": (zip, None),
 }
 _TYPES = {"bool", "complex", "dict", "float", "frozenset", "int", "list", "set", "str", "tuple"}
 
@@ -329,7 +334,7 @@ class _Interpreter:
         self.budget = budget or _Budget()
         self.builtins = {name: _Guarded(fn, name, self.budget, pre) for name, (fn, pre) in SAFE_BUILTINS.items()
                          if name not in _TYPES}
-        # Types stay themselves (isinstance needs them) and are called through `_call`.
+        # Types stay themselves (isinstance needs them); `_Call` guards them when they are called.
         self.builtins.update({name: SAFE_BUILTINS[name][0] for name in _TYPES})
 
     # statements
