@@ -174,7 +174,7 @@ class BwrapSandbox(LocalSandbox):
             if failure:
                 raise SandboxUnavailable(
                     f"bubblewrap (bwrap) failed to start the sandbox under {limits}: {failure} "
-                    f"(its two helper processes count against `pids`)"
+                    f"(bwrap's own processes count against `pids`)"
                 )
         return runner.build_result(outcome, oom)
 
