@@ -132,6 +132,9 @@ def run(
             reporter.progress.stop()
             console.print(f"[yellow]interrupted: {len(loop.rows)} finished round(s) kept in {run_dir}")
             raise typer.Exit(130)
+        except ConfigError:  # found once the run started (a task set's references): exit 2 like any
+            reporter.progress.stop()
+            raise
         except Exception as exc:
             if isinstance(exc, _preflight_errors()):  # refused before anything started: a config error
                 reporter.progress.stop()

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -171,6 +171,15 @@ class EnvConfig(Section):
     train_tasks_per_round: int = Field(8, ge=1, description="Train tasks (experiment: goals) sampled each round.")
     samples_per_task: int = Field(4, ge=2, description="Episodes per train task; pairs need two or more.")
     heldout_tasks: int = Field(0, ge=0, description="Held-out tasks (goals) evaluated each round; 0 means all.")
+    tasks_file: str | None = Field(
+        None, description="tasks: your own task set, JSONL as the bundled one (README: Bring your own tasks); "
+                          "refused at start if a line, a test or a reference (run in the sandbox) fails.")
+
+    @model_validator(mode="after")
+    def _tasks_file_needs_tasks(self):
+        if self.tasks_file and self.name != "tasks":
+            raise ValueError(f"tasks_file applies to env.name 'tasks', not {self.name!r}")
+        return self
 
 
 class RayConfig(Section):

@@ -1,6 +1,7 @@
 """The driver: builds the actors on Ray and runs rounds.
 
-The environment (`env.name`) picks the episodes: `tasks` (one reply, hidden tests) or
+The environment (`env.name`) picks the episodes: `tasks` (one reply, hidden tests decided on
+the host; the bundled task set or `env.tasks_file`) or
 `experiment` (seed-000 experiment cycles on research goals with known answers, judged on
 their execution and conclusion; pairs come from where two cycles of one goal first differ).
 
@@ -82,7 +83,9 @@ def sandbox_runners(cfg: Config, run_id: str, sessions: bool = False) -> list:
     return [runner_cls.remote(cfg.sandbox, run_id, sessions) for _ in range(cfg.sandbox.runners)]
 
 
-def build_actors(cfg: Config, run_dir: str, run_id: str) -> Actors:
+def build_actors(cfg: Config, run_dir: str, run_id: str, tasks: list | None = None) -> Actors:
+    """The run's actors. `tasks`: the tasks environment's task set (the judge counts their tests;
+    a user's set, `env.tasks_file`, has its references run on the runners first)."""
     import ray
 
     from ouroboros.actors.generator import generator_actor
@@ -95,6 +98,13 @@ def build_actors(cfg: Config, run_dir: str, run_id: str) -> Actors:
     generators = [gen_cls.remote(cfg) for _ in range(cfg.generator.count)]
     experiment = cfg.env.name == "experiment"
     runners = sandbox_runners(cfg, run_id, sessions=experiment)
+    if not experiment and cfg.env.tasks_file:
+        from ouroboros.envs.tasks.references import check_references
+
+        # Before the recorder exists, so a refused task set leaves no run behind. The bundled set
+        # is not run again here: CI runs its references (tests/test_task_dataset.py).
+        ray.get([r.owner.remote() for r in runners])  # a missing sandbox says so first
+        check_references(tasks or [], runners, cfg.sandbox, f"env.tasks_file {cfg.env.tasks_file!r}")
     if experiment:
         from ouroboros.actors.experiment_agent import ExperimentAgent
         from ouroboros.actors.judge import ExperimentJudge
@@ -111,7 +121,7 @@ def build_actors(cfg: Config, run_dir: str, run_id: str) -> Actors:
 
         agents = [ray.remote(num_cpus=0)(TasksAgent).remote(generators, runners, cfg.generator.max_new_tokens, cfg)
                   for _ in range(cfg.env.agents)]
-        judge = ray.remote(num_cpus=0)(TasksJudge).remote(cfg.judge)
+        judge = ray.remote(num_cpus=0)(TasksJudge).remote(cfg.judge, tasks)
     learner = learner_cls.remote(cfg)
     recorder = ray.remote(num_cpus=0)(Recorder).remote(run_dir, run_id, cfg.run.name, cfg.model_dump())
     everything = [*generators, *runners, *agents, judge, learner, recorder]
@@ -126,12 +136,18 @@ class Loop:
         self.cfg = cfg
         self.reporter = reporter or Reporter()
         self.run_id = new_run_id(cfg.run.name)
+        self.tasks = None
         if cfg.env.name == "experiment":
-            from ouroboros.envs.experiment.goals import load_goals as load
+            from ouroboros.envs.experiment.goals import load_goals
+
+            self.train_tasks, heldout = load_goals("train"), load_goals("heldout")
         else:
-            from ouroboros.envs.tasks import load_tasks as load
-        self.train_tasks = load("train")
-        heldout = load("heldout")
+            from ouroboros.envs.tasks import load_tasks
+
+            # A user's task set is read and its tests compiled here, before Ray starts.
+            self.tasks = load_tasks(path=cfg.env.tasks_file)
+            self.train_tasks = [t for t in self.tasks if t.split == "train"]
+            heldout = [t for t in self.tasks if t.split == "heldout"]
         self.heldout = heldout[: cfg.env.heldout_tasks] if cfg.env.heldout_tasks else heldout
         self.rows: list[dict] = []
 
@@ -199,7 +215,7 @@ class Loop:
         status = "failed"
         try:
             self.reporter.message(f"starting actors (run {self.run_id})")
-            a = build_actors(cfg, run_dir, self.run_id)
+            a = build_actors(cfg, run_dir, self.run_id, self.tasks)
             version = 0
             for round_ in range(rounds + 1):
                 started = time.monotonic()

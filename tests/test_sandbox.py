@@ -221,10 +221,11 @@ def test_forged_bwrap_error_is_the_programs_own(bwrap):
 
 
 def test_bwrap_setup_failure_raises_unavailable(bwrap):
-    # Too few pids for bwrap's own helper processes: bwrap itself cannot start, which is the
+    # Too few pids for bwrap's own process and the program (a cold exec's program is the
+    # sandbox's pid 1, with no bwrap init beside it): bwrap itself cannot start, which is the
     # harness's problem (config), not the program's.
     with pytest.raises(SandboxUnavailable, match="bwrap: "):
-        bwrap.exec("print('never')", limits=LIMITS.override(pids=2))
+        bwrap.exec("print('never')", limits=LIMITS.override(pids=1))
 
 
 def test_missing_bwrap_names_the_package(monkeypatch):

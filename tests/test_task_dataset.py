@@ -1,48 +1,29 @@
-"""Sanity checks for the `tasks` environment dataset (ouroboros/envs/tasks/data/tasks.jsonl).
+"""Sanity checks for the `tasks` environment's bundled task set (ouroboros/envs/tasks/data/tasks.jsonl).
 
-Every reference solution must pass all of its hidden tests, and a deliberately
-wrong solution must fail at least one test of every task.  All solutions are run
-in a single fresh subprocess of ``sys.executable`` (one per solution kind), each
-task in its own fresh namespace, so the whole module runs in well under a second.
+Every reference solution must pass all of its hidden tests, run the way a candidate is: in the
+bwrap sandbox, through the harness, with the tests decided on the host (so every value a test
+needs crosses as a literal). No function that does no work (a constant, or its first argument)
+may pass a whole task. The references run a batch to an exec, in a few seconds in all; a run
+on the bundled set does not run them again, it relies on this test.
 """
 
 from __future__ import annotations
 
 import ast
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import require_bwrap
+from ouroboros.actors.sandbox_runner import SandboxRunner
+from ouroboros.config import SandboxConfig
+from ouroboros.envs.tasks.dataset import read_tasks, suite_of
+from ouroboros.envs.tasks.references import reference_outcomes
+
 DATA_PATH = Path(__file__).resolve().parents[1] / "ouroboros" / "envs" / "tasks" / "data" / "tasks.jsonl"
 REQUIRED_KEYS = {"id", "split", "prompt", "entry_point", "tests", "reference"}
 SPLITS = {"train", "heldout"}
-
-# Reads [{"id", "source", "tests"}, ...] as JSON on stdin; writes
-# {id: {"error": str | None, "failed": [test, ...]}} as JSON on stdout.
-_RUNNER = r"""
-import json, sys
-jobs = json.load(sys.stdin)
-results = {}
-for job in jobs:
-    ns = {"__name__": "__task__"}
-    res = {"error": None, "failed": []}
-    try:
-        exec(compile(job["source"], "<solution>", "exec"), ns)
-    except BaseException as e:
-        res["error"] = "solution failed to load: %r" % (e,)
-        res["failed"] = list(job["tests"])
-    else:
-        for t in job["tests"]:
-            try:
-                exec(compile(t, "<test>", "exec"), ns)
-            except BaseException as e:
-                res["failed"].append("%s  -> %r" % (t, e))
-    results[job["id"]] = res
-json.dump(results, sys.stdout)
-"""
 
 
 def _load_tasks() -> list[dict]:
@@ -58,34 +39,15 @@ TASKS = _load_tasks()
 TASK_IDS = [t.get("id", f"#{i}") for i, t in enumerate(TASKS)]
 
 
-def _run_batch(jobs: list[dict]) -> dict:
-    proc = subprocess.run(
-        [sys.executable, "-c", _RUNNER],
-        input=json.dumps(jobs),
-        capture_output=True,
-        text=True,
-        timeout=10,
-    )
-    assert proc.returncode == 0, f"runner crashed:\n{proc.stderr}"
-    return json.loads(proc.stdout)
-
-
 @pytest.fixture(scope="module")
 def reference_results() -> dict:
-    return _run_batch([{"id": t["id"], "source": t["reference"], "tests": t["tests"]} for t in TASKS])
-
-
-@pytest.fixture(scope="module")
-def wrong_results() -> dict:
-    jobs = [
-        {
-            "id": t["id"],
-            "source": f"def {t['entry_point']}(*a, **k):\n    return None\n",
-            "tests": t["tests"],
-        }
-        for t in TASKS
-    ]
-    return _run_batch(jobs)
+    require_bwrap()
+    cfg = SandboxConfig(backend="bwrap")
+    runner = SandboxRunner(cfg)
+    try:
+        return reference_outcomes(read_tasks(DATA_PATH), [runner], cfg)
+    finally:
+        runner.cleanup()
 
 
 def test_dataset_shape():
@@ -137,14 +99,17 @@ def test_heldout_distinct_from_train():
 
 
 @pytest.mark.parametrize("task", TASKS, ids=TASK_IDS)
-def test_reference_passes(task, reference_results):
-    res = reference_results[task["id"]]
-    assert res["error"] is None, res["error"]
-    assert not res["failed"], "reference fails:\n" + "\n".join(res["failed"])
+def test_reference_passes_in_the_sandbox(task, reference_results):
+    out = reference_results[task["id"]]
+    assert out["ran"], out["error"]
+    assert out["passed"] == out["total"] == len(task["tests"]), "reference fails:\n" + "\n".join(
+        f"{test}  -> {why}" for test, why in out["failures"])
 
 
 @pytest.mark.parametrize("task", TASKS, ids=TASK_IDS)
-def test_wrong_solution_fails(task, wrong_results):
-    res = wrong_results[task["id"]]
-    assert res["error"] is None, res["error"]
-    assert res["failed"], "a solution returning None passes every test; tests do not discriminate"
+def test_no_do_nothing_solution_passes_a_task(task):
+    from ouroboros.types import Task
+
+    suite = suite_of(Task(**task))
+    assert suite.trivial_pass() is None, "tests do not discriminate"
+    assert len(suite.tests) == len(task["tests"])

@@ -2,7 +2,9 @@
 
 Components are kept apart in the store, and the total is their weighted sum.
 - tasks: the rule judge checks the reply's form (a valid `run` action); the execution judge
-  reads what the sandbox reported (the code ran, the share of hidden tests passed).
+  reads the outcome the host decided from the values the code's calls returned (the code ran,
+  the share of hidden tests passed). The share's denominator is the judge's own count of each
+  task's tests, looked up by task id, never a number that came back with the episode.
 - experiment: the form of every reply, the share of run actions that exited cleanly, whether
   the cycle finalized after running code, whether its conclusion quotes a number a successful
   run printed (grounded), and whether it states the goal's known answer as a run measured it.
@@ -33,16 +35,22 @@ class Judge:
 class TasksJudge(Judge):
     name = "tasks-rule+exec"
 
-    def __init__(self, cfg: JudgeConfig) -> None:
+    def __init__(self, cfg: JudgeConfig, tasks: list | None = None) -> None:
+        """`tasks`: the run's task set (the bundled one if None); the judge keeps their test counts."""
+        from ouroboros.envs.tasks import load_tasks
+
         self.cfg = cfg
+        self.totals = {t.id: len(t.tests) for t in (tasks if tasks is not None else load_tasks())}
 
     def score_one(self, traj: Trajectory) -> Score:
         step = traj.steps[-1]
         valid = float(step.action.valid and step.action.name == "run")
         outcome = step.outcome or {}
         runs = float(valid and bool(outcome.get("ran")) and not (step.result and step.result.timed_out))
-        total_tests = outcome.get("total") or 0
-        tests = float(outcome.get("passed", 0)) / total_tests if valid and total_tests else 0.0
+        total_tests = self.totals.get(traj.task_id, 0)
+        passed = outcome.get("passed", 0)
+        passed = min(passed, total_tests) if type(passed) is int and passed > 0 else 0
+        tests = passed / total_tests if valid and total_tests else 0.0
         components = {"valid": valid, "runs": runs, "tests": tests}
         total = self.cfg.valid_weight * valid + self.cfg.runs_weight * runs + self.cfg.tests_weight * tests
         return Score(trajectory_id=traj.id, components=components, total=round(total, 6), judge=self.name,

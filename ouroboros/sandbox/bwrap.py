@@ -10,6 +10,11 @@ with a cleared environment: PATH, HOME=/work, LANG=C.UTF-8, PYTHONDONTWRITEBYTEC
 allowlisted `env`. Nested user namespaces are disabled. The environment reaches the program as
 bwrap's own environment, never as `--setenv` arguments, which any host user could read in `ps`.
 
+A cold exec's program is the sandbox's pid 1 (`--as-pid-1`), so no process of bwrap's holds
+its stdout and stderr inside the sandbox, where a process of the same uid could take them over
+(the tasks harness relies on this). As pid 1 it ignores signals sent from inside the sandbox
+that it does not handle, and orphans it does not reap stay zombies until the exec ends.
+
 When the harness is root, bwrap itself is started as a fresh unprivileged host uid (see
 `runner.sandbox_ids`): run by root, bwrap maps the sandbox uid to host uid 0, where
 RLIMIT_NPROC does not apply and an escape would land as root.
@@ -140,6 +145,15 @@ class BwrapSandbox(LocalSandbox):
         # bwrap passes its own environment to the program: exactly the sandbox's.
         return host_argv, "/", self.env
 
+    def _cold_command(self, workdir: str, argv: list[str], limits: Limits) -> tuple[list[str], str, dict[str, str]]:
+        # The program is the sandbox's pid 1: otherwise bwrap's own init process sits there
+        # holding the exec's stdout and stderr, and it is dumpable, so any process of the
+        # sandbox uid can take those pipes from it (/proc/1/fd, pidfd_getfd, ptrace) and read
+        # or write what the host will take as the program's output.
+        host_argv, cwd, env = self._command(workdir, argv, limits)
+        at = host_argv.index("--die-with-parent")
+        return [*host_argv[:at], "--as-pid-1", *host_argv[at:]], cwd, env
+
     def _probe(self, limits: Limits) -> str | None:
         """None if bwrap runs `pass` under `limits` in a throwaway workdir, else what went wrong."""
         probe = BwrapProbe(self, limits)
@@ -160,7 +174,7 @@ class BwrapSandbox(LocalSandbox):
             if failure:
                 raise SandboxUnavailable(
                     f"bubblewrap (bwrap) failed to start the sandbox under {limits}: {failure} "
-                    f"(its two helper processes count against `pids`)"
+                    f"(bwrap's own processes count against `pids`)"
                 )
         return runner.build_result(outcome, oom)
 

@@ -44,6 +44,10 @@ class LocalSandbox(Sandbox):
     def _command(self, workdir: str, argv: list[str], limits: Limits) -> tuple[list[str], str, dict[str, str]]:
         """(host argv, host cwd, host env) that runs `argv` in the sandbox over `workdir`."""
 
+    def _cold_command(self, workdir: str, argv: list[str], limits: Limits) -> tuple[list[str], str, dict[str, str]]:
+        """The command line of a cold exec (the warm interpreter starts from `_command` itself)."""
+        return self._command(workdir, argv, limits)
+
     def _ids(self) -> tuple[int, int] | None:
         """The workdir's sandbox uid: a fresh unprivileged one when we are root, else None."""
         return runner.sandbox_ids()
@@ -82,7 +86,7 @@ class LocalSandbox(Sandbox):
         warm = self._warm_exec(limits) if program is not None else None
         if warm is not None:
             return self._result(*warm, limits)
-        host_argv, cwd, env = self._command(workdir.path, argv, limits)
+        host_argv, cwd, env = self._cold_command(workdir.path, argv, limits)
         cgroup = runner.ChildCgroup(limits)
         try:
             outcome = runner.run_limited(host_argv, cwd=cwd, env=env, limits=limits, cgroup=cgroup, ids=workdir.ids)

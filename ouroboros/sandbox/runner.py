@@ -405,6 +405,9 @@ class Outcome:
     truncated: bool
     timed_out: bool
     duration_s: float
+    # The program used up its CPU-seconds rlimit. A program that is its sandbox's pid 1 ignores
+    # SIGXCPU and is SIGKILLed at the hard limit, so its exit status alone does not say so.
+    cpu_exhausted: bool = False
 
 
 class _Capped:
@@ -514,10 +517,7 @@ def run_limited(
             os.close(pidfd)
         proc.stdout.close()
         proc.stderr.close()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:  # unkillable (D state); do not hang the harness
-            log.error("sandbox child %d did not die after SIGKILL", proc.pid)
+        cpu_used = _reap(proc, 5.0)
     returncode = proc.returncode if proc.returncode is not None else 128 + signal.SIGKILL
     if returncode < 0:
         returncode = 128 - returncode
@@ -529,7 +529,27 @@ def run_limited(
         truncated=out.truncated or err.truncated,
         timed_out=timed_out,
         duration_s=(end or time.monotonic()) - start,
+        cpu_exhausted=cpu_used >= cpu_seconds(limits),
     )
+
+
+def _reap(proc: subprocess.Popen, wait_s: float) -> float:
+    """Reap the child (waiting up to `wait_s`) and return the CPU seconds it and the processes it
+    reaped used (wait4's rusage), 0.0 if it could not be reaped."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped elsewhere
+            proc.wait(0)
+            return 0.0
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return usage.ru_utime + usage.ru_stime
+        if time.monotonic() >= deadline:  # unkillable (D state); do not hang the harness
+            log.error("sandbox child %d did not die after SIGKILL", proc.pid)
+            return 0.0
+        time.sleep(0.002)
 
 
 def _has_exited(pid: int) -> bool:
@@ -566,7 +586,8 @@ def _drain(poller: select.poll, streams: dict, until: float) -> None:
 
 
 def build_result(outcome: Outcome, cgroup_oom: bool) -> ExecResult:
-    timed_out = outcome.timed_out or outcome.returncode == 128 + signal.SIGXCPU
+    timed_out = outcome.timed_out or outcome.returncode == 128 + signal.SIGXCPU or (
+        outcome.returncode == 128 + signal.SIGKILL and outcome.cpu_exhausted)
     oom = cgroup_oom or (outcome.returncode != 0 and bool(_MEMORY_ERROR.search(outcome.stderr_tail)))
     return ExecResult(
         exit_code=outcome.returncode,

@@ -29,7 +29,8 @@ TRAITS: dict[str, Traits] = {
         oom_report="cgroup-where-v1",
         gpus=False,
         note="namespaces + rlimits; per-exec cgroup v1 pids/memory/cpu when the harness may make "
-        "them. The host's /usr is visible read-only (it is the environment). With `network: true` "
+        "them. A cold exec's program is the sandbox's pid 1 (no bwrap init holds its stdout). "
+        "The host's /usr is visible read-only (it is the environment). With `network: true` "
         "it shares the host's network namespace, host loopback included: turn it on only for "
         "trusted programs. Experiment sessions (sandbox.warm) fork each program from one Python "
         "kept running in the session's sandbox: /tmp lasts as long as the session, and a program "
