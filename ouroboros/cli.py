@@ -124,6 +124,8 @@ def run(
             reporter.progress.stop()
             console.print(f"[yellow]interrupted: {len(loop.rows)} finished round(s) kept in {run_dir}")
             raise typer.Exit(130)
+        except ConfigError:
+            raise  # found once the run started (a user's goals refused in the sandbox): exit 2 all the same
         except Exception as exc:
             message = actor_failure(exc)
             if message is None:

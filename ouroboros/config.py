@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
@@ -88,13 +88,28 @@ class SandboxConfig(Section):
 
 
 class ExperimentJudgeConfig(Section):
+    """The experiment judge's weights (they must sum to 1, so rewards compare across configs).
+    Only `answer` says the goal was reached; the rest pay for the form of the work, so that a
+    policy that cannot answer yet still gets a gradient toward running code and finalizing."""
+
     valid_weight: float = Field(0.1, ge=0, description="Reward times the share of replies that were valid actions.")
     runs_weight: float = Field(0.2, ge=0, description="Reward times the share of run actions that exited cleanly.")
-    finalized_weight: float = Field(0.2, ge=0, description="Reward for ending with finalize (after at least one run), not a limit or a crash.")
-    grounded_weight: float = Field(
-        0.1, ge=0, description="Reward when the final notes quote a number that a successful run printed.")
+    finalized_weight: float = Field(
+        0.2, ge=0, description="Reward for ending with finalize (after at least one run), not a limit or a crash.")
     answer_weight: float = Field(
-        0.4, ge=0, description="Reward when the final notes state the goal's known answer and a clean run printed it.")
+        0.5, ge=0, description="Reward when the conclusion states one number, the question's answer, and a clean run "
+                               "of the episode printed it (README: Experiments as a learning environment).")
+    reference_timeout_s: float = Field(
+        60.0, gt=0, description="Wall time for one run of a goal's reference program, which the judge runs in the "
+                                "sandbox to learn an instance's answer (generous: rounds run it on a busy host).")
+
+    @model_validator(mode="after")
+    def _weights_sum_to_one(self):
+        total = self.valid_weight + self.runs_weight + self.finalized_weight + self.answer_weight
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"valid_weight + runs_weight + finalized_weight + answer_weight must sum to 1, "
+                             f"got {total:g}")
+        return self
 
 
 class JudgeConfig(Section):
@@ -132,6 +147,15 @@ class EnvConfig(Section):
     train_tasks_per_round: int = Field(8, ge=1, description="Train tasks (experiment: goals) sampled each round.")
     samples_per_task: int = Field(4, ge=2, description="Episodes per train task; pairs need two or more.")
     heldout_tasks: int = Field(0, ge=0, description="Held-out tasks (goals) evaluated each round; 0 means all.")
+    goals_file: str | None = Field(
+        None, description="experiment: a JSONL file of your own research goals, in the bundled format "
+                          "(ouroboros/envs/experiment/data/goals.jsonl); each reference is run in the sandbox before "
+                          "round 0 and a goal whose reference fails, or whose answer hardly changes with its "
+                          "parameters, is refused. None uses the bundled goals.")
+    knowledge_runs: list[str] = Field(
+        default_factory=list, description="experiment: ids of earlier runs in the same run directory whose train "
+                                          "experiments this run's train cycles may also search; by default a run "
+                                          "sees only its own earlier rounds, and held-out cycles never see any.")
 
 
 class RayConfig(Section):

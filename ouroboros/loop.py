@@ -23,7 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from ouroboros.config import Config
+from ouroboros.config import Config, ConfigError
 
 
 class Reporter:
@@ -82,7 +82,8 @@ def sandbox_runners(cfg: Config, run_id: str, sessions: bool = False) -> list:
     return [runner_cls.remote(cfg.sandbox, run_id, sessions) for _ in range(cfg.sandbox.runners)]
 
 
-def build_actors(cfg: Config, run_dir: str, run_id: str) -> Actors:
+def build_actors(cfg: Config, run_dir: str, run_id: str, goals: list | None = None) -> Actors:
+    """`goals`: the experiment environment's goals (all splits), which its judge answers."""
     import ray
 
     from ouroboros.actors.generator import generator_actor
@@ -104,7 +105,9 @@ def build_actors(cfg: Config, run_dir: str, run_id: str) -> Actors:
         agent_cls = ray.remote(num_cpus=0, max_concurrency=2)(ExperimentAgent)
         agents = [agent_cls.remote(cfg, run_id, run_dir, generators, runners, n * cfg.experiment.cycles_per_agent)
                   for n in range(cfg.env.agents)]
-        judge = ray.remote(num_cpus=0)(ExperimentJudge).remote(cfg.judge.experiment)
+        # The judge computes each instance's answer by running the goal's reference program in
+        # the sandbox, on the run's runners (scratch execs, apart from every experiment's session).
+        judge = ray.remote(num_cpus=0)(ExperimentJudge).remote(cfg.judge.experiment, goals, run_id, runners)
     else:
         from ouroboros.actors.agent import TasksAgent
         from ouroboros.actors.judge import TasksJudge
@@ -127,13 +130,34 @@ class Loop:
         self.reporter = reporter or Reporter()
         self.run_id = f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         if cfg.env.name == "experiment":
-            from ouroboros.envs.experiment.goals import load_goals as load
+            from ouroboros.envs.experiment.goals import load_goals
+
+            # A user's goals file is read now, so a malformed line stops the run before Ray starts.
+            self.goals = load_goals(path=cfg.env.goals_file)
+            self.train_tasks = [g for g in self.goals if g.split == "train"]
+            heldout = [g for g in self.goals if g.split == "heldout"]
         else:
-            from ouroboros.envs.tasks import load_tasks as load
-        self.train_tasks = load("train")
-        heldout = load("heldout")
+            from ouroboros.envs.tasks import load_tasks
+
+            self.goals = []
+            self.train_tasks, heldout = load_tasks("train"), load_tasks("heldout")
         self.heldout = heldout[: cfg.env.heldout_tasks] if cfg.env.heldout_tasks else heldout
         self.rows: list[dict] = []
+
+    def _check_goals(self, a: Actors) -> None:
+        """Refuse a user's goals whose references fail, or whose answers hardly change with their
+        parameters, all at once, before round 0 (the bundled goals are checked by a test)."""
+        from ouroboros.envs.experiment.goals import GoalsError
+        from ouroboros.envs.experiment.references import References, check_goals
+
+        goals = self.goals
+        self.reporter.message(f"checking the reference programs of {len(goals)} goal(s) in the sandbox")
+        references = References(a.runners, timeout_s=self.cfg.judge.experiment.reference_timeout_s,
+                                parallel=self.cfg.sandbox.runners * self.cfg.sandbox.concurrency)
+        refused = check_goals(goals, references)
+        if refused:
+            raise GoalsError(f"env.goals_file {self.cfg.env.goals_file!r}: {len(refused)} goal(s) refused: "
+                             + "; ".join(refused))
 
     # -- phases ------------------------------------------------------------------
     def _episodes(self, a: Actors, round_: int, phase: str, tasks, samples: int, temperature: float):
@@ -196,8 +220,14 @@ class Loop:
         a = None
         status = "failed"
         try:
+            if rounds > 0 and not self.train_tasks:
+                raise ConfigError(f"env.goals_file {cfg.env.goals_file!r} has no train goal (split \"train\"), so "
+                                  "there is nothing to train on: add some, or run with --rounds 0")
             self.reporter.message(f"starting actors (run {self.run_id})")
-            a = build_actors(cfg, run_dir, self.run_id)
+            experiment = cfg.env.name == "experiment"
+            a = build_actors(cfg, run_dir, self.run_id, self.goals if experiment else None)
+            if experiment and cfg.env.goals_file:
+                self._check_goals(a)
             version = 0
             for round_ in range(rounds + 1):
                 started = time.monotonic()

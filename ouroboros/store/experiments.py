@@ -22,7 +22,7 @@ CREATE TABLE IF NOT EXISTS experiments (
     end_reason TEXT, started_at REAL, finished_at REAL, notes TEXT, dockerfile TEXT, environment TEXT,
     actions INTEGER DEFAULT 0, errors INTEGER DEFAULT 0, prompt_tokens INTEGER DEFAULT 0,
     completion_tokens INTEGER DEFAULT 0, cost_usd REAL DEFAULT 0, history_trimmed INTEGER DEFAULT 0,
-    git_commit TEXT, goal TEXT, task_id TEXT, round INTEGER, split TEXT
+    git_commit TEXT, goal TEXT, task_id TEXT, round INTEGER, split TEXT, params TEXT
 );
 CREATE INDEX IF NOT EXISTS experiments_status ON experiments (status, finished_at);
 CREATE TABLE IF NOT EXISTS steps (
@@ -41,7 +41,7 @@ CREATE VIRTUAL TABLE IF NOT EXISTS experiments_fts USING fts5(
 """
 
 # Columns added after the first release; older run databases gain them on open.
-_ADDED_COLUMNS = {"goal": "TEXT", "task_id": "TEXT", "round": "INTEGER", "split": "TEXT"}
+_ADDED_COLUMNS = {"goal": "TEXT", "task_id": "TEXT", "round": "INTEGER", "split": "TEXT", "params": "TEXT"}
 
 
 @dataclass(frozen=True)
@@ -49,15 +49,32 @@ class KnowledgeScope:
     """Which earlier experiments a cycle may see through `search` and `{prev_data}`.
 
     A learning run compares several cycles on one goal, so they must start from the same
-    knowledge, and held-out goals must not learn from other evaluations: there a cycle sees
-    the `split` experiments of rounds before `before_round` only. None (standalone cycles)
-    sees every experiment in the store."""
+    knowledge; and no cycle may read what would hand it an answer. So a train cycle sees the
+    `split` experiments of this run (`run_id`) from rounds before `before_round`, plus those of
+    any earlier run named in `runs` (all their rounds; runs may share a run directory, and by
+    default only this run counts). A held-out cycle sees nothing at all (`blind`): no other
+    evaluation's code or conclusions, and no train experiment's either. None (standalone
+    cycles) sees every experiment in the store."""
 
-    before_round: int
+    run_id: str = ""
+    before_round: int = 0
     split: str = "train"
+    runs: tuple[str, ...] = ()  # the runs whose experiments count; () means this run only
+    blind: bool = False
+
+    @classmethod
+    def nothing(cls) -> "KnowledgeScope":
+        return cls(blind=True)
 
     def clause(self) -> tuple[str, tuple]:
-        return "round < ? AND split = ?", (self.before_round, self.split)
+        if self.blind:
+            return "0", ()
+        earlier = tuple(r for r in dict.fromkeys(self.runs) if r != self.run_id)
+        this = "(run_id = ? AND round < ?)"
+        if not earlier:
+            return f"split = ? AND {this}", (self.split, self.run_id, self.before_round)
+        marks = ", ".join("?" for _ in earlier)
+        return f"split = ? AND ({this} OR run_id IN ({marks}))", (self.split, self.run_id, self.before_round, *earlier)
 
 
 _WORD = re.compile(r"[A-Za-z0-9_]{2,}")
@@ -123,12 +140,15 @@ class ExperimentStore:
     # ------------------------------------------------------------------ writes
 
     def start(self, run_id: str, cycle: int, owner: str, dockerfile: str, goal: str = "",
-              task_id: str | None = None, round_: int | None = None, split: str | None = None) -> int:
+              task_id: str | None = None, round_: int | None = None, split: str | None = None,
+              params: dict | None = None) -> int:
+        """`params`: the parameters the goal was drawn with, for an episode of a learning run."""
         with self._tx():
             row = self.conn.execute(
                 "INSERT INTO experiments (run_id, cycle, owner, status, started_at, dockerfile, goal, task_id, round, "
-                "split) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?) RETURNING id",
-                (run_id, cycle, owner, time.time(), dockerfile, goal, task_id, round_, split),
+                "split, params) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (run_id, cycle, owner, time.time(), dockerfile, goal, task_id, round_, split,
+                 None if params is None else json.dumps(params, sort_keys=True)),
             ).fetchone()
         return int(row[0])
 
