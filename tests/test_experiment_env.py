@@ -174,6 +174,38 @@ def test_goals_whose_reference_fails_or_whose_answer_is_a_constant_are_refused_a
     assert "timed out" in by_id["slow"]
 
 
+def test_a_malformed_goals_file_stops_ouroboros_run_with_its_file_and_line(tmp_path):
+    path = tmp_path / "goals.jsonl"
+    path.write_text('{"id": "x", "split": "heldout"}\n')
+    proc = subprocess.run([sys.executable, "-m", "ouroboros", "run", "configs/smoke-run-experiment.yaml", "--rounds",
+                           "0", "--out", str(tmp_path / "run"), "--set", f"env.goals_file={path}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip() == (f"error: 1 bad line(s) in {path}: {path}:1: missing field(s) ['goal', "
+                                   "'reference']")
+
+
+@pytest.mark.slow
+def test_goals_refused_in_the_sandbox_stop_ouroboros_run_before_round_0(tiny_model_path, tmp_path):
+    require_bwrap()
+    fine = {"id": "fine", "split": "heldout", "goal": "Count the primes below {n}.",
+            "params": {"n": {"int": [1000, 20000]}}, "reference": PRIMES.reference}
+    path = tmp_path / "goals.jsonl"
+    path.write_text("\n".join(json.dumps(g) for g in [
+        fine, {**fine, "id": "broken", "reference": "print(1 / 0)"}, {**fine, "id": "fixed", "reference": "print(25)"},
+        {**fine, "id": "trainee", "split": "train"}]) + "\n")
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "ouroboros", "run", "configs/smoke-run-experiment.yaml", "--rounds",
+                           "0", "--out", str(out), "--set", f"env.goals_file={path}"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: env.goals_file '{path}': 2 goal(s) refused: 'broken' ({path}:2): "), last
+    assert "ZeroDivisionError" in last and f"'fixed' ({path}:3): one answer matches 100%" in last
+    assert "Traceback" not in proc.stderr
+    assert not (out / "summary.json").exists()  # refused before round 0
+
+
 def test_judge_prefers_a_measured_answer_to_a_guess_a_wrong_answer_and_a_crash(runner):
     judge = ExperimentJudge(ExperimentJudgeConfig(), [PRIMES], RUN, [runner])
     instance = PRIMES.instance(RUN, 1)

@@ -364,17 +364,20 @@ def test_readme_table_of_forging_episodes_is_what_the_judge_scores(tmp_path, run
 
 @pytest.mark.slow
 def test_a_forging_policy_scores_zero_on_held_out_goals_through_ouroboros_run(tiny_model_path, tmp_path):
-    """`ouroboros run` through the CLI, Ray and the real judge: a scripted policy that prints a
-    range and states a guess, on every held-out goal, records a held-out pass rate of 0."""
+    """`ouroboros run` through the CLI, Ray and the real judge: a scripted policy that searches
+    earlier experiments, reads what it can reach, prints a range and the usual suspects and
+    states a guess, on every held-out goal, records a held-out pass rate of 0."""
     require_bwrap()
     config = yaml.safe_load((ROOT / "configs" / "smoke-run-experiment.yaml").read_text())
     config["generator"] = {"backend": "scripted", "count": 1, "script": [
+        act("search", "answer count primes expected", "anything known?"),
+        reach_for_the_answer("", "")[0],  # its run: environment, /proc, files, ports
         act("run", "print(*range(100000))", "print every candidate"),
         act("run", "print(78498)\nprint(3.14159)", "and the usual suspects"),
         act("finalize", "The answer is 78498.", "it was printed above"),
     ]}
     config["env"].update(heldout_tasks=0)  # every held-out goal
-    config["experiment"].update(max_new_tokens=512, demonstrate=False)
+    config["experiment"].update(max_new_tokens=4096, demonstrate=False, max_actions=5, max_errors=5)
     path = tmp_path / "forging.yaml"
     path.write_text(yaml.safe_dump(config))
     out = tmp_path / "run"
