@@ -339,7 +339,7 @@ def test_run_episodes_returns_every_turn_redacted_and_tagged(tmp_path):
     try:
         agent = ExperimentAgent(cfg, RUN, str(tmp_path), [Generator(cfg)], [runner])
         trajectories = agent.run_episodes([PRIMES, fixed], 2, round_=3, temperature=1.0, seed=7)
-        assert agent.flush(60)
+        assert agent.close(60)
         judge = ExperimentJudge(ExperimentJudgeConfig(), [PRIMES, fixed], RUN, [runner])
         scores = {s.trajectory_id: s for s in judge.score(trajectories)}
     finally:

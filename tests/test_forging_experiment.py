@@ -81,9 +81,10 @@ def play(tmp_path: Path, runner, replies: list[str], goal_ids: list[str], round_
     cfg.experiment.max_errors = max_actions
     cfg.sandbox.timeout_s = timeout_s
     agent = ExperimentAgent(cfg, RUN, str(tmp_path), [Generator(cfg)], [runner])
-    trajectories = agent.run_episodes([GOALS[g] for g in goal_ids], 1, round_, temperature=0.0)
-    assert agent.flush(60)
-    return trajectories
+    try:
+        return agent.run_episodes([GOALS[g] for g in goal_ids], 1, round_, temperature=0.0)
+    finally:
+        assert agent.close(60)
 
 
 def verdicts(judge, trajectories) -> dict:
@@ -297,14 +298,15 @@ def test_held_out_cycles_cannot_search_train_experiments(tmp_path, runner, judge
             act("finalize", f"coprime pairs answer {answer}", f"coprime pairs answer {answer}")]
     search = [act("search", "coprime pairs answer", "look it up"),
               act("finalize", f"The answer is {answer}.", "found in an earlier experiment")]
-    play(tmp_path, runner, leak, ["prime-count-interval"], round_=1)
+    [leaked] = play(tmp_path, runner, leak, ["prime-count-interval"], round_=1)
     [held_out] = play(tmp_path, runner, search, [gid], round_=2)
     [train] = play(tmp_path, runner, search, ["digit-sum-count"], round_=2)
     assert held_out.steps[0].result is None and train.steps[0].result is None  # search is not a run
     held_out_result = held_out.steps[1].request.messages[-1]["content"]
     assert "no earlier experiment matches" in held_out_result and answer not in held_out_result
     assert "(no earlier experiments)" in held_out.steps[0].request.messages[-1]["content"]
-    assert f"experiment 1 (score" in train.steps[1].request.messages[-1]["content"]  # the train cycle finds it
+    found = f"experiment {leaked.steps[-1].outcome['experiment_id']} (score"
+    assert found in train.steps[1].request.messages[-1]["content"]  # the train cycle finds it
     assert answer in train.steps[0].request.messages[-1]["content"]  # and its {prev_data} shows the answer
     score, why = judge.verdict(held_out)
     assert score.components["answer"] == 0.0 and not score.passed, why

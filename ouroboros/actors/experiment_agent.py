@@ -190,3 +190,12 @@ class ExperimentAgent:
     def flush(self, timeout_s: float = 120.0) -> bool:
         """Wait until every finished experiment of this agent has its git commit."""
         return self.committer.flush(timeout_s)
+
+    def close(self, timeout_s: float = 120.0) -> bool:
+        """Commit what is left and stop this agent's threads. An actor needs no call (its process
+        ends with the run); a plain agent does, or its threads outlive it, and where sandboxes run
+        as the caller's own user they count against its process limit."""
+        if self._episode_pool is not None:
+            self._episode_pool.shutdown(wait=True)
+            self._episode_pool = None
+        return self.committer.close(timeout_s)
