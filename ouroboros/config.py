@@ -141,8 +141,9 @@ class LearnerConfig(Section):
 
 class EnvConfig(Section):
     name: Literal["tasks", "experiment"] = Field(
-        "tasks", description="Environment the agents run: tasks (one reply, hidden tests) or experiment (seed-000 "
-                             "cycles on research goals with known answers; the `experiment` section applies).")
+        "tasks", description="Environment the agents run: tasks (one reply, hidden tests) or experiment (experiment "
+                             "cycles on computational questions drawn anew each round, judged on the answer a run "
+                             "computes; the `experiment` section applies).")
     agents: int = Field(2, ge=1, description="Agent actors running episodes in parallel.")
     train_tasks_per_round: int = Field(8, ge=1, description="Train tasks (experiment: goals) sampled each round.")
     samples_per_task: int = Field(4, ge=2, description="Episodes per train task; pairs need two or more.")
@@ -181,7 +182,7 @@ class ResearchConfig(Section):
 
 
 class ExperimentConfig(Section):
-    template: str | None = Field(None, description="Prompt template (seed-000 variables); None uses the built-in one.")
+    template: str | None = Field(None, description="Prompt template ({goal}, {action_history}, ... as in the README); None uses the built-in one.")
     goal: str = Field(
         "Choose a small, useful experiment that builds on what earlier experiments found.",
         description="The research goal ({goal}) of `ouroboros experiment` cycles; a learning run uses its own goals.")

@@ -1,8 +1,9 @@
 """The driver: builds the actors on Ray and runs rounds.
 
 The environment (`env.name`) picks the episodes: `tasks` (one reply, hidden tests) or
-`experiment` (seed-000 experiment cycles on research goals with known answers, judged on
-their execution and conclusion; pairs come from where two cycles of one goal first differ).
+`experiment` (experiment cycles on research questions drawn per round, judged on their
+execution and on whether a run computed the answer they conclude; pairs come from where two
+cycles of one goal first differ).
 
 Round 0 evaluates the base policy (weights version 0) on the held-out tasks.
 Each later round: agents roll out the current policy on sampled train tasks,
