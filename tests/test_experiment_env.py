@@ -101,9 +101,10 @@ def test_bundled_references_print_one_unguessable_answer_quickly_in_a_sandbox(ru
     question's own numbers, and a reference runs well within the sandbox's 5 s default."""
     goals = load_goals()
     references = References([runner], timeout_s=20, parallel=2)
-    assert check_goals(goals, references, draws=40, max_share=0.1, key="ci") == []
+    assert check_goals(goals, references, draws=40, max_share=0.1) == []
+    assert check_goals(goals, references) == []  # as a run checks a goals file: its first 20, known now
     for g in goals:
-        answers = [references.answer(g.draw(f"ci|{n}")) for n in range(40)]  # known now: no second run
+        answers = [references.answer(g.draw(f"check|{n}")) for n in range(40)]  # known now: no second run
         assert guessable_share(answers, g.rel_tol) <= 0.1, g.id
         for constant in (math.pi, math.e):
             assert not any(close(Decimal(repr(constant)), a, g.rel_tol) for a in answers), (g.id, constant)
@@ -163,7 +164,8 @@ def test_goals_whose_reference_fails_or_whose_answer_is_a_constant_are_refused_a
         goal("echo", "print(PARAMS['n'])"),
         goal("slow", "import time\ntime.sleep(30)"),
     ]) + "\n")
-    refused = check_goals(load_goals(path=path), References([runner], timeout_s=1, attempts=1, parallel=2), draws=6)
+    refused = check_goals(load_goals(path=path), References([runner], timeout_s=1, attempts=1, parallel=2), draws=6,
+                          max_share=0.34)  # 2 of 6 may share an answer: few draws, to keep the test short
     assert len(refused) == 5
     by_id = {r.split(" ")[0].strip("'"): r for r in refused}
     assert set(by_id) == {"crashes", "constant", "chatty", "echo", "slow"}

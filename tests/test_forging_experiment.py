@@ -44,7 +44,7 @@ GOALS = {g.id: g for g in load_goals()}
 # One goal of each kind: held-out exact, held-out to 7 digits, train exact, train estimate.
 TARGETS = ["coprime-pairs", "coupon-collector", "prime-count-interval", "gaussian-integral"]
 ESTIMATES = ["coupon-collector", "uniform-sum-exceeds", "gamblers-ruin-duration", "gaussian-integral", "run-of-heads",
-             "first-repeat"]
+             "rectangle-distance"]
 
 
 def act(action: str, data: str = "", notes: str = "") -> str:
