@@ -153,10 +153,6 @@ class EnvConfig(Section):
                           "(ouroboros/envs/experiment/data/goals.jsonl); each reference is run in the sandbox before "
                           "round 0 and a goal whose reference fails, or whose answer hardly changes with its "
                           "parameters, is refused. None uses the bundled goals.")
-    knowledge_runs: list[str] = Field(
-        default_factory=list, description="experiment: ids of earlier runs in the same run directory whose train "
-                                          "experiments this run's train cycles may also search; by default a run "
-                                          "sees only its own earlier rounds, and held-out cycles never see any.")
 
 
 class RayConfig(Section):
@@ -204,6 +200,10 @@ class ExperimentConfig(Section):
     context_chars: int = Field(24_000, ge=2000, description="Prompt size the history is trimmed to fit.")
     result_chars: int = Field(4000, ge=200, description="Characters of each action's result kept in the history.")
     prev_experiments: int = Field(3, ge=0, description="Earlier experiments summarized in {prev_data}.")
+    learn_from_runs: list[str] = Field(
+        default_factory=list,
+        description="Earlier runs in the same run directory whose experiments `search` and {prev_data} may show, "
+                    "by run id ('*': all of them); a run always sees its own.")
     search_results: int = Field(5, ge=1, description="Ranked snippets per search action.")
     dockerfile: str = Field(
         "FROM ouroboros-sandbox:base\nWORKDIR /work\n",

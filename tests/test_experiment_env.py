@@ -295,10 +295,10 @@ def test_knowledge_scope_shows_this_runs_earlier_train_rounds_and_held_out_cycle
         return found
 
     # Runs may share a directory: another run's experiments count only where the config names it.
-    assert seen(KnowledgeScope("me", 1, "train")) == {"old-train"}
-    assert seen(KnowledgeScope("me", 1, "train", ("me", "them"))) == {"old-train", "other-run"}
-    assert seen(KnowledgeScope("me", 5, "train")) == {"old-train", "now-train"}
-    assert seen(KnowledgeScope.nothing()) == set()  # held-out cycles: no other experiment at all
+    assert seen(KnowledgeScope.of_run("me", (), before_round=1, split="train")) == {"old-train"}
+    assert seen(KnowledgeScope.of_run("me", ["them"], before_round=1, split="train")) == {"old-train", "other-run"}
+    assert seen(KnowledgeScope.of_run("me", (), before_round=5, split="train")) == {"old-train", "now-train"}
+    assert seen(KnowledgeScope(runs=())) == set()  # what a held-out cycle gets: no other experiment at all
     assert len(store.search("prime count", 10)) == 5  # standalone cycles see everything
 
 

@@ -386,7 +386,9 @@ def test_a_forging_policy_scores_zero_on_held_out_goals_through_ouroboros_run(ti
     proc = subprocess.run([sys.executable, "-m", "ouroboros", "run", str(path), "--rounds", "0", "--out", str(out)],
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    [row] = json.loads((out / "summary.json").read_text())["rounds"]
+    # The run's own summary (under DIR/latest/ where runs share a directory, else DIR/).
+    summary = next(p for p in (out / "latest" / "summary.json", out / "summary.json") if p.exists())
+    [row] = json.loads(summary.read_text())["rounds"]
     heldout = len(load_goals("heldout"))
     assert row["heldout_samples"] == heldout and row["heldout_pass_rate"] == 0.0
     db = sqlite3.connect(out / "ouroboros.db")

@@ -164,12 +164,16 @@ class ExperimentAgent:
         """`samples` cycles on each research goal (envs/experiment/goals.py), up to
         `experiment.cycles_per_agent` at once. Each goal is asked as this round's instance (its
         parameters drawn from the run, the round and the goal), the same for all its samples.
-        Train cycles see the train experiments of earlier rounds (and of the runs named in
-        `env.knowledge_runs`); held-out cycles see none (see KnowledgeScope)."""
+        Train cycles see the train experiments of earlier rounds (of this run, and of the runs
+        named in `experiment.learn_from_runs`); held-out cycles see none (see KnowledgeScope)."""
         if self._episode_pool is None:
             self._episode_pool = ThreadPoolExecutor(self.cfg.experiment.cycles_per_agent,
                                                     thread_name_prefix="episode")
-        train = KnowledgeScope(self.run_id, round_, "train", (self.run_id, *self.cfg.env.knowledge_runs))
+        scope = KnowledgeScope.of_run(self.run_id, self.cfg.experiment.learn_from_runs, before_round=round_,
+                                      split="train")
+        # A held-out cycle sees no experiment at all: not another evaluation's, and no train
+        # experiment's code or answers (runs=() matches none).
+        blind = KnowledgeScope(runs=())
         plan = [(goal, first_sample + k) for goal in goals for k in range(samples)]
 
         def one(position: int, goal, k: int) -> Trajectory:
@@ -177,9 +181,9 @@ class ExperimentAgent:
             generate = self._generator_for(position, f"{self.run_id}/{tid}", temperature, top_p,
                                            None if seed is None else f"{seed}/{tid}")
             instance = goal.instance(self.run_id, round_)
-            scope = train if goal.split == "train" else KnowledgeScope.nothing()
             cycle = self._cycle(position, generate, goal=instance.text,
-                                episode=Episode(goal.id, round_, goal.split, scope, instance.params))
+                                episode=Episode(goal.id, round_, goal.split, scope if goal.split == "train" else blind,
+                                                instance.params))
             cycle.run()  # never raises for the cycle's own failures: the row ends failed, with why
             return Trajectory(id=tid, task_id=goal.id, split=goal.split, round=round_, sample=k, steps=cycle.turns,
                               params=instance.params)

@@ -68,14 +68,15 @@ class ExperimentJudge(Judge):
     COMPONENTS = ("valid", "runs", "finalized", "answer")
 
     def __init__(self, cfg: ExperimentJudgeConfig, goals: list | None = None, run_id: str = "",
-                 runners: list | None = None, references=None) -> None:
+                 runners: list | None = None) -> None:
+        """`goals`: the run's goals (default: the bundled ones); `run_id`: the run whose
+        questions it draws; `runners`: SandboxRunner actors or plain ones, to run references on."""
         from ouroboros.envs.experiment.goals import load_goals
         from ouroboros.envs.experiment.references import References
 
         self.cfg, self.run_id = cfg, run_id
         self.goals = {g.id: g for g in (goals if goals is not None else load_goals())}
-        self.references = references if references is not None else \
-            References(runners or [], timeout_s=cfg.reference_timeout_s) if runners else None
+        self.references = References(runners, timeout_s=cfg.reference_timeout_s) if runners else None
 
     def instance(self, traj: Trajectory):
         """The episode's question as the judge draws it; None for an unknown goal."""

@@ -48,33 +48,39 @@ _ADDED_COLUMNS = {"goal": "TEXT", "task_id": "TEXT", "round": "INTEGER", "split"
 class KnowledgeScope:
     """Which earlier experiments a cycle may see through `search` and `{prev_data}`.
 
+    Several runs can share a run directory, and one run must not learn from another unless the
+    config says so (`experiment.learn_from_runs`), so a scope always names its runs: `runs`
+    None means every run in the directory, and an empty tuple means none at all.
+
     A learning run compares several cycles on one goal, so they must start from the same
-    knowledge; and no cycle may read what would hand it an answer. So a train cycle sees the
-    `split` experiments of this run (`run_id`) from rounds before `before_round`, plus those of
-    any earlier run named in `runs` (all their rounds; runs may share a run directory, and by
-    default only this run counts). A held-out cycle sees nothing at all (`blind`): no other
-    evaluation's code or conclusions, and no train experiment's either. None (standalone
-    cycles) sees every experiment in the store."""
+    knowledge, and held-out goals must not learn from other evaluations: there a cycle sees
+    the `split` experiments of rounds before `before_round` only."""
 
-    run_id: str = ""
-    before_round: int = 0
-    split: str = "train"
-    runs: tuple[str, ...] = ()  # the runs whose experiments count; () means this run only
-    blind: bool = False
-
-    @classmethod
-    def nothing(cls) -> "KnowledgeScope":
-        return cls(blind=True)
+    runs: tuple[str, ...] | None = None
+    before_round: int | None = None
+    split: str | None = None
 
     def clause(self) -> tuple[str, tuple]:
-        if self.blind:
-            return "0", ()
-        earlier = tuple(r for r in dict.fromkeys(self.runs) if r != self.run_id)
-        this = "(run_id = ? AND round < ?)"
-        if not earlier:
-            return f"split = ? AND {this}", (self.split, self.run_id, self.before_round)
-        marks = ", ".join("?" for _ in earlier)
-        return f"split = ? AND ({this} OR run_id IN ({marks}))", (self.split, self.run_id, self.before_round, *earlier)
+        parts, args = [], []
+        if self.runs is not None:
+            if not self.runs:
+                return "0", ()
+            parts.append(f"run_id IN ({', '.join('?' for _ in self.runs)})")
+            args += self.runs
+        if self.before_round is not None:
+            parts.append("round < ?")
+            args.append(self.before_round)
+        if self.split is not None:
+            parts.append("split = ?")
+            args.append(self.split)
+        return (" AND ".join(parts) or "1"), tuple(args)
+
+    @classmethod
+    def of_run(cls, run_id: str, learn_from: list[str] | tuple[str, ...] = (), **kw) -> "KnowledgeScope":
+        """This run's experiments and those of the runs `learn_from` names ("*": every run)."""
+        if "*" in learn_from:
+            return cls(runs=None, **kw)
+        return cls(runs=(run_id, *[r for r in learn_from if r != run_id]), **kw)
 
 
 _WORD = re.compile(r"[A-Za-z0-9_]{2,}")
