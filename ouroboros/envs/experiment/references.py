@@ -26,16 +26,23 @@ from ouroboros.sandbox import SandboxError
 class ReferenceFailed(SandboxError):
     """A reference program did not print its one number; the message says what it did."""
 
+    def __init__(self, instance: Instance, why: str) -> None:
+        goal = instance.goal
+        super().__init__(f"the reference program of goal {goal.id!r} ({goal.source or 'bundled'}) did not print one "
+                         f"number for {instance.params}: it {why}")
+        self.params, self.why = instance.params, why
+
 
 def _describe(result) -> str:
+    """What a reference run did instead of printing one number ("exited with code 1: ...")."""
     if result.error:
-        return f"the sandbox failed: {result.error}"
+        return f"could not run (the sandbox failed: {result.error})"
     if result.timed_out:
-        return f"it timed out after {result.duration_s:.1f} s"
+        return f"timed out after {result.duration_s:.1f} s"
     if result.exit_code != 0:
         tail = (result.stderr.strip().splitlines() or ["no output on stderr"])[-1][:300]
-        return f"it exited with code {result.exit_code}: {tail}"
-    return f"it printed {len(numbers(result.stdout))} numbers, not one: {result.stdout.strip()[:200]!r}"
+        return f"exited with code {result.exit_code}: {tail}"
+    return f"printed {len(numbers(result.stdout))} numbers, not one: {result.stdout.strip()[:200]!r}"
 
 
 class References:
@@ -66,8 +73,7 @@ class References:
             why = _describe(result)
             if result.exit_code == 0 and not result.timed_out and not result.error:
                 break  # it ran and printed the wrong thing: a second run prints the same
-        raise ReferenceFailed(f"the reference program of goal {instance.goal.id!r} ({instance.goal.source or 'bundled'}) "
-                              f"did not print one number for {instance.params}: {why}")
+        raise ReferenceFailed(instance, why)
 
     def answer(self, instance: Instance) -> Decimal:
         """The instance's answer; raises ReferenceFailed if its reference does not print one number."""
@@ -117,7 +123,7 @@ def check_goals(goals: list[Goal], references: References, draws: int = 20, max_
         failed = [r for _, r in mine if isinstance(r, ReferenceFailed)]
         name = f"{goal.id!r} ({goal.source})" if goal.source else repr(goal.id)
         if failed:
-            refused.append(f"{name}: {str(failed[0]).split(': ', 1)[-1]}")
+            refused.append(f"{name}: for {failed[0].params} its reference {failed[0].why}")
             continue
         answers = [r for _, r in mine]
         share = guessable_share(answers, goal.rel_tol)
