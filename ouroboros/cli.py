@@ -132,11 +132,10 @@ def run(
             reporter.progress.stop()
             console.print(f"[yellow]interrupted: {len(loop.rows)} finished round(s) kept in {run_dir}")
             raise typer.Exit(130)
-        except ConfigError:  # found once the run started (a task set's references): exit 2 like any
-            reporter.progress.stop()
-            raise
         except Exception as exc:
-            if isinstance(exc, _preflight_errors()):  # refused before anything started: a config error
+            # A config the run refuses (before anything starts, or a user's tasks or goals whose
+            # references fail in the sandbox) exits 2 like any config error.
+            if isinstance(exc, _preflight_errors()):
                 reporter.progress.stop()
                 raise
             message = actor_failure(exc)

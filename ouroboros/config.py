@@ -127,13 +127,28 @@ class SandboxConfig(Section):
 
 
 class ExperimentJudgeConfig(Section):
+    """The experiment judge's weights (they must sum to 1, so rewards compare across configs).
+    Only `answer` says the goal was reached; the rest pay for the form of the work, so that a
+    policy that cannot answer yet still gets a gradient toward running code and finalizing."""
+
     valid_weight: float = Field(0.1, ge=0, description="Reward times the share of replies that were valid actions.")
     runs_weight: float = Field(0.2, ge=0, description="Reward times the share of run actions that exited cleanly.")
-    finalized_weight: float = Field(0.2, ge=0, description="Reward for ending with finalize (after at least one run), not a limit or a crash.")
-    grounded_weight: float = Field(
-        0.1, ge=0, description="Reward when the final notes quote a number that a successful run printed.")
+    finalized_weight: float = Field(
+        0.2, ge=0, description="Reward for ending with finalize (after at least one run), not a limit or a crash.")
     answer_weight: float = Field(
-        0.4, ge=0, description="Reward when the final notes state the goal's known answer and a clean run printed it.")
+        0.5, ge=0, description="Reward when the conclusion states one number, the question's answer, and a clean run "
+                               "of the episode printed it (README: Experiments as a learning environment).")
+    reference_timeout_s: float = Field(
+        60.0, gt=0, description="Wall time for one run of a goal's reference program, which the judge runs in the "
+                                "sandbox to learn an instance's answer (generous: rounds run it on a busy host).")
+
+    @model_validator(mode="after")
+    def _weights_sum_to_one(self):
+        total = self.valid_weight + self.runs_weight + self.finalized_weight + self.answer_weight
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"valid_weight + runs_weight + finalized_weight + answer_weight must sum to 1, "
+                             f"got {total:g}")
+        return self
 
 
 class JudgeConfig(Section):
@@ -165,8 +180,9 @@ class LearnerConfig(Section):
 
 class EnvConfig(Section):
     name: Literal["tasks", "experiment"] = Field(
-        "tasks", description="Environment the agents run: tasks (one reply, hidden tests) or experiment (seed-000 "
-                             "cycles on research goals with known answers; the `experiment` section applies).")
+        "tasks", description="Environment the agents run: tasks (one reply, hidden tests) or experiment (experiment "
+                             "cycles on computational questions drawn anew each round, judged on the answer a run "
+                             "computes; the `experiment` section applies).")
     agents: int = Field(2, ge=1, description="Agent actors running episodes in parallel.")
     train_tasks_per_round: int = Field(8, ge=1, description="Train tasks (experiment: goals) sampled each round.")
     samples_per_task: int = Field(4, ge=2, description="Episodes per train task; pairs need two or more.")
@@ -174,11 +190,18 @@ class EnvConfig(Section):
     tasks_file: str | None = Field(
         None, description="tasks: your own task set, JSONL as the bundled one (README: Bring your own tasks); "
                           "refused at start if a line, a test or a reference (run in the sandbox) fails.")
+    goals_file: str | None = Field(
+        None, description="experiment: a JSONL file of your own research goals, in the bundled format "
+                          "(ouroboros/envs/experiment/data/goals.jsonl); each reference is run in the sandbox before "
+                          "round 0 and a goal whose reference fails, or whose answer hardly changes with its "
+                          "parameters, is refused. None uses the bundled goals.")
 
     @model_validator(mode="after")
-    def _tasks_file_needs_tasks(self):
+    def _files_match_the_environment(self):
         if self.tasks_file and self.name != "tasks":
             raise ValueError(f"tasks_file applies to env.name 'tasks', not {self.name!r}")
+        if self.goals_file and self.name != "experiment":
+            raise ValueError(f"goals_file applies to env.name 'experiment', not {self.name!r}")
         return self
 
 
@@ -205,7 +228,7 @@ class ResearchConfig(Section):
 
 
 class ExperimentConfig(Section):
-    template: str | None = Field(None, description="Prompt template (seed-000 variables); None uses the built-in one.")
+    template: str | None = Field(None, description="Prompt template ({goal}, {action_history}, ... as in the README); None uses the built-in one.")
     goal: str = Field(
         "Choose a small, useful experiment that builds on what earlier experiments found.",
         description="The research goal ({goal}) of `ouroboros experiment` cycles; a learning run uses its own goals.")

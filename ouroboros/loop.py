@@ -1,9 +1,9 @@
 """The driver: builds the actors on Ray and runs rounds.
 
 The environment (`env.name`) picks the episodes: `tasks` (one reply, hidden tests decided on
-the host; the bundled task set or `env.tasks_file`) or
-`experiment` (seed-000 experiment cycles on research goals with known answers, judged on
-their execution and conclusion; pairs come from where two cycles of one goal first differ).
+the host; the bundled task set or `env.tasks_file`) or `experiment` (experiment cycles on
+research questions drawn per round, judged on their execution and on whether a run computed the
+answer they conclude; pairs come from where two cycles of one goal first differ).
 
 Round 0 evaluates the base policy (weights version 0) on the held-out tasks.
 Each later round: agents roll out the current policy on sampled train tasks,
@@ -83,9 +83,13 @@ def sandbox_runners(cfg: Config, run_id: str, sessions: bool = False) -> list:
     return [runner_cls.remote(cfg.sandbox, run_id, sessions) for _ in range(cfg.sandbox.runners)]
 
 
-def build_actors(cfg: Config, run_dir: str, run_id: str, tasks: list | None = None) -> Actors:
-    """The run's actors. `tasks`: the tasks environment's task set (the judge counts their tests;
-    a user's set, `env.tasks_file`, has its references run on the runners first)."""
+def build_actors(cfg: Config, run_dir: str, run_id: str, task_set: list | None = None,
+                 reporter: Reporter | None = None) -> Actors:
+    """The run's actors. `task_set`: the environment's tasks (tasks: the judge counts their
+    tests; experiment: the goals of every split, which the judge answers). A user's set
+    (`env.tasks_file`, `env.goals_file`) has its references run on the runners first, before
+    the recorder exists, so a refused set leaves no run behind; the bundled sets are checked by
+    CI (tests/test_task_dataset.py, tests/test_experiment_env.py), not again here."""
     import ray
 
     from ouroboros.actors.generator import generator_actor
@@ -98,13 +102,14 @@ def build_actors(cfg: Config, run_dir: str, run_id: str, tasks: list | None = No
     generators = [gen_cls.remote(cfg) for _ in range(cfg.generator.count)]
     experiment = cfg.env.name == "experiment"
     runners = sandbox_runners(cfg, run_id, sessions=experiment)
-    if not experiment and cfg.env.tasks_file:
-        from ouroboros.envs.tasks.references import check_references
-
-        # Before the recorder exists, so a refused task set leaves no run behind. The bundled set
-        # is not run again here: CI runs its references (tests/test_task_dataset.py).
+    if cfg.env.tasks_file or cfg.env.goals_file:
         ray.get([r.owner.remote() for r in runners])  # a missing sandbox says so first
-        check_references(tasks or [], runners, cfg.sandbox, f"env.tasks_file {cfg.env.tasks_file!r}")
+        if experiment:
+            check_goals_file(cfg, task_set or [], runners, reporter or Reporter())
+        else:
+            from ouroboros.envs.tasks.references import check_references
+
+            check_references(task_set or [], runners, cfg.sandbox, f"env.tasks_file {cfg.env.tasks_file!r}")
     if experiment:
         from ouroboros.actors.experiment_agent import ExperimentAgent
         from ouroboros.actors.judge import ExperimentJudge
@@ -114,14 +119,16 @@ def build_actors(cfg: Config, run_dir: str, run_id: str, tasks: list | None = No
         agent_cls = ray.remote(num_cpus=0, max_concurrency=2)(ExperimentAgent)
         agents = [agent_cls.remote(cfg, run_id, run_dir, generators, runners, n * cfg.experiment.cycles_per_agent)
                   for n in range(cfg.env.agents)]
-        judge = ray.remote(num_cpus=0)(ExperimentJudge).remote(cfg.judge.experiment)
+        # The judge computes each instance's answer by running the goal's reference program in
+        # the sandbox, on the run's runners (scratch execs, apart from every experiment's session).
+        judge = ray.remote(num_cpus=0)(ExperimentJudge).remote(cfg.judge.experiment, task_set, run_id, runners)
     else:
         from ouroboros.actors.agent import TasksAgent
         from ouroboros.actors.judge import TasksJudge
 
         agents = [ray.remote(num_cpus=0)(TasksAgent).remote(generators, runners, cfg.generator.max_new_tokens, cfg)
                   for _ in range(cfg.env.agents)]
-        judge = ray.remote(num_cpus=0)(TasksJudge).remote(cfg.judge, tasks)
+        judge = ray.remote(num_cpus=0)(TasksJudge).remote(cfg.judge, task_set)
     learner = learner_cls.remote(cfg)
     recorder = ray.remote(num_cpus=0)(Recorder).remote(run_dir, run_id, cfg.run.name, cfg.model_dump())
     everything = [*generators, *runners, *agents, judge, learner, recorder]
@@ -131,23 +138,37 @@ def build_actors(cfg: Config, run_dir: str, run_id: str, tasks: list | None = No
     return Actors(generators, runners, agents, judge, learner, recorder, everything)
 
 
+def check_goals_file(cfg: Config, goals: list, runners: list, reporter: Reporter) -> None:
+    """Refuse a user's goals whose references fail, or whose answers hardly change with their
+    parameters, all at once, before round 0."""
+    from ouroboros.envs.experiment.goals import GoalsError
+    from ouroboros.envs.experiment.references import References, check_goals
+
+    reporter.message(f"checking the reference programs of {len(goals)} goal(s) in the sandbox")
+    references = References(runners, timeout_s=cfg.judge.experiment.reference_timeout_s,
+                            parallel=cfg.sandbox.runners * cfg.sandbox.concurrency)
+    refused = check_goals(goals, references)
+    if refused:
+        raise GoalsError(f"env.goals_file {cfg.env.goals_file!r}: {len(refused)} goal(s) refused: " + "; ".join(refused))
+
+
 class Loop:
     def __init__(self, cfg: Config, reporter: Reporter | None = None) -> None:
         self.cfg = cfg
         self.reporter = reporter or Reporter()
         self.run_id = new_run_id(cfg.run.name)
-        self.tasks = None
         if cfg.env.name == "experiment":
             from ouroboros.envs.experiment.goals import load_goals
 
-            self.train_tasks, heldout = load_goals("train"), load_goals("heldout")
+            # A user's goals file is read now, so a malformed line stops the run before Ray starts.
+            self.tasks = load_goals(path=cfg.env.goals_file)
         else:
             from ouroboros.envs.tasks import load_tasks
 
             # A user's task set is read and its tests compiled here, before Ray starts.
             self.tasks = load_tasks(path=cfg.env.tasks_file)
-            self.train_tasks = [t for t in self.tasks if t.split == "train"]
-            heldout = [t for t in self.tasks if t.split == "heldout"]
+        self.train_tasks = [t for t in self.tasks if t.split == "train"]
+        heldout = [t for t in self.tasks if t.split == "heldout"]
         self.heldout = heldout[: cfg.env.heldout_tasks] if cfg.env.heldout_tasks else heldout
         self.rows: list[dict] = []
 
@@ -214,8 +235,11 @@ class Loop:
         a = None
         status = "failed"
         try:
+            if rounds > 0 and not self.train_tasks:
+                raise ConfigError(f"env.goals_file {cfg.env.goals_file!r} has no train goal (split \"train\"), so "
+                                  "there is nothing to train on: add some, or run with --rounds 0")
             self.reporter.message(f"starting actors (run {self.run_id})")
-            a = build_actors(cfg, run_dir, self.run_id, self.tasks)
+            a = build_actors(cfg, run_dir, self.run_id, self.tasks, self.reporter)
             version = 0
             for round_ in range(rounds + 1):
                 started = time.monotonic()

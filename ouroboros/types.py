@@ -109,6 +109,9 @@ class Trajectory:
     round: int
     sample: int
     steps: list[Step]
+    # The parameters the task was drawn with (experiment goals are drawn per round); not secret,
+    # they are in the prompt. The answer never travels with the episode.
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

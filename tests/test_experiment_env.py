@@ -1,13 +1,18 @@
 """The experiment environment as a learning environment (`ouroboros run` with `env.name:
-experiment`): research goals with known answers, cycles as episodes, the experiment judge,
-pairs at the turn two episodes first differ, and the knowledge a round may see. The CLI test at
-the end runs the whole loop through Ray with the tiny model."""
+experiment`): research goals drawn per round, cycles as episodes, the experiment judge, pairs at
+the turn two episodes first differ, and the knowledge a round may see. The CLI test at the end
+runs the whole loop through Ray with the tiny model. The adversarial episodes are in
+tests/test_forging_experiment.py."""
 from __future__ import annotations
 
 import json
+import math
+import re
 import sqlite3
 import subprocess
 import sys
+import time
+from decimal import Decimal
 
 import pyarrow.parquet as pq
 import pytest
@@ -15,99 +20,253 @@ import pytest
 from conftest import require_bwrap
 from ouroboros.actors.experiment_agent import ExperimentAgent
 from ouroboros.actors.generator import Generator
-from ouroboros.actors.judge import ExperimentJudge, numbers
+from ouroboros.actors.judge import ExperimentJudge
 from ouroboros.actors.sandbox_runner import SandboxRunner
 from ouroboros.config import Config, ExperimentJudgeConfig
 from ouroboros.envs.experiment import prompt
-from ouroboros.envs.experiment.goals import Goal, load_goals
+from ouroboros.envs.experiment.goals import Goal, GoalsError, Param, load_goals, parse_goals
+from ouroboros.envs.experiment.numbers import close, distinct, numbers
+from ouroboros.envs.experiment.references import References, check_goals, guessable_share
 from ouroboros.learn.pairs import build_pairs
 from ouroboros.store.experiments import ExperimentStore, KnowledgeScope
-from ouroboros.types import Action, Completion, ExecResult, Request, Step, Trajectory
+from ouroboros.types import Action, Completion, ExecResult, Request, Score, Step, Trajectory
 
 
 def act(action: str, data: str = "", notes: str = "") -> str:
     return json.dumps({"action": action, "data": data, "notes": notes})
 
 
-def turn(index: int, reply: str, action: Action, stdout: str | None = None, exit_code: int = 0) -> Step:
-    result = None if stdout is None else ExecResult(exit_code, stdout, "", False, False, 0.01, False)
+def turn(index: int, reply: str, action: Action, result: ExecResult | str | None = None, exit_code: int = 0) -> Step:
+    if isinstance(result, str):
+        result = ExecResult(exit_code, result, "", False, False, 0.01, False)
     return Step(index=index, request=Request(id=f"q{index}", messages=[{"role": "user", "content": f"turn {index}"}]),
                 completion=Completion(f"q{index}", reply, [1, 2], [0.0, 0.0], 0, "scripted"), action=action,
                 result=result, outcome={})
 
 
-def episode(tid: str, goal_id: str, turns: list[Step], status: str = "finalized", final: str = "") -> Trajectory:
+def episode(tid: str, goal_id: str, turns: list[Step], status: str = "finalized", final: str = "", round_: int = 1,
+            split: str = "train") -> Trajectory:
     if turns:
         turns[-1].outcome.update(status=status, final=final)
-    return Trajectory(id=tid, task_id=goal_id, split="train", round=1, sample=0, steps=turns)
+    return Trajectory(id=tid, task_id=goal_id, split=split, round=round_, sample=0, steps=turns)
 
 
-PRIMES = Goal("primes-100", "train", "Count the primes below 100.", 25, 0.0,
-              "print(sum(1 for n in range(2, 100) if all(n % d for d in range(2, n))))")
+PRIMES = Goal("primes-below", "train", "Count the primes below {n}.",
+              "n = PARAMS['n']\nprint(sum(1 for k in range(2, n) if all(k % d for d in range(2, int(k ** 0.5) + 1))))",
+              (Param("n", "int", 1000, 20000),))
+RUN = "test-run"
 
 
-def test_goals_are_split_and_every_reference_prints_its_answer_in_a_sandbox():
+@pytest.fixture(scope="module")
+def runner():
     require_bwrap()
+    r = SandboxRunner(Config().sandbox.model_copy(update={"timeout_s": 20, "concurrency": 2}))
+    yield r
+    r.cleanup()
+
+
+def test_numbers_are_read_as_values_whatever_their_writing():
+    assert numbers("There are 9,592 primes; 9592.0 or 9.592e3") == [9592, 9592, 9592]
+    assert len(distinct(numbers("9,592 9592.0 9.592e3"))) == 1
+    assert numbers(".5 -3 \u22127 3-5") == [Decimal("0.5"), -3, -7, 3, 5]  # a range is two numbers
+    assert numbers("x2 1.2.3 1,2345") == [Decimal("1.2"), 1, 2345]
+    assert numbers("\u0669\u0665\u0669\u0662 \uff11\uff12") == [9592, 12]  # other scripts' digits count
+    # Too large to compare: still a number (a candidate), never a match.
+    assert numbers("1e999999 " + "9" * 5000) == [Decimal("Infinity")] * 2
+    assert not close(Decimal("Infinity"), Decimal(5), 0.5)
+    assert close(Decimal("0.52"), Decimal("0.5214"), 0.03) and not close(Decimal("9591"), Decimal("9592"), 0)
+    # Linear in hostile text.
+    started = time.monotonic()
+    numbers("1," * 300_000 + "-" * 300_000 + "1e" * 300_000)
+    assert time.monotonic() - started < 5
+
+
+def test_goals_are_families_drawn_per_run_round_and_goal():
     goals = load_goals()
     assert len({g.id for g in goals}) == len(goals)
     assert len(load_goals("train")) >= 16 and len(load_goals("heldout")) >= 6
-    runner = SandboxRunner(Config().sandbox.model_copy(update={"timeout_s": 20, "concurrency": 4}))
-    try:
-        for g in goals:
-            result = runner.exec(g.reference)
-            assert result.exit_code == 0, (g.id, result.stderr[-500:])
-            printed = numbers(result.stdout)
-            assert printed and g.matches(printed[-1]), (g.id, result.stdout)
-    finally:
-        runner.cleanup()
+    for g in goals:
+        assert g.params, g.id  # every question is drawn, none is fixed
+        a, b = g.instance("run-a", 1), g.instance("run-a", 1)
+        assert a.params == b.params and a.text == b.text  # every sample of a round gets the same question
+        others = [g.instance("run-a", r).params for r in range(2, 7)] + [g.instance("run-b", 1).params]
+        assert sum(o == a.params for o in others) <= 1, g.id  # rounds and runs draw new ones
+        assert "{" not in a.text and all(str(v) in a.text for v in a.params.values())
+        assert a.program.startswith(f"PARAMS = {a.params!r}\n")
 
 
-def test_judge_prefers_a_measured_answer_to_a_guess_a_wrong_answer_and_a_crash():
-    judge = ExperimentJudge(ExperimentJudgeConfig(), goals={PRIMES.id: PRIMES})
-    run = Action("run", PRIMES.reference, "", True)
-    final = Action("finalize", "There are 25 primes below 100.", "", True)
-    measured = episode("measured", PRIMES.id, [turn(0, "a", run, "25\n"), turn(1, "b", final)],
-                       final="There are 25 primes below 100.")
-    guessed = episode("guessed", PRIMES.id, [turn(0, "c", final)], final="There are 25 primes below 100.")
-    wrong = episode("wrong", PRIMES.id, [turn(0, "a", run, "25\n"), turn(1, "d", final)],
-                    final="There are 24 primes below 100.")
-    failed = episode("failed", PRIMES.id, [turn(0, "a", run, "", exit_code=1), turn(1, "e", Action(None, "", "", False, "x"))],
+def test_bundled_references_print_one_unguessable_answer_quickly_in_a_sandbox(runner):
+    """Every bundled goal, 40 drawn instances each, run in bwrap: its reference prints one number,
+    no answer matches more than 10% of the instances (nor pi or e any), no answer is one of the
+    question's own numbers, and a reference runs well within the sandbox's 5 s default."""
+    goals = load_goals()
+    references = References([runner], timeout_s=20, parallel=2)
+    assert check_goals(goals, references, draws=40, max_share=0.1) == []
+    assert check_goals(goals, references) == []  # as a run checks a goals file: its first 20, known now
+    for g in goals:
+        answers = [references.answer(g.draw(f"check|{n}")) for n in range(40)]  # known now: no second run
+        assert guessable_share(answers, g.rel_tol) <= 0.1, g.id
+        for constant in (math.pi, math.e):
+            assert not any(close(Decimal(repr(constant)), a, g.rel_tol) for a in answers), (g.id, constant)
+    assert max(references.seconds.values()) < 2.0  # well within the sandbox default of 5 s
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z]+", re.sub(r"\{\w+\}", " ", text.lower())))
+
+
+def test_heldout_goals_are_other_kinds_of_question_than_train_goals():
+    train, heldout = load_goals("train"), load_goals("heldout")
+    for h in heldout:
+        for t in train:
+            shared = len(_words(h.goal) & _words(t.goal)) / len(_words(h.goal) | _words(t.goal))
+            assert shared < 0.5, (h.id, t.id, shared)  # not one template with another number
+            assert h.reference != t.reference
+    assert not {t.id for t in train} & {h.id for h in heldout}
+
+
+def test_a_goals_file_reports_every_bad_line_with_its_file_and_line(tmp_path):
+    good = {"id": "ok", "split": "heldout", "goal": "Count to {n}.", "params": {"n": {"int": [1, 9]}},
+            "reference": "print(PARAMS['n'])"}
+    lines = [json.dumps(good), "{not json", json.dumps({**good, "id": "fixed", "answer": 5}),
+             json.dumps({**good, "id": "ghost", "goal": "Count to {m}."}), json.dumps({**good, "id": "hidden",
+                                                                                       "goal": "Count."}),
+             json.dumps({**good, "id": "ok"}), json.dumps({**good, "id": "bad-range", "params": {"n": {"int": [9, 1]}}}),
+             "", json.dumps({**good, "id": "bad-split", "split": "test"})]
+    path = tmp_path / "mine.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(GoalsError) as err:
+        load_goals(path=path)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"7 bad line(s) in {path}")
+    for line, why in [(2, "not valid JSON"), (3, "goals carry no answer"), (4, "['m'], which params does not define"),
+                      (5, "do not appear in the goal text"), (6, "already used at line 1"), (7, "low < high"),
+                      (9, "split 'test'")]:
+        assert f"{path}:{line}: {why}" in message or (f"{path}:{line}:" in message and why in message), (line, message)
+    assert parse_goals(json.dumps(good), "x")[0].draw("k").text.startswith("Count to ")
+    with pytest.raises(GoalsError, match="not found"):
+        load_goals(path=tmp_path / "missing.jsonl")
+    with pytest.raises(GoalsError, match="no held-out goal"):
+        parse_goals(json.dumps({**good, "split": "train"}), "x")
+
+
+def test_goals_whose_reference_fails_or_whose_answer_is_a_constant_are_refused_all_at_once(runner, tmp_path):
+    def goal(gid, reference, text="Count the primes below {n}."):
+        return {"id": gid, "split": "heldout", "goal": text, "params": {"n": {"int": [1000, 20000]}},
+                "reference": reference}
+
+    path = tmp_path / "goals.jsonl"
+    path.write_text("\n".join(json.dumps(g) for g in [
+        goal("fine", PRIMES.reference),
+        goal("crashes", "raise SystemExit('no ' + 'luck')"),
+        goal("constant", "print(42)"),
+        goal("chatty", "print(1, 2)"),
+        goal("echo", "print(PARAMS['n'])"),
+        goal("slow", "import time\ntime.sleep(30)"),
+    ]) + "\n")
+    refused = check_goals(load_goals(path=path), References([runner], timeout_s=1, attempts=1, parallel=2), draws=6,
+                          max_share=0.34)  # 2 of 6 may share an answer: few draws, to keep the test short
+    assert len(refused) == 5
+    by_id = {r.split(" ")[0].strip("'"): r for r in refused}
+    assert set(by_id) == {"crashes", "constant", "chatty", "echo", "slow"}
+    assert re.fullmatch(rf"'crashes' \({re.escape(str(path))}:2\): for \{{'n': \d+\}} its reference exited with "
+                        "code 1: no luck", by_id["crashes"]), by_id["crashes"]
+    assert "matches 100% of 6 drawn instances" in by_id["constant"]
+    assert "its reference printed 2 numbers, not one: '1 2'" in by_id["chatty"]
+    assert "number of the goal's own text" in by_id["echo"]
+    assert "its reference timed out after 1." in by_id["slow"]
+
+
+def test_a_malformed_goals_file_stops_ouroboros_run_with_its_file_and_line(tmp_path):
+    path = tmp_path / "goals.jsonl"
+    path.write_text('{"id": "x", "split": "heldout"}\n')
+    proc = subprocess.run([sys.executable, "-m", "ouroboros", "run", "configs/smoke-run-experiment.yaml", "--rounds",
+                           "0", "--out", str(tmp_path / "run"), "--set", f"env.goals_file={path}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip() == (f"error: 1 bad line(s) in {path}: {path}:1: missing field(s) ['goal', "
+                                   "'reference']")
+
+
+@pytest.mark.slow
+def test_goals_refused_in_the_sandbox_stop_ouroboros_run_before_round_0(tiny_model_path, tmp_path):
+    require_bwrap()
+    fine = {"id": "fine", "split": "heldout", "goal": "Count the primes below {n}.",
+            "params": {"n": {"int": [1000, 20000]}}, "reference": PRIMES.reference}
+    path = tmp_path / "goals.jsonl"
+    path.write_text("\n".join(json.dumps(g) for g in [
+        fine, {**fine, "id": "broken", "reference": "print(1 / 0)"}, {**fine, "id": "fixed", "reference": "print(25)"},
+        {**fine, "id": "trainee", "split": "train"}]) + "\n")
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "ouroboros", "run", "configs/smoke-run-experiment.yaml", "--rounds",
+                           "0", "--out", str(out), "--set", f"env.goals_file={path}"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: env.goals_file '{path}': 2 goal(s) refused: 'broken' ({path}:2): "), last
+    assert "ZeroDivisionError" in last and f"'fixed' ({path}:3): one answer matches 100%" in last
+    assert "Traceback" not in proc.stderr
+    assert not (out / "runs").exists() and not (out / "ouroboros.db").exists()  # refused before a run was recorded
+
+
+def test_judge_prefers_a_measured_answer_to_a_guess_a_wrong_answer_and_a_crash(runner):
+    judge = ExperimentJudge(ExperimentJudgeConfig(), [PRIMES], RUN, [runner])
+    instance = PRIMES.instance(RUN, 1)
+    truth = judge.references.answer(instance)
+    assert judge.instance(episode("x", PRIMES.id, [])).params == instance.params
+    said = f"There are {truth} primes below {instance.params['n']}."
+    run = Action("run", instance.program, "", True)
+    final = Action("finalize", said, "", True)
+    printed = runner.exec(instance.program)
+    measured = episode("measured", PRIMES.id, [turn(0, "a", run, printed), turn(1, "b", final)], final=said)
+    guessed = episode("guessed", PRIMES.id, [turn(0, "c", final)], final=said)
+    wrong = episode("wrong", PRIMES.id, [turn(0, "a", run, printed), turn(1, "d", final)],
+                    final=f"There are {truth + 1} primes.")
+    failed = episode("failed", PRIMES.id, [turn(0, "a", run, "", exit_code=1), turn(1, "e", Action(None, "", "", False,
+                                                                                                   "x"))],
                      status="limit")
     crashed = episode("crashed", PRIMES.id, [], status="failed")
     scores = {s.trajectory_id: s for s in judge.score([measured, guessed, wrong, failed, crashed])}
 
     m = scores["measured"]
-    assert m.components == {"valid": 1.0, "runs": 1.0, "finalized": 1.0, "grounded": 1.0, "answer": 1.0}
+    assert m.components == {"valid": 1.0, "runs": 1.0, "finalized": 1.0, "answer": 1.0}
     assert m.passed and m.total == pytest.approx(1.0)
-    # The right number without running anything is a guess: no answer, not grounded, not finished.
+    # The right number without running anything is a guess: no answer, not finished.
     g = scores["guessed"]
-    assert g.components["answer"] == 0.0 and g.components["grounded"] == 0.0 and g.components["finalized"] == 0.0
+    assert g.components["answer"] == 0.0 and g.components["finalized"] == 0.0
     assert not g.passed and g.total == pytest.approx(0.1)  # only the valid reply
     w = scores["wrong"]
-    assert w.components["answer"] == 0.0 and not w.passed
+    assert w.components["answer"] == 0.0 and not w.passed and w.total == pytest.approx(0.5)
     assert scores["failed"].components["runs"] == 0.0 and scores["failed"].components["valid"] == 0.5
     assert scores["crashed"].total == 0.0
-    # A run printed some number, but the right one was guessed: grounded, not answered. And a
-    # list of candidates that happens to include the answer is not an answer.
-    other = episode("other", PRIMES.id, [turn(0, "a", run, "99\n"), turn(1, "b", final)],
-                    final="Checked 99 numbers: there are 25 primes below 100.")
-    listed = episode("listed", PRIMES.id, [turn(0, "a", run, "23 24 25 26\n"), turn(1, "b", final)],
-                     final="It is 23, 24, 25 or 26.")
-    more = {s.trajectory_id: s for s in judge.score([other, listed])}
-    assert more["other"].components["grounded"] == 1.0 and more["other"].components["answer"] == 0.0
-    assert more["listed"].components["answer"] == 0.0 and not more["listed"].passed
     ranked = sorted(scores, key=lambda k: -scores[k].total)
     assert ranked[0] == "measured" and ranked[-1] == "crashed"
     assert scores["measured"].total > scores["wrong"].total > scores["failed"].total
+    # An episode that says it was asked other parameters than the judge draws is a bug, not a score.
+    with pytest.raises(ValueError, match="agent and judge disagree"):
+        judge.score([Trajectory("odd", PRIMES.id, "train", 1, 0, measured.steps, params={"n": -1})])
+
+
+def test_weights_of_the_experiment_judge_sum_to_one():
+    from ouroboros.config import ConfigError, validate
+
+    c = ExperimentJudgeConfig()
+    assert c.valid_weight + c.runs_weight + c.finalized_weight + c.answer_weight == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match="must sum to 1"):
+        validate({"judge": {"experiment": {"answer_weight": 0.9}}})
+    with pytest.raises(ConfigError, match="unknown config key 'judge.experiment.grounded_weight'"):
+        validate({"judge": {"experiment": {"grounded_weight": 0.1}}})
 
 
 def test_pairs_are_taken_where_two_episodes_first_differ():
     run = Action("run", "print(25)", "", True)
     best = episode("best", "g", [turn(0, "same", run, "25\n"), turn(1, "right", Action("finalize", "25", "", True))])
     worst = episode("worst", "g", [turn(0, "same", run, "25\n"), turn(1, "wrong", Action("finalize", "24", "", True))])
-    judge = ExperimentJudge(ExperimentJudgeConfig(), goals={"g": Goal("g", "train", "a count", 25)})
-    best.steps[-1].outcome["final"], worst.steps[-1].outcome["final"] = "25", "24"
-    pairs = build_pairs([worst, best], judge.score([worst, best]), 1)
+
+    def scores(*trajectories, totals={"best": 1.0, "worst": 0.5, "noisy": 0.5, "twin": 0.5}):
+        return [Score(t.id, {}, totals[t.id], "test") for t in trajectories]
+
+    pairs = build_pairs([worst, best], scores(worst, best), 1)
     assert len(pairs) == 1
     p = pairs[0]
     assert (p.chosen, p.rejected, p.id) == ("right", "wrong", "best>worst@1")
@@ -115,37 +274,49 @@ def test_pairs_are_taken_where_two_episodes_first_differ():
     # A turn answered differently before the replies part (a simulation printed other numbers)
     # means the later prompts differ: no pair.
     noisy = episode("noisy", "g", [turn(0, "same", run, "24\n"), turn(1, "wrong", Action("finalize", "24", "", True))])
-    noisy.steps[-1].outcome["final"] = "24"
-    assert build_pairs([best, noisy], judge.score([best, noisy]), 1) == []
+    assert build_pairs([best, noisy], scores(best, noisy), 1) == []
     # Episodes that never reply differently give no pair, whatever their rewards.
     twin = episode("twin", "g", [turn(0, "same", run, "25\n"), turn(1, "right", Action("finalize", "24", "", True))])
-    twin.steps[-1].outcome["final"] = "24"
-    assert build_pairs([best, twin], judge.score([best, twin]), 1) == []
+    assert build_pairs([best, twin], scores(best, twin), 1) == []
 
 
-def test_knowledge_scope_shows_only_earlier_train_rounds(tmp_path):
+def test_knowledge_scope_shows_this_runs_earlier_train_rounds_and_held_out_cycles_nothing(tmp_path):
     store = ExperimentStore(tmp_path / "ouroboros.db")
     ids = {}
-    for name, round_, split in [("old-train", 0, "train"), ("now-train", 1, "train"), ("old-heldout", 0, "heldout"),
-                                ("standalone", None, None)]:
-        eid = store.start("run", 0, "owner", "", "goal", "g", round_, split)
+    for name, run, round_, split in [("old-train", "me", 0, "train"), ("now-train", "me", 1, "train"),
+                                     ("old-heldout", "me", 0, "heldout"), ("other-run", "them", 0, "train"),
+                                     ("standalone", "me", None, None)]:
+        eid = store.start(run, 0, "owner", "", "goal", "g", round_, split)
         store.finish(eid, "finalized", "finalized", {"notes": f"prime count {name}"}, {"notes": f"prime count {name}"})
         ids[eid] = name
-    scope = KnowledgeScope(before_round=1, split="train")
-    assert {ids[h["experiment_id"]] for h in store.search("prime count", 10, scope=scope)} == {"old-train"}
-    assert {ids[i] for i in store.recent_finished(10, scope=scope)} == {"old-train"}
-    assert len(store.search("prime count", 10)) == 4  # standalone cycles see everything
+
+    def seen(scope):
+        found = {ids[h["experiment_id"]] for h in store.search("prime count", 10, scope=scope)}
+        assert found == {ids[i] for i in store.recent_finished(10, scope=scope)}
+        return found
+
+    # Runs may share a directory: another run's experiments count only where the config names it.
+    assert seen(KnowledgeScope.of_run("me", (), before_round=1, split="train")) == {"old-train"}
+    assert seen(KnowledgeScope.of_run("me", ["them"], before_round=1, split="train")) == {"old-train", "other-run"}
+    assert seen(KnowledgeScope.of_run("me", (), before_round=5, split="train")) == {"old-train", "now-train"}
+    assert seen(KnowledgeScope(runs=())) == set()  # what a held-out cycle gets: no other experiment at all
+    assert len(store.search("prime count", 10)) == 5  # standalone cycles see everything
 
 
-def test_demonstration_is_rendered_with_the_real_template():
+def test_demonstration_is_rendered_with_the_real_template_and_states_one_number():
     values = {"experiment_id": 9, "current_action": 1, "max_actions": 3, "time_remaining": 60.0,
               "network_access": "Disabled", "gpu_access": "Disabled", "prev_data": "x", "current_dockerfile": "FROM a",
               "access_info": "[]", "action_history": "", "goal": "the real goal"}
     demo = prompt.demonstration(prompt.DEFAULT_TEMPLATE, values, 500, 6000)
     assert [m["role"] for m in demo] == ["user", "assistant", "user", "assistant"]
     assert prompt.DEMO_GOAL in demo[0]["content"] and "the real goal" not in demo[0]["content"]
-    assert json.loads(demo[1]["content"])["action"] == "run" and json.loads(demo[3]["content"])["action"] == "finalize"
-    assert "55" in demo[2]["content"]  # the second turn shows the first one's result
+    run, final = json.loads(demo[1]["content"]), json.loads(demo[3]["content"])
+    assert run["action"] == "run" and final["action"] == "finalize"
+    printed = numbers(prompt.DEMO_RESULT)[-1]
+    assert str(printed) in demo[2]["content"]  # the second turn shows the first one's result
+    # What it teaches is what the judge pays for: one number besides the goal's, the one printed.
+    stated = [v for v in distinct(numbers(final["data"] + "\n" + final["notes"])) if v not in numbers(prompt.DEMO_GOAL)]
+    assert stated == [printed]
     assert prompt.build_messages("now", demo)[-1] == {"role": "user", "content": "now"}
 
 
@@ -154,30 +325,39 @@ def test_run_episodes_returns_every_turn_redacted_and_tagged(tmp_path, monkeypat
     require_bwrap()
     cfg = Config()
     cfg.generator.backend = "scripted"
+    count = "print(sum(1 for k in range(2, 100) if all(k % d for d in range(2, k))))"
     cfg.generator.script = [
-        act("run", "import os\nprint('token', os.environ['SERVICE_TOKEN'])\n" + PRIMES.reference, "count them"),
-        act("finalize", "There are 25 primes below 100.", "measured 25"),
+        act("run", "import os\nprint('token', os.environ['SERVICE_TOKEN'])\n" + count, "count them"),
+        act("finalize", "There are 25 primes below 100.", "counted by the program"),
     ]
     monkeypatch.setenv("OUROBOROS_TEST_SERVICE_TOKEN", "tok-s3cret-value")
     cfg.sandbox.env_from = {"SERVICE_TOKEN": "OUROBOROS_TEST_SERVICE_TOKEN"}
     cfg.sandbox.concurrency = 4
     cfg.experiment.max_actions = 3
     cfg.experiment.demonstrate = True
-    runner = SandboxRunner(cfg.sandbox, "test-run", True)
+    # A test goal whose answer does not change with its parameter, so a scripted policy can
+    # answer it (the bundled goals never allow that); PRIMES changes its answer every round.
+    fixed = Goal("fixed", "train", "Count the primes below 100 (call this run {label}).", count,
+                 (Param("label", "choice", values=("north", "south")),))
+    runner = SandboxRunner(cfg.sandbox, RUN, True)
     try:
-        agent = ExperimentAgent(cfg, "test-run", str(tmp_path), [Generator(cfg)], [runner])
-        other = Goal("other", "train", "Count the primes below 100 again.", 25, 0.0, PRIMES.reference)
-        trajectories = agent.run_episodes([PRIMES, other], 2, round_=3, temperature=1.0, seed=7)
-        assert agent.flush(60)
+        agent = ExperimentAgent(cfg, RUN, str(tmp_path), [Generator(cfg)], [runner])
+        trajectories = agent.run_episodes([PRIMES, fixed], 2, round_=3, temperature=1.0, seed=7)
+        assert agent.close(60)
+        judge = ExperimentJudge(ExperimentJudgeConfig(), [PRIMES, fixed], RUN, [runner])
+        scores = {s.trajectory_id: s for s in judge.score(trajectories)}
     finally:
         runner.cleanup()
 
-    assert sorted(t.id for t in trajectories) == ["r3-other-train-s0", "r3-other-train-s1",
-                                                  "r3-primes-100-train-s0", "r3-primes-100-train-s1"]
+    assert sorted(t.id for t in trajectories) == ["r3-fixed-train-s0", "r3-fixed-train-s1",
+                                                  "r3-primes-below-train-s0", "r3-primes-below-train-s1"]
     for t in trajectories:
+        instance = (PRIMES if t.task_id == PRIMES.id else fixed).instance(RUN, 3)
+        assert t.params == instance.params  # the question asked, for the record; never its answer
         assert [s.action.name for s in t.steps] == ["run", "finalize"]
         first, last = t.steps
         assert first.request.messages[0]["content"].count(prompt.DEMO_GOAL) == 1  # the demonstration leads
+        assert f"Goal: {instance.text}" in first.request.messages[-1]["content"]
         assert "25" in first.result.stdout
         # The credential's value never reaches what the learner and the store keep.
         assert "tok-s3cret-value" not in first.result.stdout and "[redacted:SERVICE_TOKEN]" in first.result.stdout
@@ -185,16 +365,18 @@ def test_run_episodes_returns_every_turn_redacted_and_tagged(tmp_path, monkeypat
         # Each turn records the request as sent: the round's sampling and its own seed.
         assert all(s.completion.weights_version == 0 and s.request.seed is not None and s.request.temperature == 1.0
                    and s.request.session and s.request.id == s.completion.request_id for s in t.steps)
-    judge = ExperimentJudge(ExperimentJudgeConfig(), goals={PRIMES.id: PRIMES, other.id: other})
-    assert all(s.passed for s in judge.score(trajectories))
-    # Identical replies: rewards tie and no pair forms.
-    assert build_pairs(trajectories, judge.score(trajectories), 3) == []
+        # The same reply is right for the fixed question and wrong for this round's primes question.
+        assert scores[t.id].passed == (t.task_id == "fixed")
+    # Identical replies on one goal: rewards tie and no pair forms.
+    assert build_pairs(trajectories, list(scores.values()), 3) == []
 
     db = sqlite3.connect(tmp_path / "ouroboros.db")
-    rows = db.execute("SELECT task_id, round, split, status, goal, git_commit FROM experiments ORDER BY id").fetchall()
-    assert len(rows) == 4 and {r[0] for r in rows} == {"primes-100", "other"}
+    rows = db.execute("SELECT task_id, round, split, status, goal, git_commit, params FROM experiments ORDER BY id"
+                      ).fetchall()
+    assert len(rows) == 4 and {r[0] for r in rows} == {"primes-below", "fixed"}
     assert all(r[1] == 3 and r[2] == "train" and r[3] == "finalized" and r[5] for r in rows)
-    assert {r[4] for r in rows} == {PRIMES.goal, other.goal}
+    assert {(r[4], r[6]) for r in rows} == {(g.instance(RUN, 3).text, json.dumps(g.instance(RUN, 3).params))
+                                            for g in (PRIMES, fixed)}
     assert db.execute("SELECT COUNT(*) FROM steps").fetchone()[0] == 8
     log = subprocess.run(["git", "-C", str(tmp_path / "experiments"), "log", "--oneline"], capture_output=True, text=True)
     assert len(log.stdout.splitlines()) >= 4

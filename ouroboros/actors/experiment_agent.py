@@ -169,22 +169,31 @@ class ExperimentAgent:
     def run_episodes(self, goals: list, samples: int, round_: int, temperature: float, top_p: float = 1.0,
                      seed: int | None = None, first_sample: int = 0) -> list[Trajectory]:
         """`samples` cycles on each research goal (envs/experiment/goals.py), up to
-        `experiment.cycles_per_agent` at once. Every cycle of the round sees the same knowledge:
-        train experiments of earlier rounds (see KnowledgeScope)."""
+        `experiment.cycles_per_agent` at once. Each goal is asked as this round's instance (its
+        parameters drawn from the run, the round and the goal), the same for all its samples.
+        Train cycles see the train experiments of earlier rounds (of this run, and of the runs
+        named in `experiment.learn_from_runs`); held-out cycles see none (see KnowledgeScope)."""
         if self._episode_pool is None:
             self._episode_pool = ThreadPoolExecutor(self.cfg.experiment.cycles_per_agent,
                                                     thread_name_prefix="episode")
         scope = KnowledgeScope.of_run(self.run_id, self.cfg.experiment.learn_from_runs, before_round=round_,
                                       split="train")
+        # A held-out cycle sees no experiment at all: not another evaluation's, and no train
+        # experiment's code or answers (runs=() matches none).
+        blind = KnowledgeScope(runs=())
         plan = [(goal, first_sample + k) for goal in goals for k in range(samples)]
 
         def one(position: int, goal, k: int) -> Trajectory:
             tid = f"r{round_}-{goal.id}-{goal.split}-s{k}"
             generate = self._generator_for(position, f"{self.run_id}/{tid}", temperature, top_p,
                                            None if seed is None else f"{seed}/{tid}")
-            cycle = self._cycle(position, generate, goal=goal.goal, episode=Episode(goal.id, round_, goal.split, scope))
+            instance = goal.instance(self.run_id, round_)
+            cycle = self._cycle(position, generate, goal=instance.text,
+                                episode=Episode(goal.id, round_, goal.split, scope if goal.split == "train" else blind,
+                                                instance.params))
             cycle.run()  # never raises for the cycle's own failures: the row ends failed, with why
-            return Trajectory(id=tid, task_id=goal.id, split=goal.split, round=round_, sample=k, steps=cycle.turns)
+            return Trajectory(id=tid, task_id=goal.id, split=goal.split, round=round_, sample=k, steps=cycle.turns,
+                              params=instance.params)
 
         futures = [self._episode_pool.submit(one, n, goal, k) for n, (goal, k) in enumerate(plan)]
         return [f.result() for f in futures]
@@ -192,3 +201,12 @@ class ExperimentAgent:
     def flush(self, timeout_s: float = 120.0) -> bool:
         """Wait until every finished experiment of this agent has its git commit."""
         return self.committer.flush(timeout_s)
+
+    def close(self, timeout_s: float = 120.0) -> bool:
+        """Commit what is left and stop this agent's threads. An actor needs no call (its process
+        ends with the run); a plain agent does, or its threads outlive it, and where sandboxes run
+        as the caller's own user they count against its process limit."""
+        if self._episode_pool is not None:
+            self._episode_pool.shutdown(wait=True)
+            self._episode_pool = None
+        return self.committer.close(timeout_s)

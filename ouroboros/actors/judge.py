@@ -6,18 +6,13 @@ Components are kept apart in the store, and the total is their weighted sum.
   the share of hidden tests passed). The share's denominator is the judge's own count of each
   task's tests, looked up by task id, never a number that came back with the episode.
 - experiment: the form of every reply, the share of run actions that exited cleanly, whether
-  the cycle finalized after running code, whether its conclusion quotes a number a successful
-  run printed (grounded), and whether it states the goal's known answer as a run measured it.
+  the cycle finalized after running code, and whether its conclusion states the answer to the
+  question it was asked, as a clean run of its own computed it (ExperimentJudge).
 """
 from __future__ import annotations
 
-import math
-import re
-
 from ouroboros.config import ExperimentJudgeConfig, JudgeConfig
 from ouroboros.types import Score, Trajectory
-
-_NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
 
 class Judge:
@@ -56,39 +51,70 @@ class TasksJudge(Judge):
         return Score(trajectory_id=traj.id, components=components, total=round(total, 6), judge=self.name,
                      passed=tests == 1.0)
 
-def numbers(text: str) -> list[float]:
-    """The numbers written in `text` ("9,592", "3.1416", "1e5"), as floats."""
-    out = []
-    for match in _NUMBER.finditer(text or ""):
-        try:
-            value = float(match.group(0).replace(",", ""))
-        except ValueError:
-            continue
-        if math.isfinite(value):
-            out.append(value)
-    return out
-
-
-
 
 class ExperimentJudge(Judge):
-    """Scores an experiment cycle from its turns; the goal's answer is looked up here, by id,
-    so it never travels with the episode the policy produced."""
+    """Scores an experiment cycle from its turns.
+
+    The answer is not part of the episode: the judge draws the episode's instance of its goal
+    itself (from the run id, the round and the goal) and runs the goal's reference program on
+    it in the sandbox (`References`, one run per instance, kept for the run).
+
+    Answer credit needs all of:
+    - the conclusion (finalize data and notes) states exactly one number once the numbers of
+      the question itself are set aside: several are a list of candidates, none is no answer;
+    - that number is the instance's answer (exactly, or within the goal's tolerance);
+    - a clean run of this episode (exit 0, no timeout, no harness error) printed it on stdout:
+      the same value, or for an estimate the value it rounds (0.5214 for 0.52143).
+
+    "Printed" means anywhere in a clean run's stdout, not only its last line: the answer is
+    drawn per round, so printing many numbers (a range, a table) cannot supply a conclusion
+    with the right one, and a tighter rule would fail honest programs that print their
+    working. stderr, crashed or timed-out runs, search results and the prompt never count.
+    """
 
     name = "experiment-rule+exec"
-    MAX_STATED = 3
+    COMPONENTS = ("valid", "runs", "finalized", "answer")
 
-    def __init__(self, cfg: ExperimentJudgeConfig, goals: dict | None = None) -> None:
+    def __init__(self, cfg: ExperimentJudgeConfig, goals: list | None = None, run_id: str = "",
+                 runners: list | None = None) -> None:
+        """`goals`: the run's goals (default: the bundled ones); `run_id`: the run whose
+        questions it draws; `runners`: SandboxRunner actors or plain ones, to run references on."""
         from ouroboros.envs.experiment.goals import load_goals
+        from ouroboros.envs.experiment.references import References
 
-        self.cfg = cfg
-        self.goals = goals if goals is not None else {g.id: g for g in load_goals()}
+        self.cfg, self.run_id = cfg, run_id
+        self.goals = {g.id: g for g in (goals if goals is not None else load_goals())}
+        self.references = References(runners, timeout_s=cfg.reference_timeout_s) if runners else None
+
+    def instance(self, traj: Trajectory):
+        """The episode's question as the judge draws it; None for an unknown goal."""
+        goal = self.goals.get(traj.task_id)
+        if goal is None:
+            return None
+        inst = goal.instance(self.run_id, traj.round)
+        if traj.params and traj.params != inst.params:
+            raise ValueError(f"episode {traj.id} was asked {traj.params}, but the judge draws {inst.params} for goal "
+                             f"{goal.id!r} in round {traj.round} of run {self.run_id!r}: agent and judge disagree "
+                             "on the run id or the goals")
+        return inst
+
+    def score(self, trajectories: list[Trajectory]) -> list[Score]:
+        if self.references is not None:  # the batch's answers side by side, before scoring one by one
+            instances = {i.key: i for i in (self.instance(t) for t in trajectories if t.steps) if i is not None}
+            for answer in self.references.answers(list(instances.values())):
+                if isinstance(answer, Exception):  # episodes whose answer is unknown cannot be scored
+                    raise answer
+        return [self.score_one(t) for t in trajectories]
 
     def score_one(self, traj: Trajectory) -> Score:
+        return self.verdict(traj)[0]
+
+    def verdict(self, traj: Trajectory) -> tuple[Score, str]:
+        """The score, and in words why the answer earned credit or not."""
         steps = traj.steps
         if not steps:  # the cycle crashed before its first reply
-            zero = {k: 0.0 for k in ("valid", "runs", "finalized", "grounded", "answer")}
-            return Score(trajectory_id=traj.id, components=zero, total=0.0, judge=self.name)
+            zero = {k: 0.0 for k in self.COMPONENTS}
+            return Score(trajectory_id=traj.id, components=zero, total=0.0, judge=self.name), "no turns"
         outcome = steps[-1].outcome
         valid = sum(1 for s in steps if s.action.valid) / len(steps)
         runs = [s for s in steps if s.action.valid and s.action.name == "run"]
@@ -97,23 +123,35 @@ class ExperimentJudge(Judge):
         # Concluding without running anything concluded nothing: finalize counts after a run.
         ended = outcome.get("status") == "finalized"
         finalized = float(ended and bool(runs))
-        stated = numbers(outcome.get("final", "")) if ended else []
-        goal = self.goals.get(traj.task_id)
-        # A conclusion is grounded when it quotes a number a clean run printed, not one it made up.
-        # Numbers the goal itself states, and 0, 1, 2, say nothing about what was measured.
-        given = set(numbers(goal.goal)) if goal is not None else set()
-        measured = [a for a in stated if a not in given and not (a.is_integer() and abs(a) <= 2)]
-        printed = [v for s in clean for v in numbers(s.result.stdout)]
-        found = [a for a in measured if any(math.isclose(a, b, rel_tol=1e-3) for b in printed)]
-        grounded = float(bool(found))
-        # The answer counts when the conclusion states it and a run printed it: a guess earns
-        # nothing, and so does a list of candidates (more than MAX_STATED distinct numbers).
-        answer = float(goal is not None and len(set(measured)) <= self.MAX_STATED
-                       and any(goal.matches(v) for v in found))
+        answer, why = self._answer(traj, outcome.get("final", "") if ended else None, clean)
         components = {"valid": round(valid, 6), "runs": round(len(clean) / len(runs), 6) if runs else 0.0,
-                      "finalized": finalized, "grounded": grounded, "answer": answer}
+                      "finalized": finalized, "answer": answer}
         c = self.cfg
         total = (c.valid_weight * components["valid"] + c.runs_weight * components["runs"]
-                 + c.finalized_weight * finalized + c.grounded_weight * grounded + c.answer_weight * answer)
+                 + c.finalized_weight * finalized + c.answer_weight * answer)
         return Score(trajectory_id=traj.id, components=components, total=round(total, 6), judge=self.name,
-                     passed=bool(answer))
+                     passed=bool(answer)), why
+
+    def _answer(self, traj: Trajectory, final: str | None, clean: list) -> tuple[float, str]:
+        from ouroboros.envs.experiment.numbers import close, distinct, numbers, rounds_to
+
+        if final is None:
+            return 0.0, "did not finalize"
+        inst = self.instance(traj)
+        if inst is None:
+            return 0.0, f"unknown goal {traj.task_id!r}"
+        given = numbers(inst.text)
+        stated = [v for v in distinct(numbers(final)) if not any(v == g for g in given)]
+        if len(stated) != 1:
+            return 0.0, "states no number" if not stated else f"states {len(stated)} numbers, not one"
+        value = stated[0]
+        if self.references is None:
+            raise RuntimeError("ExperimentJudge needs sandbox runners to compute answers (runners=...)")
+        if not close(value, self.references.answer(inst), inst.goal.rel_tol):
+            return 0.0, "wrong number"
+        exact = inst.goal.rel_tol == 0
+        for step in clean:
+            for printed in numbers(step.result.stdout):
+                if printed == value if exact else rounds_to(printed, value):
+                    return 1.0, "right, and printed by a clean run"
+        return 0.0, "right number, but no clean run printed it"

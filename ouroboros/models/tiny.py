@@ -3,10 +3,11 @@
 A randomly initialised model would never emit a valid action, so every reward
 would tie and no DPO pair would ever form. The tiny model is therefore
 warm-started with a few supervised steps on protocol replies to the *train*
-tasks, and on the two turns of an experiment (run the reference program, then
-finalize with its result) for the *train* research goals: it learns the shape
-of the replies only partly, which leaves the spread of rewards that preference
-learning needs. Held-out tasks and goals are never shown to it.
+tasks, and on the two turns of an experiment (run the reference program on one
+drawn instance, then finalize with the one number it printed) for the *train*
+research goals: it learns the shape of the replies only partly, which leaves the
+spread of rewards that preference learning needs. Held-out tasks and goals are
+never shown to it.
 """
 from __future__ import annotations
 
@@ -47,21 +48,25 @@ def _recipe_key() -> str:
 
 def experiment_examples() -> list[tuple[list[dict], str]]:
     """(messages, reply) for the two turns of an experiment on each train goal, as the
-    experiment environment renders them with its demonstration (configs/smoke-run-experiment.yaml)."""
+    experiment environment renders them with its demonstration (configs/smoke-run-experiment.yaml):
+    run the reference program on one instance of the goal, then finalize with the one number it
+    printed. The answers are computed by running the references in a bwrap sandbox, as the judge
+    does, never on the host: a goals file is code."""
     from ouroboros.config import ExperimentConfig, SandboxConfig
     from ouroboros.envs.experiment import prompt
     from ouroboros.envs.experiment.goals import load_goals
 
     x = ExperimentConfig(max_actions=3)
     result_chars, context_chars = 500, 6000
+    instances = [goal.draw("tiny-warm-start") for goal in load_goals("train")]
+    answers = _answers_in_a_sandbox(instances)
     examples = []
-    for n, goal in enumerate(load_goals("train")):
+    for n, (instance, answer) in enumerate(zip(instances, answers)):
         values = prompt.values(x, SandboxConfig(), experiment_id=n + 1, current_action=1, time_remaining=120.0,
-                               prev_data="(no earlier experiments)", dockerfile=x.dockerfile, goal=goal.goal)
+                               prev_data="(no earlier experiments)", dockerfile=x.dockerfile, goal=instance.text)
         demo = prompt.demonstration(prompt.DEFAULT_TEMPLATE, values, result_chars, context_chars)
-        run = {"action": "run", "data": goal.reference, "notes": "Compute it directly."}
-        answer = str(int(goal.answer)) if goal.rel_tol == 0 else f"{goal.answer:.4f}"
-        final = {"action": "finalize", "data": f"The result is {answer}.", "notes": f"Measured {answer}."}
+        run = {"action": "run", "data": instance.program, "notes": "Compute it directly."}
+        final = {"action": "finalize", "data": f"The answer is {answer}.", "notes": "Computed by the program."}
         first, _ = prompt.render(prompt.DEFAULT_TEMPLATE, values, [], result_chars, context_chars)
         second, _ = prompt.render(prompt.DEFAULT_TEMPLATE, {**values, "current_action": 2},
                                   [prompt.demo_step(run, f"exit code 0\nstdout:\n{answer}\n")], result_chars,
@@ -69,6 +74,23 @@ def experiment_examples() -> list[tuple[list[dict], str]]:
         examples.append((prompt.build_messages(first, demo), json.dumps(run)))
         examples.append((prompt.build_messages(second, demo), json.dumps(final)))
     return examples
+
+
+def _answers_in_a_sandbox(instances: list) -> list[str]:
+    from ouroboros.actors.sandbox_runner import SandboxRunner
+    from ouroboros.config import SandboxConfig
+    from ouroboros.envs.experiment.references import References
+    from ouroboros.sandbox import SandboxUnavailable
+
+    try:
+        runner = SandboxRunner(SandboxConfig(backend="bwrap", timeout_s=60, concurrency=2))
+    except SandboxUnavailable as exc:
+        raise SandboxUnavailable(f"the tiny model's warm start runs the train goals' reference programs in a bwrap "
+                                 f"sandbox, which is not available here: {exc}") from None
+    try:
+        return [str(References([runner], parallel=2).answer(i)) for i in instances]
+    finally:
+        runner.cleanup()
 
 
 def prepared_dir() -> Path:

@@ -30,7 +30,9 @@ from pathlib import PurePosixPath
 
 log = logging.getLogger(__name__)
 
-ROOT = os.environ.get("OUROBOROS_SANDBOX_ROOT", "/tmp/ouroboros-sandbox")
+# One root per user: a root made by another user of the machine cannot be ours (see ensure_root).
+ROOT = os.environ.get("OUROBOROS_SANDBOX_ROOT",
+                      "/tmp/ouroboros-sandbox" if os.geteuid() == 0 else f"/tmp/ouroboros-sandbox-{os.geteuid()}")
 MIB = 1 << 20
 MNT_DETACH = 2
 UMOUNT_NOFOLLOW = 8

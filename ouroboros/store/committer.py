@@ -29,6 +29,7 @@ class Committer:
         self.repo, self.db_path, self.log_path, self.max_batch = repo, Path(db_path), log_path, max_batch
         self._queue: list[tuple[int, dict[str, str], str]] = []
         self._busy = False
+        self._closed = False
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="experiment-committer", daemon=True)
         self._thread.start()
@@ -50,14 +51,27 @@ class Committer:
                 self._cond.wait(left)
         return True
 
+    def close(self, timeout_s: float = 120.0) -> bool:
+        """Commit what is queued, then stop the thread (an agent used as a plain object, in a
+        test or a script, gives its threads back). False if the queue did not drain in time."""
+        drained = self.flush(timeout_s)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout_s)
+        return drained
+
     def _run(self) -> None:
         from ouroboros.store.experiments import ExperimentStore
 
         store = ExperimentStore(self.db_path)
         while True:
             with self._cond:
-                while not self._queue:
+                while not self._queue and not self._closed:
                     self._cond.wait()
+                if not self._queue:  # closed, and nothing left to commit
+                    store.close()
+                    return
                 batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
                 self._busy = True
             try:

@@ -22,7 +22,7 @@ CREATE TABLE IF NOT EXISTS experiments (
     end_reason TEXT, started_at REAL, finished_at REAL, notes TEXT, dockerfile TEXT, environment TEXT,
     actions INTEGER DEFAULT 0, errors INTEGER DEFAULT 0, prompt_tokens INTEGER DEFAULT 0,
     completion_tokens INTEGER DEFAULT 0, cost_usd REAL DEFAULT 0, history_trimmed INTEGER DEFAULT 0,
-    git_commit TEXT, goal TEXT, task_id TEXT, round INTEGER, split TEXT
+    git_commit TEXT, goal TEXT, task_id TEXT, round INTEGER, split TEXT, params TEXT
 );
 CREATE INDEX IF NOT EXISTS experiments_status ON experiments (status, finished_at);
 CREATE TABLE IF NOT EXISTS steps (
@@ -41,7 +41,7 @@ CREATE VIRTUAL TABLE IF NOT EXISTS experiments_fts USING fts5(
 """
 
 # Columns added after the first release; older run databases gain them on open.
-_ADDED_COLUMNS = {"goal": "TEXT", "task_id": "TEXT", "round": "INTEGER", "split": "TEXT"}
+_ADDED_COLUMNS = {"goal": "TEXT", "task_id": "TEXT", "round": "INTEGER", "split": "TEXT", "params": "TEXT"}
 
 
 @dataclass(frozen=True)
@@ -146,12 +146,15 @@ class ExperimentStore:
     # ------------------------------------------------------------------ writes
 
     def start(self, run_id: str, cycle: int, owner: str, dockerfile: str, goal: str = "",
-              task_id: str | None = None, round_: int | None = None, split: str | None = None) -> int:
+              task_id: str | None = None, round_: int | None = None, split: str | None = None,
+              params: dict | None = None) -> int:
+        """`params`: the parameters the goal was drawn with, for an episode of a learning run."""
         with self._tx():
             row = self.conn.execute(
                 "INSERT INTO experiments (run_id, cycle, owner, status, started_at, dockerfile, goal, task_id, round, "
-                "split) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?) RETURNING id",
-                (run_id, cycle, owner, time.time(), dockerfile, goal, task_id, round_, split),
+                "split, params) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (run_id, cycle, owner, time.time(), dockerfile, goal, task_id, round_, split,
+                 None if params is None else json.dumps(params, sort_keys=True)),
             ).fetchone()
         return int(row[0])
 

@@ -129,13 +129,15 @@ def describe_exec(result: ExecResult, chars: int) -> str:
 
 @dataclass(frozen=True)
 class Episode:
-    """A cycle run as a learning episode: which goal, round and split it belongs to, and which
-    earlier experiments it may see (so samples of one goal start from the same knowledge)."""
+    """A cycle run as a learning episode: which goal, round and split it belongs to, the
+    parameters its question was drawn with, and which earlier experiments it may see (so
+    samples of one goal start from the same knowledge)."""
 
     task_id: str
     round: int
     split: str
     scope: KnowledgeScope | None = None
+    params: dict | None = None
 
 
 class ExperimentCycle:
@@ -171,7 +173,8 @@ class ExperimentCycle:
         dockerfile = x.dockerfile
         ep = self.episode
         eid = self.store.start(self.run_id, self.cycle, self.owner, dockerfile, self.goal,
-                               ep.task_id if ep else None, ep.round if ep else None, ep.split if ep else None)
+                               ep.task_id if ep else None, ep.round if ep else None, ep.split if ep else None,
+                               ep.params if ep else None)
         root = Span(eid, "experiment", f"experiment {eid}")
         self.lines: list[str] = []
         self._log(f"experiment {eid} started (run {self.run_id}, cycle {self.cycle})")

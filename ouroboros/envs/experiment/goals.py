@@ -2,43 +2,245 @@
 
 Standalone cycles (`ouroboros experiment`) pursue the config's `experiment.goal`, or one the
 model picks. A learning run needs episodes it can compare and check, so each goal here is a
-small computational question with a known answer: several cycles on one goal start from the
-same state, and the judge can tell a measured answer from a wrong or invented one. Every
-answer is computed by `tests/test_experiment_env.py`, not typed in.
+small computational question whose answer the judge can compute.
+
+Each goal is a *family*: its text has parameters (`{n}`), and every round of every run draws
+new values for them. A goal with one fixed answer can be passed without doing the work: print
+the answer (memorised, or one of a printed list of candidates) and state it. No judge can tell
+such code from real work (`print(78497 + 1)`), so the answers are made unguessable instead:
+the only way to state one is to compute it for the parameters in the prompt.
+
+- `Goal.instance(run_id, round)` draws the parameters from the run, the round and the goal, so
+  every sample of a goal in one round gets the same question (pairs need identical prompts up
+  to the turn where two samples part, see learn/pairs.py), and each round and each run another.
+  Held-out questions change every round too, so none can be memorised.
+- No answer is stored anywhere. The judge runs the goal's `reference` program on the
+  instance's parameters in the sandbox when it scores the episode (references.py); the
+  program reads them from `PARAMS`, a dict put before its first line.
+- Train and held-out goals are different kinds of question, not one question with another
+  number, so a held-out score measures more than recall of the train goals.
+
+A goals file (the bundled `data/goals.jsonl`, or a user's `env.goals_file`) is JSONL, one goal
+per line:
+
+    {"id": "divisor-sum", "split": "train", "goal": "Compute the sum of all positive divisors of {n}.",
+     "params": {"n": {"int": [100000000, 10000000000], "log": true}},
+     "reference": "n = PARAMS['n']\\n...\\nprint(total)", "rel_tol": 0}
+
+`params` maps each `{name}` of the text to how it is drawn: `{"int": [low, high]}` (inclusive;
+`"log": true` draws evenly over orders of magnitude), `{"float": [low, high], "decimals": 2}`,
+or `{"choice": [v1, v2, ...]}`. `rel_tol` is 0 for an exact answer, or the relative tolerance
+of an estimate. The reference must print exactly one number; a run checks that before round 0
+(references.check_goals).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import random
+import re
+import string
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from ouroboros.config import ConfigError
+
 DATA = Path(__file__).parent / "data" / "goals.jsonl"
+SPLITS = ("train", "heldout")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_KEYS = {"id", "split", "goal", "params", "reference", "rel_tol"}
+
+
+class GoalsError(ConfigError):
+    """A goals file that cannot be used; the message names every bad line or goal."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """How one parameter of a goal is drawn."""
+
+    name: str
+    kind: str  # "int", "float" or "choice"
+    low: float = 0
+    high: float = 0
+    log: bool = False  # int: evenly over orders of magnitude, so wide ranges are not all large values
+    decimals: int = 2  # float: rounded to this many decimals, as the prompt shows it
+    values: tuple = ()  # choice
+
+    @classmethod
+    def parse(cls, name: str, spec) -> "Param":
+        """Raises ValueError saying what is wrong with `spec`."""
+        if not (isinstance(name, str) and name.isidentifier()):
+            raise ValueError(f"parameter name {name!r} is not an identifier")
+        if not isinstance(spec, dict):
+            raise ValueError(f"parameter {name!r}: expected an object such as {{\"int\": [1, 100]}}, got {spec!r}")
+        kinds = [k for k in ("int", "float", "choice") if k in spec]
+        extra = set(spec) - {"int", "float", "choice", "log", "decimals"}
+        if len(kinds) != 1 or extra:
+            raise ValueError(f"parameter {name!r}: expected exactly one of int, float or choice (with log for int, "
+                             f"decimals for float), got {sorted(spec)}")
+        kind = kinds[0]
+        if kind == "choice":
+            values = spec["choice"]
+            if not (isinstance(values, list) and len(values) >= 2
+                    and all(isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in values)):
+                raise ValueError(f"parameter {name!r}: choice needs a list of two or more numbers or strings")
+            return cls(name, kind, values=tuple(values))
+        bounds = spec[kind]
+        number = int if kind == "int" else (int, float)
+        if not (isinstance(bounds, list) and len(bounds) == 2 and all(isinstance(b, number) and not isinstance(b, bool)
+                                                                      for b in bounds) and bounds[0] < bounds[1]):
+            raise ValueError(f"parameter {name!r}: {kind} needs [low, high] with low < high, got {bounds!r}")
+        log = spec.get("log", False)
+        if log not in (True, False) or (log and (kind != "int" or bounds[0] < 1)):
+            raise ValueError(f"parameter {name!r}: log is true or false, and only for int ranges above 0")
+        decimals = spec.get("decimals", 2)
+        if not (isinstance(decimals, int) and 0 <= decimals <= 12) or (kind == "int" and "decimals" in spec):
+            raise ValueError(f"parameter {name!r}: decimals is an integer from 0 to 12, and only for float ranges")
+        return cls(name, kind, bounds[0], bounds[1], log, decimals)
+
+    def draw(self, rng: random.Random):
+        if self.kind == "choice":
+            return rng.choice(self.values)
+        if self.kind == "float":
+            return round(rng.uniform(self.low, self.high), self.decimals)
+        if self.log:
+            value = round(math.exp(rng.uniform(math.log(self.low), math.log(self.high))))
+            return int(min(max(value, self.low), self.high))
+        return rng.randint(int(self.low), int(self.high))
 
 
 @dataclass(frozen=True)
 class Goal:
     id: str
     split: str  # "train" or "heldout"
-    goal: str  # what the model is asked to find out ({goal} in the prompt)
-    answer: float  # the known result, hidden from the model
-    rel_tol: float = 0.0  # relative tolerance: 0 for exact counts, a few percent for estimates
-    reference: str = ""  # a program that prints the answer: checks the answer, warm-starts the tiny model
+    goal: str  # the question, with a {name} for each parameter ({goal} in the prompt)
+    reference: str  # prints the answer, reading the parameters from PARAMS
+    params: tuple[Param, ...] = ()
+    rel_tol: float = 0.0  # 0 for exact answers, a few percent for estimates
+    source: str = ""  # where it was read ("goals.jsonl:3"), for messages
 
-    def matches(self, value: float) -> bool:
-        if self.rel_tol == 0:
-            return abs(value - self.answer) < 1e-9 * max(1.0, abs(self.answer))
-        return abs(value - self.answer) <= self.rel_tol * abs(self.answer)
+    def draw(self, key: str) -> "Instance":
+        """The instance for `key`: the same key always draws the same parameters."""
+        rng = random.Random(int.from_bytes(hashlib.sha256(f"{key}|{self.id}".encode()).digest()[:8], "big"))
+        return Instance(self, {p.name: p.draw(rng) for p in self.params})
+
+    def instance(self, run_id: str, round_: int) -> "Instance":
+        """This goal's question in round `round_` of run `run_id` (see the module's doc)."""
+        return self.draw(f"{run_id}|{round_}|{self.split}")
+
+
+@dataclass(frozen=True)
+class Instance:
+    """A goal with its parameters drawn: the question asked, and the program that answers it."""
+
+    goal: Goal
+    params: dict
+
+    @property
+    def text(self) -> str:
+        return self.goal.goal.format(**self.params)
+
+    @property
+    def program(self) -> str:
+        return f"PARAMS = {self.params!r}\n{self.goal.reference}"
+
+    @property
+    def key(self) -> str:
+        return json.dumps([self.goal.id, self.goal.reference, self.params], sort_keys=True)
+
+
+def _goal(obj, source: str) -> Goal:
+    """One goal from a parsed JSON line; raises ValueError saying what is wrong."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    if "answer" in obj:
+        raise ValueError("'answer' is not a goal field: goals carry no answer, their reference program computes it "
+                         "for the parameters drawn")
+    unknown = set(obj) - _KEYS
+    if unknown:
+        raise ValueError(f"unknown field(s) {sorted(unknown)}; expected {sorted(_KEYS)}")
+    missing = [k for k in ("id", "split", "goal", "reference") if k not in obj]
+    if missing:
+        raise ValueError(f"missing field(s) {missing}")
+    gid, split, text, reference = obj["id"], obj["split"], obj["goal"], obj["reference"]
+    if not (isinstance(gid, str) and _ID.match(gid)):
+        raise ValueError(f"id {gid!r}: expected letters, digits, '.', '_' or '-' (at most 100)")
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r}: expected one of {list(SPLITS)}")
+    if not (isinstance(text, str) and text.strip()) or not (isinstance(reference, str) and reference.strip()):
+        raise ValueError("goal and reference must be non-empty strings")
+    rel_tol = obj.get("rel_tol", 0)
+    if not (isinstance(rel_tol, (int, float)) and not isinstance(rel_tol, bool) and 0 <= rel_tol < 1):
+        raise ValueError(f"rel_tol {rel_tol!r}: expected a number from 0 (exact) to below 1")
+    specs = obj.get("params", {})
+    if not isinstance(specs, dict):
+        raise ValueError("params must be an object mapping each {name} of the goal to how it is drawn")
+    params = tuple(Param.parse(name, spec) for name, spec in specs.items())
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
+    except ValueError as exc:
+        raise ValueError(f"goal text is not a valid template: {exc}") from None
+    names = {p.name for p in params}
+    if set(fields) - names:
+        raise ValueError(f"goal text names {sorted(set(fields) - names)}, which params does not define")
+    if names - set(fields):
+        # A parameter the question does not show cannot be computed from the question.
+        raise ValueError(f"params {sorted(names - set(fields))} do not appear in the goal text")
+    goal = Goal(gid, split, text, reference, params, float(rel_tol), source)
+    try:
+        goal.draw("check").text
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise ValueError(f"goal text does not format with its parameters: {exc}") from None
+    return goal
+
+
+def parse_goals(text: str, source: str) -> list[Goal]:
+    """The goals of a JSONL text; raises GoalsError naming every bad line (`source:line: why`)."""
+    goals, errors, seen = [], [], {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{source}:{n}"
+        try:
+            goal = _goal(json.loads(line), where)
+        except json.JSONDecodeError as exc:
+            errors.append(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})")
+            continue
+        except (ValueError, RecursionError) as exc:
+            errors.append(f"{where}: {exc}")
+            continue
+        if goal.id in seen:
+            errors.append(f"{where}: id {goal.id!r} is already used at line {seen[goal.id]}")
+            continue
+        seen[goal.id] = n
+        goals.append(goal)
+    if errors:
+        raise GoalsError(f"{len(errors)} bad line(s) in {source}: " + "; ".join(errors))
+    if not any(g.split == "heldout" for g in goals):
+        raise GoalsError(f"{source} has no held-out goal (split \"heldout\"): a run evaluates on them every round")
+    return goals
 
 
 @lru_cache(maxsize=1)
-def _load() -> tuple[Goal, ...]:
-    goals = []
-    for line in DATA.read_text().splitlines():
-        if line.strip():
-            goals.append(Goal(**json.loads(line)))
-    return tuple(goals)
+def _bundled() -> tuple[Goal, ...]:
+    return tuple(parse_goals(DATA.read_text(), DATA.name))
 
 
-def load_goals(split: str | None = None) -> list[Goal]:
-    return [g for g in _load() if split is None or g.split == split]
+def load_goals(split: str | None = None, path: str | Path | None = None) -> list[Goal]:
+    """The bundled goals, or those of a user's goals file (`env.goals_file`)."""
+    if path is None:
+        goals = _bundled()
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise GoalsError(f"env.goals_file {str(p)!r} not found: pass a JSONL file of goals "
+                             f"(the bundled {DATA} shows the format)")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise GoalsError(f"env.goals_file {str(p)!r} cannot be read: {exc}") from None
+        goals = parse_goals(text, str(p))
+    return [g for g in goals if split is None or g.split == split]

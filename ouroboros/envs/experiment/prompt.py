@@ -46,19 +46,22 @@ Reply with exactly one JSON object {{"action": ..., "data": ..., "notes": ...}}.
 - "search": data is a query over earlier experiments' notes, code, results and errors.
 - "web_search": data is a web search query (only if research is enabled).
 - "load_url": data is an http(s) URL to read as text (only if research is enabled).
-- "finalize": data and notes summarize what this experiment found; it ends the experiment.
+- "finalize": data and notes state what this experiment found; where the goal asks for a number,
+  state that one number, as a run printed it, and no other. It ends the experiment.
 Use "finalize" on or before the last action."""
 
 
 # A finished two-turn experiment shown before the real prompt when `experiment.demonstrate` is
 # on. Small models copy a demonstrated reply far more often than they follow described rules
-# (see envs/tasks/prompt.py); API models do not need it.
-DEMO_GOAL = "Compute the sum of the integers from 1 to 10."
+# (see envs/tasks/prompt.py); API models do not need it. It follows the judge's rule for an
+# answer: the conclusion states one number besides the goal's own, the one a run printed.
+DEMO_GOAL = "Compute the sum of the integers from 1 to 4817."
 DEMO_REPLIES = (
-    {"action": "run", "data": "print(sum(range(1, 11)))", "notes": "Sum the integers directly."},
-    {"action": "finalize", "data": "The sum of the integers from 1 to 10 is 55.", "notes": "Measured 55 by summing."},
+    {"action": "run", "data": "print(sum(range(1, 4817 + 1)))", "notes": "Sum the integers directly."},
+    {"action": "finalize", "data": "The sum of the integers from 1 to 4817 is 11604153.",
+     "notes": "Computed by summing them in a program."},
 )
-DEMO_RESULT = "exit code 0\nstdout:\n55\n"
+DEMO_RESULT = "exit code 0\nstdout:\n11604153\n"
 
 
 class TemplateError(ValueError):
