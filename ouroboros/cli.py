@@ -160,7 +160,7 @@ def experiment(
     out: Optional[str] = typer.Option(None, "--out", help="Run directory (overrides run.out)."),
     set_: list[str] = typer.Option([], "--set", help="Override a field: --set experiment.max_actions=5 (repeatable)."),
 ) -> None:
-    """Run autonomous experiment cycles (seed 000): SQLite rows, git commits, traces."""
+    """Run autonomous experiment cycles: SQLite rows, git commits, traces."""
     from ouroboros.envs.experiment.prompt import TemplateError
     from ouroboros.experiments import ExperimentDriver
 
