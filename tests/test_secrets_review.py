@@ -5,7 +5,8 @@ Three kinds:
 
 1. Encodings that ordinary tools print and a user would expect caught: base64 and hex *wrapped
    into lines* (the `base64` and `xxd -p` commands, `base64.encodebytes`, PEM and MIME all wrap
-   at 76 or 60 characters, so any credential longer than 57 bytes comes out in pieces);
+   at 76 or 60 characters, so any credential longer than 57 bytes comes out in pieces, and
+   `env | base64` splits even a 40-character token in most layouts);
    base85 and ascii85 (the stdlib's other base64-module encodings); `urllib.parse.quote` with its
    default safe='/' (a base64-alphabet credential with '+' and '/', as AWS secret keys are);
    `pprint` of the credential's characters (one per line: 5 separator characters, one more than
@@ -64,6 +65,20 @@ def test_common_encodings_of_a_long_credential_are_redacted(name):
     text = _common_forms(LONG)[name]
     out = r.redact(text)
     assert out != text and "[redacted:SERVICE_TOKEN]" in out, (name, text[:120])
+
+
+def test_the_environment_piped_through_base64_is_redacted():
+    """`env | base64` (or base64.encodebytes of the environment): the base64 command wraps its
+    output at 76 characters, so a 40-character token is split across two lines in most layouts."""
+    token = "ghp_a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"
+    r = Redactor({"GITHUB_TOKEN": token})
+    missed = []
+    for pad in range(40):
+        blob = f"PATH=/usr/bin\nHOME=/work\nNOTE={'x' * pad}\nGITHUB_TOKEN={token}\nLANG=C.UTF-8\n".encode()
+        text = base64.encodebytes(blob).decode()
+        if r.redact(text) == text:
+            missed.append(pad)
+    assert not missed, f"unredacted for {len(missed)} of 40 layouts"
 
 
 def test_url_quoting_with_the_default_safe_slash_is_redacted():
