@@ -162,8 +162,15 @@ class SandboxRunner:
 
     def build(self, session: str, dockerfile: str, files: dict | None = None) -> str:
         """Build an environment and switch the session to it; raises BuildFailed with the log."""
+        from ouroboros.sandbox import BuildFailed
+
         sandbox = self._session(session)
-        environment = sandbox.build(dockerfile, files)
+        try:
+            environment = sandbox.build(dockerfile, files)
+        except BuildFailed as exc:  # a RUN step's output is sandbox output: it leaves redacted
+            if not self.redactor:
+                raise
+            raise BuildFailed(self.redactor.redact(str(exc)), self.redactor.redact(exc.log)) from None
         sandbox.use_environment(environment)
         return environment
 
