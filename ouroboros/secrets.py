@@ -7,25 +7,37 @@ fields. The stored config therefore records names only. Values are read from the
 the process that needs them (a sandbox runner, an agent, an API backend), so they never cross a
 config dump, a command line or a Ray call argument.
 
+Credentials go only into experiment sessions' sandboxes; one-shot execs (a task's candidate, a
+goal's reference program) never hold them.
+
 Redaction happens once, where outside text enters the system, on the whole text before anything
 cuts it:
-- sandbox output: `SandboxRunner` returns ExecResults, build logs and files already redacted;
+- sandbox output: `SandboxRunner` returns ExecResults, build logs and files already redacted
+  (and the tasks agent redacts again what the harness's relay decodes on the host);
 - model text: agents redact each completion as it arrives (a completion that carried a secret
   also loses its token ids, which would spell it out again);
 - tool output (web pages, search results), where the cycle receives it.
 Everything downstream (the prompt's history, the DB, FTS, Parquet, git, logs, traces) only ever
 sees redacted text.
 
-A program can print a secret encoded, so each secret is also looked for reversed, in hex, base64
-and base32 (at every byte alignment, so an encoding of a longer text that contains the secret is
-caught too), percent-encoded, ROT13, as a list of its characters or byte values, escaped as JSON or a
-repr would write it, and cut at the edge of a truncated stream.
+A program can print a secret encoded, so redaction makes two passes. The exact pass looks for
+each secret raw, reversed, ROT13, percent-, HTML-, JSON- and repr-escaped, and in base64, base32,
+base85 and ascii85 at every byte alignment (so an encoding of a longer text that contains the
+secret is caught too). The skeleton pass reduces the text to its letters and digits and looks
+for the same forms reduced alike, plus hex and byte values: it catches a form wrapped into
+lines (the `base64` command, PEM, `xxd -p`), hex with separators, a list of characters or byte
+values, one character per line, another case. A stream cut at a cap is checked for a secret cut
+in two at its end. What redaction cannot stop is deliberate exfiltration (a secret split,
+shifted or compressed by the program): the boundary for that is that only sessions hold
+credentials, and sandboxes have no network unless the config gives them one.
 """
 from __future__ import annotations
 
 import base64
+import bisect
 import codecs
 import dataclasses
+import html
 import json
 import os
 import re
@@ -39,6 +51,10 @@ MIN_SECRET_CHARS = 8
 MIN_VARIANT_CHARS = 6
 # A cut stream may end inside a secret: a tail this long that starts a secret's form is redacted.
 MIN_EDGE_CHARS = 4
+# The skeleton pass (letters and digits only) needs longer forms and tails to tell a secret
+# from the run of letters and digits that ordinary output concatenates into.
+MIN_SKELETON_CHARS = 10
+MIN_EDGE_SKELETON = 8
 
 # Names that say "credential": such a variable belongs in `sandbox.env_from`, never in
 # `sandbox.env`, whose values are stored with the run's config.
@@ -104,42 +120,71 @@ def _aligned_core(data: bytes, alignments: int, group_bits: int, encode) -> Iter
         yield text[first:last]
 
 
+def _grouped_core(data: bytes, encode) -> Iterable[str]:
+    """The same for the base85 encodings, which turn each whole 4-byte group into 5 symbols:
+    the groups that lie wholly inside `data`, at each of the 4 offsets it can start at."""
+    for k in range(4):
+        skip = (4 - k) % 4  # bytes of `data` that share a group with the prefix
+        whole = (len(data) - skip) // 4 * 4
+        if whole >= 8:
+            yield encode(data[skip:skip + whole])
+
+
 def variants(value: str) -> list[str]:
-    """The literal forms of `value` that redaction looks for."""
+    """The literal forms of `value` the exact pass looks for."""
     raw = value.encode("utf-8")
     # Escaped as JSON or a Python repr would write it (a JSON line of a report, an exception's
-    # repr), where quotes, backslashes and non-ASCII characters no longer read as themselves.
+    # repr), where quotes, backslashes and non-ASCII characters no longer read as themselves; as
+    # URLs and HTML quote it.
     forms = {value, value[::-1], codecs.encode(value, "rot13"), urllib.parse.quote(value, safe=""),
+             urllib.parse.quote(value), urllib.parse.quote_plus(value), html.escape(value),
              json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1], repr(value)[1:-1],
              json.dumps(json.dumps(value))[3:-3]}
-    forms.update(_aligned_core(raw, 3, 6, lambda b: base64.b64encode(b).decode()))
-    forms.update(_aligned_core(raw, 3, 6, lambda b: base64.urlsafe_b64encode(b).decode()))
-    forms.update(_aligned_core(raw, 5, 5, lambda b: base64.b32encode(b).decode()))
+    forms.update(_encoded_cores(raw))
     forms.update(_aligned_core(raw[::-1], 3, 6, lambda b: base64.b64encode(b).decode()))
     return sorted((f for f in forms if len(f) >= MIN_VARIANT_CHARS), key=len, reverse=True)
 
 
-def _spread(units: list[str], gap: str) -> str:
-    return gap.join(re.escape(u) for u in units)
+def _encoded_cores(raw: bytes) -> set[str]:
+    cores = set(_aligned_core(raw, 3, 6, lambda b: base64.b64encode(b).decode()))
+    cores.update(_aligned_core(raw, 3, 6, lambda b: base64.urlsafe_b64encode(b).decode()))
+    cores.update(_aligned_core(raw, 5, 5, lambda b: base64.b32encode(b).decode()))
+    cores.update(_grouped_core(raw, lambda b: base64.b85encode(b).decode()))
+    cores.update(_grouped_core(raw, lambda b: base64.a85encode(b).decode()))
+    return cores
 
 
-def _spread_chars(value: str, gap: str) -> str:
-    """`value`'s characters with up to a few separators between them, each character as itself
-    or escaped as a repr or JSON would write it ("['t', 'o', '\\\\', ...]")."""
-    def one(c: str) -> str:
-        options = sorted({c, repr(c)[1:-1], json.dumps(c)[1:-1]}, key=len, reverse=True)
-        return "(?:" + "|".join(re.escape(o) for o in options) + ")"
+_ALNUM = re.compile(r"[A-Za-z0-9]+")
 
-    return gap.join(one(c) for c in value)
+
+def _skeleton(text: str) -> str:
+    return "".join(_ALNUM.findall(text)).lower()
+
+
+def skeletons(value: str) -> list[str]:
+    """What the skeleton pass looks for: forms of `value` reduced to their letters and digits,
+    lowercased. Text reduced the same way contains one of these wherever a form was printed
+    with anything but letters and digits in it or between its characters: wrapped into lines
+    (the `base64` command, PEM, `xxd -p`), hex bytes with separators, a list of characters or of
+    byte values, one character per line, in another case."""
+    raw = value.encode("utf-8")
+    forms = {value, value[::-1], raw.hex(), raw[::-1].hex(), "".join(str(b) for b in raw), *_encoded_cores(raw)}
+    out = {_skeleton(f) for f in forms}
+    return sorted((f for f in out if len(f) >= MIN_SKELETON_CHARS), key=len, reverse=True)
 
 
 class Redactor:
-    """Replaces every known secret, and its common encodings, with `[redacted:LABEL]`."""
+    """Replaces every known secret, and its common encodings, with `[redacted:LABEL]`.
+
+    Two passes over the whole text: an exact one (one regular expression of literal forms), then
+    a skeleton one, which finds forms spread out by separators in letters and digits only
+    (linear time, whatever characters a secret is made of)."""
 
     def __init__(self, secrets_by_label: dict[str, str]) -> None:
-        self.labels: dict[str, str] = {}  # any matched form -> label
-        patterns: list[str] = []
+        self.labels: dict[str, str] = {}  # an exact form -> label
+        self._skeletons: list[tuple[str, str]] = []  # (skeleton form, label)
         self._prefixes: list[tuple[str, str]] = []  # (form, label) for cut edges
+        patterns: list[str] = []
         for label, value in secrets_by_label.items():
             if not value or len(value) < MIN_SECRET_CHARS:
                 continue
@@ -147,41 +192,61 @@ class Redactor:
                 self.labels.setdefault(form, label)
                 patterns.append(re.escape(form))
                 self._prefixes.append((form, label))
-            raw = value.encode("utf-8")
-            # Hex in either case, and the value's characters or byte values printed as a list
-            # ("s e c r e t", "['s', 'e', ...]", "[115, 101, ...]").
-            patterns.append("(?i:" + re.escape(raw.hex()) + ")")
-            patterns.append("(?i:" + re.escape(raw[::-1].hex()) + ")")
-            patterns.append(_spread_chars(value, r"[\W_]{1,4}"))
-            patterns.append(r"(?<!\d)" + _spread([str(b) for b in raw], r"\D{1,4}") + r"(?!\d)")
-            self._prefixes.append((raw.hex(), label))
-        self._by_pattern = re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
-        self._values = {label: v for label, v in secrets_by_label.items() if v and len(v) >= MIN_SECRET_CHARS}
+            self._prefixes.append((value.encode("utf-8").hex(), label))
+            self._skeletons += [(form, label) for form in skeletons(value)]
+        self._exact = re.compile("|".join(patterns)) if patterns else None
 
     def __bool__(self) -> bool:
-        return self._by_pattern is not None
-
-    def _label(self, match: re.Match) -> str:
-        text = match.group(0)
-        label = self.labels.get(text)
-        if label is None:  # a hex or list form: find whose it is
-            squashed = re.sub(r"[\W_]", "", text).lower()
-            for name, value in self._values.items():
-                raw = value.encode("utf-8")
-                if squashed in (raw.hex(), raw[::-1].hex(), re.sub(r"[\W_]", "", value).lower()) or \
-                        re.sub(r"\D+", ",", text).strip(",") == ",".join(str(b) for b in raw):
-                    return name
-            return "secret"
-        return label
+        return self._exact is not None or bool(self._skeletons)
 
     def redact(self, text: str, cut: bool = False) -> str:
         """`text` with every secret replaced. `cut`: the text was truncated at its end, so a
         secret may have been cut in two; a tail that begins one of its forms goes too."""
-        if not text or self._by_pattern is None:
+        if not text or not self:
             return text
-        text = self._by_pattern.sub(lambda m: f"[redacted:{self._label(m)}]", text)
+        if self._exact is not None:
+            text = self._exact.sub(lambda m: f"[redacted:{self.labels[m.group(0)]}]", text)
+        text = self._redact_spread(text)
         if cut:
             text = self._redact_cut_tail(text)
+        return text
+
+    def _spans(self, text: str) -> tuple[list[tuple[int, int]], str]:
+        """The letter-and-digit runs of `text`, and their concatenation, lowercased."""
+        runs = [(m.start(), m.end()) for m in _ALNUM.finditer(text)]
+        return runs, "".join(text[a:b] for a, b in runs).lower()
+
+    @staticmethod
+    def _origin(runs: list[tuple[int, int]], starts: list[int], at: int) -> int:
+        """The position in the text of the skeleton's character `at`."""
+        n = bisect.bisect_right(starts, at) - 1
+        return runs[n][0] + (at - starts[n])
+
+    def _redact_spread(self, text: str) -> str:
+        if not self._skeletons:
+            return text
+        runs, squashed = self._spans(text)
+        found: list[tuple[int, int, str]] = []
+        for form, label in self._skeletons:
+            at = squashed.find(form)
+            while at != -1:
+                found.append((at, at + len(form), label))
+                at = squashed.find(form, at + len(form))
+        if not found:
+            return text
+        starts, total = [], 0
+        for a, b in runs:
+            starts.append(total)
+            total += b - a
+        spans: list[list] = []
+        for at, end, label in sorted(found):
+            a, b = self._origin(runs, starts, at), self._origin(runs, starts, end - 1) + 1
+            if spans and a <= spans[-1][1]:
+                spans[-1][1] = max(spans[-1][1], b)
+            else:
+                spans.append([a, b, label])
+        for a, b, label in reversed(spans):
+            text = text[:a] + f"[redacted:{label}]" + text[b:]
         return text
 
     def _redact_cut_tail(self, text: str) -> str:
@@ -195,7 +260,19 @@ class Redactor:
                 if lowered.endswith(form[:n]):
                     best, label = n, name
                     break
-        return text[:-best] + f"[redacted:{label}]" if best else text
+        if best:
+            return text[:-best] + f"[redacted:{label}]"
+        # A spread form cut in two: the letters and digits at the end begin one.
+        runs, squashed = self._spans(text)
+        for form, name in self._skeletons:
+            for n in range(min(len(form) - 1, len(squashed)), MIN_EDGE_SKELETON - 1, -1):
+                if squashed.endswith(form[:n]):
+                    starts, total = [], 0
+                    for a, b in runs:
+                        starts.append(total)
+                        total += b - a
+                    return text[:self._origin(runs, starts, len(squashed) - n)] + f"[redacted:{name}]"
+        return text
 
     def redact_bytes(self, data: bytes) -> bytes:
         text = data.decode("utf-8", errors="surrogateescape")
@@ -204,7 +281,7 @@ class Redactor:
     def result(self, result):
         """An ExecResult with its streams redacted; a stream cut at the output cap may end inside a
         secret, so its tail is checked too."""
-        if self._by_pattern is None:
+        if not self:
             return result
         return dataclasses.replace(result, stdout=self.redact(result.stdout, cut=result.truncated),
                                    stderr=self.redact(result.stderr, cut=result.truncated),
@@ -214,13 +291,14 @@ class Redactor:
         """A model's completion with its text redacted. Its token ids would spell the secret out
         again, so a completion that carried one keeps no token ids or log-probs (a learner
         skips it) and says so."""
-        if self._by_pattern is None or not self.found(completion.text):
+        redacted = self.redact(completion.text) if self else completion.text
+        if redacted == completion.text:
             return completion
-        return dataclasses.replace(completion, text=self.redact(completion.text), token_ids=[], logprobs=[],
+        return dataclasses.replace(completion, text=redacted, token_ids=[], logprobs=[],
                                    output_tokens=completion.completion_tokens, redacted=True)
 
     def found(self, text: str) -> bool:
-        return bool(text) and self._by_pattern is not None and self._by_pattern.search(text) is not None
+        return bool(text) and self.redact(text) != text
 
 
 def redactor_for(cfg, environ: dict[str, str] | None = None) -> Redactor:

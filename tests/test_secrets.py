@@ -83,21 +83,37 @@ def test_values_come_from_the_host_environment_and_short_or_missing_ones_are_ref
     assert found == {"TOKEN": SECRET, "OPENAI_API_KEY": "sk-" + "k" * 20}
 
 
-def test_sandbox_output_leaves_the_runner_redacted(monkeypatch):
+def test_sandbox_output_leaves_the_runner_redacted_and_one_shot_execs_hold_no_credential(monkeypatch):
     require_bwrap()
     from ouroboros.actors.sandbox_runner import SandboxRunner
     from ouroboros.config import SandboxConfig
 
     monkeypatch.setenv("OUROBOROS_TEST_TOKEN", SECRET)
-    runner = SandboxRunner(SandboxConfig(env_from={"SERVICE_TOKEN": "OUROBOROS_TEST_TOKEN"}, output_bytes=4096))
+    runner = SandboxRunner(SandboxConfig(env_from={"SERVICE_TOKEN": "OUROBOROS_TEST_TOKEN"}, output_bytes=4096,
+                                         spares=0))
     try:
+        # A one-shot exec runs a task's candidate or a goal's reference: no credential there.
+        assert runner.exec("import os\nprint(os.environ.get('SERVICE_TOKEN'))").stdout == "None\n"
+        session = runner.open_session()  # an experiment's sandbox holds it
         program = ("import os, sys, base64\ns = os.environ['SERVICE_TOKEN']\nprint(s, s[::-1], s.encode().hex())\n"
                    "print(base64.b64encode(b'z' + s.encode()).decode(), file=sys.stderr)\nraise SystemExit(s)")
-        result = runner.exec(program)
+        result = runner.exec(program, session=session)
         assert result.exit_code == 1
         assert "[redacted:SERVICE_TOKEN]" in result.stdout and "[redacted:SERVICE_TOKEN]" in result.stderr
         assert SECRET not in result.stdout + result.stderr
-        cut = runner.exec("import os, sys\nsys.stdout.write('A' * (4096 - 5) + os.environ['SERVICE_TOKEN'])")
+        cut = runner.exec("import os, sys\nsys.stdout.write('A' * (4096 - 5) + os.environ['SERVICE_TOKEN'])",
+                          session=session)
         assert cut.truncated and cut.stdout.endswith("[redacted:SERVICE_TOKEN]") and SECRET[:5] not in cut.stdout
     finally:
         runner.cleanup()
+
+
+def test_skeleton_pass_is_linear_for_secrets_made_of_punctuation():
+    import time
+
+    secret = "-_-_-_-_-_-_-_-_x"  # a run of separators: a backtracking pattern took minutes per MiB
+    r = Redactor({"ODD": secret + "yz0123"})
+    text = ("-_" * 8 + "\n") * 60_000
+    started = time.perf_counter()
+    assert r.redact(text) == text
+    assert time.perf_counter() - started < 5

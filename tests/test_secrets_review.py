@@ -91,16 +91,20 @@ def test_url_quoting_with_the_default_safe_slash_is_redacted():
 
 @pytest.fixture()
 def tasks_setup(monkeypatch):
+    """A tasks agent whose config names the credential (so its redactor knows it), on a runner
+    whose sandboxes carry the same value as a plain setting: one-shot execs never hold a
+    credential, so this is how a candidate gets to print it at all, and only the host-side
+    redaction of what the relay decodes stands between it and the store."""
     require_bwrap()
     from ouroboros.actors.sandbox_runner import SandboxRunner
-    from ouroboros.config import Config
+    from ouroboros.config import Config, SandboxConfig
 
     monkeypatch.setenv("OUROBOROS_REVIEW_TOKEN", SECRET)
     cfg = Config()
     cfg.sandbox.backend = "bwrap"
     cfg.sandbox.timeout_s = 3
     cfg.sandbox.env_from = {"SERVICE_TOKEN": "OUROBOROS_REVIEW_TOKEN"}
-    runner = SandboxRunner(cfg.sandbox)
+    runner = SandboxRunner(SandboxConfig(timeout_s=3, env={"SERVICE_VALUE": SECRET}))
     assert runner.cfg.backend == "bwrap"  # the programs below only ever run in the sandbox
     yield cfg, runner
     runner.cleanup()
@@ -127,15 +131,15 @@ def _tasks_episodes(cfg, runner, codes: list[str]):
 
 
 def test_the_tasks_relay_does_not_undo_the_runners_redaction(tasks_setup):
-    """A candidate prints the credential one character per line (which the runner catches in a
-    plain exec); through the harness's JSON lines it reaches the stored step unredacted."""
+    """A candidate prints the credential one character per line; through the harness's JSON
+    lines the separators arrive escaped, and the host decodes them: what it decodes is redacted."""
     cfg, runner = tasks_setup
     r = Redactor({"SERVICE_TOKEN": SECRET})
-    assert r.found("\n".join(SECRET) + "\n") and r.found("\t".join(SECRET))  # caught when printed plainly
-    codes = ["import os\nprint('\\n'.join(os.environ['SERVICE_TOKEN']))",
-             "import os, sys\nprint('\\t'.join(os.environ['SERVICE_TOKEN']), file=sys.stderr)"]
+    codes = ["import os\nprint('\\n'.join(os.environ['SERVICE_VALUE']))",
+             "import os, sys\nprint('\\t'.join(os.environ['SERVICE_VALUE']), file=sys.stderr)"]
     for traj in _tasks_episodes(cfg, runner, codes):
         stored = traj.steps[0].result  # what the recorder writes (completions.exec_result)
+        assert "[redacted:SERVICE_TOKEN]" in stored.stdout + stored.stderr
         assert not r.found(stored.stdout) and not r.found(stored.stderr), (stored.stdout[:200], stored.stderr[:200])
         squashed = "".join((stored.stdout + stored.stderr).split())
         assert SECRET not in squashed
@@ -143,61 +147,48 @@ def test_the_tasks_relay_does_not_undo_the_runners_redaction(tasks_setup):
 
 def test_a_credential_cut_by_the_harness_stream_cap_loses_its_head_too(tasks_setup):
     """The harness keeps the candidate's first `stream_cap` bytes of stdout; a credential that
-    straddles that cut leaves its head at the end of the stored stdout, which the runner's
-    cut-edge rule would have removed from a plain exec's truncated stream."""
+    straddles that cut leaves its head at the end of the stored stdout, which the host's
+    redaction of the decoded stream removes as it would a plain exec's cut."""
     from ouroboros.envs.tasks import harness
 
     cfg, runner = tasks_setup
     job = harness.prepare([harness.Unit("", [], 1.0)], cfg.sandbox.output_bytes)
     cap = json.loads(job.files[harness.JOB_FILE])["units"][0]["stream_cap"]
-    code = f"import os, sys\nsys.stdout.write('A' * ({cap} - 30) + os.environ['SERVICE_TOKEN'])"
+    code = f"import os, sys\nsys.stdout.write('A' * ({cap} - 30) + os.environ['SERVICE_VALUE'])"
     [traj] = _tasks_episodes(cfg, runner, [code])
     stored = traj.steps[0].result
-    assert stored.truncated
-    r = Redactor({"SERVICE_TOKEN": SECRET})
-    assert r.redact(stored.stdout, cut=True) == stored.stdout, f"the stored stdout ends in {stored.stdout[-40:]!r}"
+    assert stored.truncated and stored.stdout.endswith("[redacted:SERVICE_TOKEN]"), stored.stdout[-60:]
+    assert SECRET[:12] not in stored.stdout
 
 
 # ------------------------------------------------------------------ build logs
 
-class _BuildsLeak:
-    """A sandbox whose Dockerfile build fails with the credential in its message and log (a RUN
-    step that printed it); it runs nothing."""
-
-    def __init__(self, *args, **kwargs):
-        from ouroboros.sandbox import Limits
-
-        self.limits = Limits()
-
-    def prewarm(self):
-        pass
-
-    def build(self, dockerfile, files=None, limits=None):
-        from ouroboros.sandbox import BuildFailed
-
-        raise BuildFailed(f"the build failed: The command '/bin/sh -c echo {SECRET}; exit 1' returned 1",
-                          f"Step 2/2 : RUN echo $TOKEN; exit 1\n{SECRET}\n")
-
-    def reset(self):
-        pass
-
-    cleanup = reset
-
-
 def test_a_failed_builds_message_and_log_leave_the_runner_redacted(monkeypatch):
-    from ouroboros.actors import sandbox_runner
+    """A real docker build whose RUN step decodes the credential (written into the Dockerfile
+    in a form no redaction looks for, byte values minus one) and prints it before failing: the
+    BuildFailed that leaves the runner carries the log, redacted."""
+    import os
+
+    from ouroboros.actors.sandbox_runner import SandboxRunner
     from ouroboros.config import SandboxConfig
-    from ouroboros.sandbox import BuildFailed
+    from ouroboros.sandbox import BuildFailed, SandboxUnavailable
 
     monkeypatch.setenv("OUROBOROS_REVIEW_TOKEN", SECRET)
-    monkeypatch.setattr(sandbox_runner, "make_sandbox", lambda *a, **k: _BuildsLeak())
-    runner = sandbox_runner.SandboxRunner(SandboxConfig(env_from={"SERVICE_TOKEN": "OUROBOROS_REVIEW_TOKEN"},
-                                                        spares=0))
+    cfg = SandboxConfig(backend="docker", env_from={"SERVICE_TOKEN": "OUROBOROS_REVIEW_TOKEN"}, spares=0,
+                        build_timeout_s=120)
+    try:
+        runner = SandboxRunner(cfg, "test-secrets-review-build")
+    except SandboxUnavailable as exc:
+        if os.environ.get("OUROBOROS_REQUIRE_SANDBOX") == "1":
+            pytest.fail(f"a Docker engine is required here (OUROBOROS_REQUIRE_SANDBOX=1): {exc}")
+        pytest.skip(f"no Docker engine: {exc}")
+    shifted = [b - 1 for b in SECRET.encode()]
+    step = f"python3 -c \"print(bytes(b + 1 for b in {shifted}).decode()); raise SystemExit(3)\""
     try:
         session = runner.open_session()
         with pytest.raises(BuildFailed) as failed:
-            runner.build(session, "FROM ouroboros-sandbox:base\nRUN echo $TOKEN; exit 1\n")
-        assert SECRET not in str(failed.value) and SECRET not in failed.value.log
+            runner.build(session, f"FROM ouroboros-sandbox:base\nRUN {step}\n")
         assert "[redacted:SERVICE_TOKEN]" in failed.value.log
+        assert SECRET not in str(failed.value) and SECRET not in failed.value.log
     finally:
         runner.cleanup()

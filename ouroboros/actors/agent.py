@@ -82,7 +82,12 @@ class TasksAgent:
                 exec_result = resolve(handle)
                 reports, failure = harness.read(exec_result, job)
                 outcome = harness.outcome(suite, reports[0], exec_result, failure)
-                result = harness.candidate_result(exec_result, reports[0])
+                # The runner redacted the harness's JSON lines; what they decode to (an escaped
+                # separator turned back into a newline, a stream cut inside the sandbox) is text
+                # entering the store too, so it is redacted again, whole, here.
+                result = self.redactor.result(harness.candidate_result(exec_result, reports[0]))
+                outcome["error"] = self.redactor.redact(outcome["error"])
+                outcome["failures"] = [(test, self.redactor.redact(why)) for test, why in outcome["failures"]]
             step = Step(index=0, request=request, completion=completion, action=action, result=result,
                         outcome=outcome)
             trajectories.append(Trajectory(id=f"{request.id}", task_id=task.id, split=task.split,

@@ -14,9 +14,11 @@ nothing has used, so an experiment's first program does not wait for the sandbox
 A runner may run several calls at once (`sandbox.concurrency`, a threaded actor): sessions are
 independent, and each concurrent scratch exec takes its own idle scratch sandbox.
 
-Sandbox output is redacted here, as it leaves the runner: the credentials the runner passes in
-(`sandbox.env_from`, read from this process's environment) and their common encodings never
-reach a caller, whatever the program printed (ouroboros/secrets.py).
+Credentials (`sandbox.env_from`, read from this process's environment) are passed only into
+session sandboxes, where experiments run; one-shot execs (tasks' candidates, goals' reference
+programs) never hold them. Sandbox output is redacted here, as it leaves the runner: those
+credentials and their common encodings never reach a caller, whatever the program printed
+(ouroboros/secrets.py).
 
 A runner that dies mid-exec leaves nothing behind: its janitor (`sandbox/reaper.py`) removes
 its workdirs, containers and sandbox-uid processes, and the caller's `ray.get` raises
@@ -45,7 +47,10 @@ def limits_from(cfg: SandboxConfig) -> Limits:
 def make_sandbox(cfg: SandboxConfig, run_id: str = "adhoc", session: bool = False) -> Sandbox:
     """A sandbox from config. A session's bwrap sandbox keeps a warm interpreter (`sandbox.warm`):
     its programs fork from it instead of starting Python; a scratch one runs once, so it does not."""
-    env = {**cfg.env, **secrets_mod.resolve(cfg.env_from)}  # credentials from this process's environment
+    # Credentials (read from this process's environment) go only where an experiment may use
+    # them: its session. A one-shot exec runs a task's candidate or a goal's reference program
+    # (anyone's code), which has no use for them.
+    env = {**cfg.env, **(secrets_mod.resolve(cfg.env_from) if session else {})}
     kwargs = {"limits": limits_from(cfg), "env": env, "network": cfg.network}
     if cfg.backend == "bwrap":
         kwargs["warm"] = session and cfg.warm
