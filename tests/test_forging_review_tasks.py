@@ -1,6 +1,7 @@
 """Findings of a security review of the `tasks` scoring path, as tests.
 
-Three holes (these tests fail until they are fixed):
+Three holes. The tests of the first fail until tasks.jsonl gets the probes named here; the
+second and third are fixed in literals.py and checks.py (their tests fail on the code before):
 
 1. **Weak bundled tasks.** Every boolean task, held-out ones included, and a few value tasks are
    passed in full by a one-line program that does not solve them (`len(s) > 20` for
