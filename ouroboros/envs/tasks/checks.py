@@ -43,6 +43,7 @@ MAX_ARG_CHARS = 65_536  # repr of one call's arguments
 MAX_ITEMS = 1_000_000  # elements or characters of any one value the checker builds
 MAX_INT_BITS = 1 << 17
 MAX_FORMAT_WIDTH = 10_000
+MAX_MODPOW_WORK = 10 ** 8  # exponent bits x (modulus digits) ** 2 in pow(a, e, m): about 0.15 s
 STEPS = 1_000_000  # interpreter steps per test: nodes, loop items, elements built
 DEADLINE_S = 2.0  # wall time per test
 
@@ -174,6 +175,11 @@ def _range_pre(*args):
 def _pow_pre(base, exp, mod=None):
     if mod is None:
         _power_ok(base, exp)
+    elif type(exp) in (int, bool) and type(mod) in (int, bool):
+        # One C call that neither the step budget nor the deadline can stop: about one modular
+        # squaring per bit of the exponent, each quadratic in the modulus's size.
+        if exp.bit_length() * (abs(mod).bit_length() // 30 + 1) ** 2 > MAX_MODPOW_WORK:
+            raise CheckError("a modular power too large to check (pow(base, exp, mod))")
 
 
 def _power_ok(base, exp) -> None:

@@ -4,7 +4,7 @@ A value the candidate's code computed reaches the host as its `repr`. The host p
 itself: only the literal forms below become values, so whatever the candidate returns (an object
 equal to everything, a subclass of str with its own `__eq__`, a repr that runs code) arrives as
 plain data or not at all. What crosses: None, bool, int (up to Python's 4300-digit conversion
-limit), float (nan and inf included), complex, str, bytes, and tuple, list, dict, set and
+limit, in whatever base its literal is written), float (nan and inf included), complex, str, bytes, and tuple, list, dict, set and
 frozenset of those, nested up to the parser's limit of 200 brackets.
 
 The same rule sends a test's arguments into the sandbox, so a test whose arguments or values
@@ -16,6 +16,8 @@ import ast
 import math
 
 MAX_CHARS = 1 << 20  # a repr longer than this is not parsed (the harness caps values well below)
+MAX_INT_DIGITS = 4300  # Python's default int-str conversion limit, in any base
+_INT_LIMIT = 10 ** MAX_INT_DIGITS
 
 _FLOATS = {"nan": math.nan, "inf": math.inf}
 _IMAGINARY = {"nanj": complex(0.0, math.nan), "infj": complex(0.0, math.inf)}
@@ -54,6 +56,10 @@ def crosses(value) -> bool:
 
 def _value(node: ast.AST):
     if isinstance(node, ast.Constant):
+        if type(node.value) is int and abs(node.value) >= _INT_LIMIT:
+            # repr writes ints in decimal, where Python refuses more digits than this; in hex,
+            # octal or binary a forged repr could send an int of any size.
+            raise NotALiteral(f"an int of more than {MAX_INT_DIGITS} digits")
         if type(node.value) in _PLAIN:
             return node.value
         raise NotALiteral(f"{type(node.value).__name__} constant")
