@@ -902,10 +902,25 @@ class Suite:
         for value in TRIVIAL_VALUES:
             if all(ok for ok, _ in self.decide({i: Returned(value) for i in range(len(self.calls))})):
                 return f"a function that always returns {value!r}"
-        first = {i: Returned(c.args[0] if c.args else None) for i, c in enumerate(self.calls)}
-        if all(ok for ok, _ in self.decide(first)):
-            return "a function that returns its first argument"
+        for name, fn in GENERIC_FUNCTIONS:
+            values = {}
+            for i, call in enumerate(self.calls):
+                try:
+                    values[i] = Returned(fn(call.args))
+                except Exception:  # noqa: BLE001 - a generic function that does not apply here
+                    values[i] = Returned(None)
+            if all(ok for ok, _ in self.decide(values)):
+                return f"a function that returns {name}"
         return None
+
+
+# Functions that do no work but pass a weak task's tests: the solution's own arguments handed
+# back. (A builtin applied to them, max or sorted, is no such test: for some tasks it is the
+# solution.) They run on the host, on the tests' own arguments, never on a candidate's values.
+GENERIC_FUNCTIONS = (
+    ("its first argument", lambda args: args[0]),
+    ("its last argument", lambda args: args[-1]),
+)
 
 
 def compile_suite(tests: list[str], entry_point: str) -> Suite:
