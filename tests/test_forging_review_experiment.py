@@ -185,3 +185,22 @@ def test_an_honest_answer_that_equals_one_of_the_questions_own_numbers_earns_cre
     judge = ExperimentJudge(ExperimentJudgeConfig(), list(GOALS.values()), RUN, [_Prints("1")])
     score, why = judge.verdict(_episode("fibonacci-mod", RUN, "1\n", "The answer is 1."))
     assert score.passed and score.components["answer"] == 1.0, why
+
+
+def test_a_question_number_stated_alone_is_the_candidate_and_must_still_be_the_answer():
+    """The judge reads a conclusion whose only number is one of the question's own as stating
+    that number: it earns credit only if it is the answer and a clean run printed it; next to
+    another number it is set aside as before, and two of the question's numbers are no answer."""
+    params = GOALS["fibonacci-mod"].instance(RUN, 1).params
+    n, m = params["n"], params["m"]
+    judge = ExperimentJudge(ExperimentJudgeConfig(), list(GOALS.values()), RUN, [_Prints(str(m))])
+    cases = [
+        (f"{m}\n", f"The answer is {m}.", True),  # the answer is m (as _Prints says): stated alone, printed
+        ("1\n", f"The answer is {m}.", False),  # the answer, but no clean run printed it
+        (f"{m}\n", f"The answer is {n}.", False),  # a question number that is not the answer
+        (f"{m}\n", f"F({n}) mod {m} is {m}.", False),  # only question numbers, two of them: no answer
+        (f"{m}\n", f"F({n}) mod {m} = 7.", False),  # the question's numbers set aside, 7 is wrong
+    ]
+    for printed, conclusion, passes in cases:
+        score, why = judge.verdict(_episode("fibonacci-mod", RUN, printed, conclusion))
+        assert score.passed == passes and score.components["answer"] == float(passes), (conclusion, printed, why)
