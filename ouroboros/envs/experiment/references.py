@@ -154,7 +154,8 @@ def check_goals(goals: list[Goal], references: References, draws: int = 20, max_
             refused.append(f"{name}: for {stated[0][0].params} the answer {stated[0][1]} is a number of the goal's own "
                            "text, which the judge sets aside when a conclusion states other numbers too")
             continue
-        values = [[r for (g, k, _), r in zip(cheap, guessed) if g is goal and k == n] for n in range(len(goal.shortcuts))]
+        values = [[r for (g, k, _), r in zip(cheap, guessed) if g is goal and k == n]
+                  for n in range(len(goal.shortcuts))]
         shares = shortcut_shares(goal, answers, values)
         broken = [(source, s) for source, s in zip(goal.shortcuts, shares) if isinstance(s, ReferenceFailed)]
         if broken:
@@ -164,6 +165,6 @@ def check_goals(goals: list[Goal], references: References, draws: int = 20, max_
         passing = [f"{source[:120]!r} ({s:.0%})" for source, s in zip(goal.shortcuts, shares) if s > max_share]
         if passing:
             refused.append(f"{name}: shortcut(s) {', '.join(passing)} land within rel_tol {goal.rel_tol:g} of the "
-                           f"answer for more than {max_share:.0%} of {draws} drawn instances, so stating one would pass "
-                           "without the work; draw the parameters from ranges where they miss")
+                           f"answer for more than {max_share:.0%} of {draws} drawn instances, so stating one would "
+                           "pass without the work; draw the parameters from ranges where they miss")
     return refused
