@@ -97,9 +97,16 @@ def test_goals_are_families_drawn_per_run_round_and_goal():
 
 def test_bundled_references_print_one_unguessable_answer_quickly_in_a_sandbox(runner):
     """Every bundled goal, 40 drawn instances each, run in bwrap: its reference prints one number,
-    no answer matches more than 10% of the instances (nor pi or e any), no answer is one of the
-    question's own numbers, and a reference runs well within the sandbox's 5 s default."""
+    no answer matches more than 10% of the instances (nor pi or e any), nor does any of the
+    goal's known shortcuts, no answer is one of the question's own numbers, and a reference runs
+    well within the sandbox's 5 s default."""
     goals = load_goals()
+    # The shortcuts found so far are recorded with their goals, so check_goals holds them to the bar.
+    known = {g.id: g.shortcuts for g in goals}
+    for gid, shortcut in [("uniform-sum-exceeds", "2 * t + 2 / 3"), ("rectangle-distance", "max(w, h) / 3"),
+                          ("run-of-heads", "1 / ((1 - p) * p ** k)"), ("gaussian-integral", "b - b ** 3 / (3 * s)")]:
+        assert shortcut in known[gid], gid
+    assert any(s.startswith("a / (1 - 2 * p) if p < 0.5") for s in known["gamblers-ruin-duration"])
     references = References([runner], timeout_s=20, parallel=2)
     assert check_goals(goals, references, draws=40, max_share=0.1) == []
     assert check_goals(goals, references) == []  # as a run checks a goals file: its first 20, known now
@@ -175,6 +182,43 @@ def test_goals_whose_reference_fails_or_whose_answer_is_a_constant_are_refused_a
     assert "its reference printed 2 numbers, not one: '1 2'" in by_id["chatty"]
     assert "number of the goal's own text" in by_id["echo"]
     assert "its reference timed out after 1." in by_id["slow"]
+
+
+def test_a_goal_whose_known_shortcut_answers_like_a_constant_is_refused(runner, tmp_path):
+    """A goal's `shortcuts` (cheap guesses from its parameters) run in the sandbox on the drawn
+    instances like its reference, and are held to the constant's bar; a shortcut that does not
+    print one number is reported, so a typo cannot turn the check off."""
+    def goal(gid, shortcuts, rel_tol=0.02):
+        return {"id": gid, "split": "heldout", "goal": "Count the primes below {n}.",
+                "params": {"n": {"int": [1000, 20000]}}, "reference": PRIMES.reference, "rel_tol": rel_tol,
+                "shortcuts": shortcuts}
+
+    path = tmp_path / "goals.jsonl"
+    path.write_text("\n".join(json.dumps(g) for g in [
+        goal("fine", ["n / 10", "n // 10 if n % 2 else n // 9", "import math\nprint(PARAMS['n'] / 2)"], rel_tol=0),
+        goal("asymptote", ["n / 10", "n / (log(n) - 1)"]),  # Legendre's: within 2% for every n drawn
+        goal("typo", ["n / lg(n)"]),
+        goal("chatty", ["print(PARAMS['n'], 2)\nprint()"]),
+    ]) + "\n")
+    goals = load_goals(path=path)
+    instance = goals[0].draw("k")
+    assert runner.exec(instance.shortcut(1).program).stdout.strip() == str(eval(goals[0].shortcuts[1], {},
+                                                                              instance.params))
+    refused = check_goals(goals, References([runner], timeout_s=5, attempts=1, parallel=2), draws=6,
+                          max_share=0.34)
+    by_id = {r.split(" ")[0].strip("'"): r for r in refused}
+    assert set(by_id) == {"asymptote", "typo", "chatty"}, refused
+    assert re.fullmatch(rf"'asymptote' \({re.escape(str(path))}:2\): shortcut\(s\) 'n / \(log\(n\) - 1\)' \(100%\) "
+                        r"land within rel_tol 0\.02 of the answer for more than 34% of 6 drawn instances, so stating "
+                        "one would pass without the work; draw the parameters from ranges where they miss",
+                        by_id["asymptote"]), refused
+    assert "its shortcut 'n / lg(n)' exited with code 1: NameError: name 'lg' is not defined" in by_id["typo"]
+    assert "printed 2 numbers, not one" in by_id["chatty"]
+    # A shortcut that is neither an expression nor a program is a bad line, reported with the others.
+    with pytest.raises(GoalsError, match=r"x:1: shortcut 2 'max\(w' is neither a Python expression nor a program"):
+        parse_goals(json.dumps(goal("bad", ["n / 10", "max(w"])), "x")
+    with pytest.raises(GoalsError, match="shortcuts must be a list"):
+        parse_goals(json.dumps(goal("bad", "n / 10")), "x")
 
 
 def test_a_malformed_goals_file_stops_ouroboros_run_with_its_file_and_line(tmp_path):

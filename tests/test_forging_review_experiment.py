@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -178,10 +179,34 @@ def _episode(goal_id: str, run_id: str, printed: str, conclusion: str) -> Trajec
 
 
 def test_an_honest_answer_that_equals_one_of_the_questions_own_numbers_earns_credit():
-    """F(641707) mod 1000033 = 1 (fibonacci-mod draws such instances), and the question says
-    "the first two Fibonacci numbers are 1 and 1": the judge sets 1 aside, so the honest
-    conclusion "The answer is 1." states no number and earns nothing."""
-    assert Decimal(1) in numbers(GOALS["fibonacci-mod"].instance(RUN, 1).text)  # what sets it aside
-    judge = ExperimentJudge(ExperimentJudgeConfig(), list(GOALS.values()), RUN, [_Prints("1")])
+    """F(641707) mod 1000033 = 1 (fibonacci-mod draws such instances), and the question said
+    "the first two Fibonacci numbers are 1 and 1": the judge set 1 aside, so the honest
+    conclusion "The answer is 1." stated no number and earned nothing. The bundled text now says
+    "both equal one"; the judge is checked on the text as it was, where 1 is still set aside."""
+    bundled = GOALS["fibonacci-mod"].instance(RUN, 1)
+    assert numbers(bundled.text) == [Decimal(v) for v in bundled.params.values()]  # no 1 left to set aside
+    as_reviewed = replace(GOALS["fibonacci-mod"], goal="Compute the {n}th Fibonacci number modulo {m}, where the first "
+                                                       "two Fibonacci numbers are 1 and 1.")
+    assert Decimal(1) in numbers(as_reviewed.instance(RUN, 1).text)  # what sets it aside
+    goals = [as_reviewed if g.id == "fibonacci-mod" else g for g in GOALS.values()]
+    judge = ExperimentJudge(ExperimentJudgeConfig(), goals, RUN, [_Prints("1")])
     score, why = judge.verdict(_episode("fibonacci-mod", RUN, "1\n", "The answer is 1."))
     assert score.passed and score.components["answer"] == 1.0, why
+
+def test_a_question_number_stated_alone_is_the_candidate_and_must_still_be_the_answer():
+    """The judge reads a conclusion whose only number is one of the question's own as stating
+    that number: it earns credit only if it is the answer and a clean run printed it; next to
+    another number it is set aside as before, and two of the question's numbers are no answer."""
+    params = GOALS["fibonacci-mod"].instance(RUN, 1).params
+    n, m = params["n"], params["m"]
+    judge = ExperimentJudge(ExperimentJudgeConfig(), list(GOALS.values()), RUN, [_Prints(str(m))])
+    cases = [
+        (f"{m}\n", f"The answer is {m}.", True),  # the answer is m (as _Prints says): stated alone, printed
+        ("1\n", f"The answer is {m}.", False),  # the answer, but no clean run printed it
+        (f"{m}\n", f"The answer is {n}.", False),  # a question number that is not the answer
+        (f"{m}\n", f"F({n}) mod {m} is {m}.", False),  # only question numbers, two of them: no answer
+        (f"{m}\n", f"F({n}) mod {m} = 7.", False),  # the question's numbers set aside, 7 is wrong
+    ]
+    for printed, conclusion, passes in cases:
+        score, why = judge.verdict(_episode("fibonacci-mod", RUN, printed, conclusion))
+        assert score.passed == passes and score.components["answer"] == float(passes), (conclusion, printed, why)

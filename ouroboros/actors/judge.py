@@ -61,7 +61,9 @@ class ExperimentJudge(Judge):
 
     Answer credit needs all of:
     - the conclusion (finalize data and notes) states exactly one number once the numbers of
-      the question itself are set aside: several are a list of candidates, none is no answer;
+      the question itself are set aside: several are a list of candidates, none is no answer.
+      A conclusion whose only number (however often written) is one of the question's own
+      states that number: the answer may happen to equal one;
     - that number is the instance's answer (exactly, or within the goal's tolerance);
     - a clean run of this episode (exit 0, no timeout, no harness error) printed it on stdout:
       the same value, or for an estimate the value it rounds (0.5214 for 0.52143).
@@ -141,7 +143,13 @@ class ExperimentJudge(Judge):
         if inst is None:
             return 0.0, f"unknown goal {traj.task_id!r}"
         given = numbers(inst.text)
-        stated = [v for v in distinct(numbers(final)) if not any(v == g for g in given)]
+        written = distinct(numbers(final))
+        stated = [v for v in written if not any(v == g for g in given)]
+        if not stated and len(written) == 1:
+            # The one number written is one of the question's own: as the only number it cannot
+            # be a restatement beside an answer, so it is the candidate (an answer may equal a
+            # number of the question: 1 where the text says "1 and 1").
+            stated = written
         if len(stated) != 1:
             return 0.0, "states no number" if not stated else f"states {len(stated)} numbers, not one"
         value = stated[0]

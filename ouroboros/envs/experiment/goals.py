@@ -32,16 +32,31 @@ per line:
 or `{"choice": [v1, v2, ...]}`. `rel_tol` is 0 for an exact answer, or the relative tolerance
 of an estimate. The reference must print exactly one number; a run checks that before round 0
 (references.check_goals).
+
+`shortcuts` (optional) lists known cheap ways to an answer that skip the work: an asymptote, a
+truncated series, the formula of one limit of the parameters. Each is a Python expression of
+the parameters, with the names of `math` and the builtins in scope (`"max(w, h) / 3"`; a
+conditional expression where it needs cases), or else a program that reads `PARAMS` and prints
+one number, as a reference does. A shortcut is held to the bar of a memorised constant: of the
+instances check_goals draws (as a run does for a goals file, and the bundled goals' test), it
+may be within `rel_tol` of the answer for at most 10%, else the goal is refused; so is a goal
+with a shortcut that does not print one number. Shortcuts run in the sandbox as references do
+(a goals file is code), only when goals are checked: the policy never sees them and the judge
+does not use them. When a cheap guess is found to pass, record it and draw the parameters from
+ranges where it misses, e.g. (uniform-sum-exceeds, whose asymptote is within 1e-6 for t > 4.9):
+
+    "params": {"t": {"float": [1.5, 4.0], "decimals": 4}}, "shortcuts": ["2 * t + 2 / 3"]
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import math
 import random
 import re
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -50,7 +65,8 @@ from ouroboros.config import ConfigError
 DATA = Path(__file__).parent / "data" / "goals.jsonl"
 SPLITS = ("train", "heldout")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-_KEYS = {"id", "split", "goal", "params", "reference", "rel_tol"}
+_KEYS = {"id", "split", "goal", "params", "reference", "rel_tol", "shortcuts"}
+MAX_SHORTCUTS = 16
 
 
 class GoalsError(ConfigError):
@@ -121,6 +137,7 @@ class Goal:
     params: tuple[Param, ...] = ()
     rel_tol: float = 0.0  # 0 for exact answers, a few percent for estimates
     source: str = ""  # where it was read ("goals.jsonl:3"), for messages
+    shortcuts: tuple[str, ...] = ()  # cheap guesses of the answer that must miss (see the module's doc)
 
     def draw(self, key: str) -> "Instance":
         """The instance for `key`: the same key always draws the same parameters."""
@@ -151,6 +168,49 @@ class Instance:
     def key(self) -> str:
         return json.dumps([self.goal.id, self.goal.reference, self.params], sort_keys=True)
 
+    def shortcut(self, index: int) -> "Instance":
+        """This instance with the goal's `index`th shortcut as its reference: its `program`
+        prints the shortcut's value for these parameters (run as a reference is, in the sandbox)."""
+        return Instance(replace(self.goal, reference=shortcut_program(self.goal.shortcuts[index])), self.params)
+
+
+def is_expression(source: str) -> bool:
+    """A shortcut written as one expression (else it is a program that prints its value)."""
+    try:
+        ast.parse(source.strip(), mode="eval")
+    except SyntaxError:
+        return False
+    return True
+
+
+def shortcut_program(source: str) -> str:
+    """A shortcut as a reference program (PARAMS is put before it): an expression is evaluated
+    with the parameters and math's names in scope and its value printed as print() writes it,
+    as a policy's program would; a program is used as it is."""
+    if not is_expression(source):
+        return source
+    return ("import math\n"
+            "_names = {k: v for k, v in vars(math).items() if not k.startswith('_')}\n"
+            f"print(eval({source.strip()!r}, {{**_names, **PARAMS}}))")
+
+
+def _shortcuts(value) -> tuple[str, ...]:
+    """The `shortcuts` field, checked; raises ValueError saying what is wrong."""
+    if not (isinstance(value, list) and len(value) <= MAX_SHORTCUTS
+            and all(isinstance(v, str) and v.strip() for v in value)):
+        raise ValueError(f"shortcuts must be a list of at most {MAX_SHORTCUTS} non-empty strings (expressions of the "
+                         "parameters, or programs that print one number)")
+    for n, source in enumerate(value, 1):
+        try:
+            compile(source.strip() if is_expression(source) else source, f"<shortcut {n}>",
+                    "eval" if is_expression(source) else "exec", dont_inherit=True)
+        except (SyntaxError, ValueError) as exc:
+            raise ValueError(f"shortcut {n} {source[:80]!r} is neither a Python expression nor a program: "
+                             f"{exc}") from None
+    if len(set(value)) != len(value):
+        raise ValueError("shortcuts lists one shortcut twice")
+    return tuple(value)
+
 
 def _goal(obj, source: str) -> Goal:
     """One goal from a parsed JSON line; raises ValueError saying what is wrong."""
@@ -179,6 +239,7 @@ def _goal(obj, source: str) -> Goal:
     if not isinstance(specs, dict):
         raise ValueError("params must be an object mapping each {name} of the goal to how it is drawn")
     params = tuple(Param.parse(name, spec) for name, spec in specs.items())
+    shortcuts = _shortcuts(obj.get("shortcuts", []))
     try:
         fields = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
     except ValueError as exc:
@@ -189,7 +250,7 @@ def _goal(obj, source: str) -> Goal:
     if names - set(fields):
         # A parameter the question does not show cannot be computed from the question.
         raise ValueError(f"params {sorted(names - set(fields))} do not appear in the goal text")
-    goal = Goal(gid, split, text, reference, params, float(rel_tol), source)
+    goal = Goal(gid, split, text, reference, params, float(rel_tol), source, shortcuts)
     try:
         goal.draw("check").text
     except (ValueError, KeyError, IndexError, TypeError) as exc:

@@ -9,7 +9,8 @@ the run's SandboxRunners or a plain one, never on the host.
 
 `check_goals` is what a run does with a user's goals file before round 0: every goal must draw
 instances whose reference runs cleanly and prints one number, and whose answers differ from
-instance to instance, so that no memorised constant passes.
+instance to instance, so that no memorised constant passes; and each of the goal's known
+shortcuts (goals.py) must miss as often as a constant does.
 """
 from __future__ import annotations
 
@@ -108,16 +109,33 @@ def guessable_share(answers: list[Decimal], rel_tol: float) -> float:
     return max(sum(close(guess, a, rel_tol) for a in answers) for guess in answers) / len(answers)
 
 
+def shortcut_shares(goal: Goal, answers: list[Decimal],
+                    values: list[list[Decimal | ReferenceFailed]]) -> list[float | ReferenceFailed]:
+    """For each of `goal`'s shortcuts (values[k][i]: what shortcut k printed for the instance
+    whose answer is answers[i]), the share of instances it answers within the goal's tolerance,
+    compared as the judge compares a stated number; or the first ReferenceFailed, saying how it
+    did not print one number."""
+    out = []
+    for printed in values:
+        failed = [v for v in printed if isinstance(v, ReferenceFailed)]
+        out.append(failed[0] if failed else
+                   sum(close(v, a, goal.rel_tol) for v, a in zip(printed, answers)) / max(len(answers), 1))
+    return out
+
+
 def check_goals(goals: list[Goal], references: References, draws: int = 20, max_share: float = 0.1,
                 key: str = "check") -> list[str]:
     """Why each unusable goal is refused (an empty list: all are usable). `draws` instances per
     goal are drawn from `key` (not from any run, so checking reveals no run's questions). By
     default a goal is refused when one answer matches more than 2 of 20 instances: a family
     with a few hundred equally likely answers passes nearly always, one a forger could hit by
-    stating a constant does not."""
+    stating a constant does not. Each of the goal's shortcuts is held to the same bar: within
+    rel_tol of the answer for at most `max_share` of the instances."""
     refused = []
     plan = [(goal, goal.draw(f"{key}|{n}")) for goal in goals for n in range(draws)]
-    results = references.answers([inst for _, inst in plan])
+    cheap = [(goal, k, inst.shortcut(k)) for goal, inst in plan for k in range(len(goal.shortcuts))]
+    everything = references.answers([inst for _, inst in plan] + [inst for _, _, inst in cheap])
+    results, guessed = everything[:len(plan)], everything[len(plan):]
     for goal in goals:
         mine = [(inst, r) for (g, inst), r in zip(plan, results) if g is goal]
         failed = [r for _, r in mine if isinstance(r, ReferenceFailed)]
@@ -134,5 +152,19 @@ def check_goals(goals: list[Goal], references: References, draws: int = 20, max_
         stated = [(inst, a) for inst, a in mine if any(a == v for v in numbers(inst.text))]
         if stated:
             refused.append(f"{name}: for {stated[0][0].params} the answer {stated[0][1]} is a number of the goal's own "
-                           "text, which the judge sets aside when it reads a conclusion")
+                           "text, which the judge sets aside when a conclusion states other numbers too")
+            continue
+        values = [[r for (g, k, _), r in zip(cheap, guessed) if g is goal and k == n]
+                  for n in range(len(goal.shortcuts))]
+        shares = shortcut_shares(goal, answers, values)
+        broken = [(source, s) for source, s in zip(goal.shortcuts, shares) if isinstance(s, ReferenceFailed)]
+        if broken:
+            source, failed = broken[0]
+            refused.append(f"{name}: for {failed.params} its shortcut {source[:120]!r} {failed.why}")
+            continue
+        passing = [f"{source[:120]!r} ({s:.0%})" for source, s in zip(goal.shortcuts, shares) if s > max_share]
+        if passing:
+            refused.append(f"{name}: shortcut(s) {', '.join(passing)} land within rel_tol {goal.rel_tol:g} of the "
+                           f"answer for more than {max_share:.0%} of {draws} drawn instances, so stating one would "
+                           "pass without the work; draw the parameters from ranges where they miss")
     return refused
