@@ -6,10 +6,10 @@ bwrap and Python per exec (a cold sandbox), measured in one run.
 A session's bwrap sandbox keeps one Python running (`ouroboros/sandbox/warm.py`) and forks each
 program from it; a cold sandbox starts bwrap and Python for every exec. Each block runs
 `--execs` execs of `--program` in one new sandbox of each kind, the kinds alternating (cold
-first in even blocks, warm first in odd ones). CPU is this process's own time plus that of
-every process it started, as the kernel accounts it once they are reaped: the sandbox is
-cleaned up (its processes reaped) inside the measured span, so the warm interpreter's start-up
-and teardown are counted too, spread over the block's execs. Wall time is the median exec.
+first in even blocks, warm first in odd ones). CPU is the whole host's busy time over the
+block (/proc/stat), so run it on a quiet host: the sandbox's start-up and teardown fall inside
+the measured span, so the warm interpreter's are counted too, spread over the block's execs.
+Wall time is the median exec.
 
 Prints a table, then one line of JSON with every figure.
 """
@@ -23,8 +23,13 @@ import time
 
 
 def cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
+    """Busy CPU time of the whole host (all processes, /proc/stat): the sandboxes' processes
+    are not all our children (bwrap's init and the warm interpreter reap what they start), so
+    only a host-wide count sees every one. Run it on a quiet host."""
+    with open("/proc/stat") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def block(warm: bool, execs: int, program: str) -> dict:

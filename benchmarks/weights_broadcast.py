@@ -7,8 +7,9 @@ For each kind (lora: the adapter; full: base with adapter merged), the learner p
 version (tensors copied once, put into the Ray object store), and every generator actor
 fetches it zero-copy and copies it into its live model. "broadcast" is the driver's wall time
 from issuing the loads to all generators reporting the version live; "one copy" is the
-learner copying the same tensors once in memory. The first load of each kind is a warm-up and
-is not timed. Prints one JSON object.
+learner copying the same tensors once in memory. "in_generator" splits a load, on the slowest
+generator, into the fetch, the checksum check (every load verifies what the learner published)
+and the copy. The first load of each kind is a warm-up and is not timed. Prints one JSON object.
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ def main() -> None:
         w = ray.get(learner.publish.remote(kind))
         ray.get([g.load_weights.remote(w) for g in gens])
         broadcast, copy, publish, nbytes = [], [], [], 0
+        parts: dict[str, list[float]] = {"fetch_s": [], "checksum_s": [], "copy_s": []}
         for _ in range(args.repeats):
             t = time.perf_counter()
             weights = ray.get(learner.publish.remote(kind))
@@ -54,10 +56,13 @@ def main() -> None:
             loads = ray.get([g.load_weights.remote(weights) for g in gens])
             broadcast.append(time.perf_counter() - t)
             assert all(x["version"] == weights.version for x in loads)
+            for part in parts:  # the slowest generator's, as the broadcast waits for it
+                parts[part].append(max(x[part] for x in loads))
             copy.append(ray.get(learner.copy_benchmark.remote()))  # the buffer just published
         b, c = statistics.median(broadcast), statistics.median(copy)
         results[kind] = {"bytes": nbytes, "publish_s": statistics.median(publish), "broadcast_s": b,
-                         "one_copy_s": c, "ratio": b / c}
+                         "one_copy_s": c, "ratio": b / c,
+                         "in_generator": {part: statistics.median(xs) for part, xs in parts.items()}}
     ray.shutdown()
     print(json.dumps(results, indent=1))
 

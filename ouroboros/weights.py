@@ -8,6 +8,7 @@ the bucket, so making a version live is one memcpy, not one copy per tensor.
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -58,16 +59,19 @@ def checksum(flat: np.ndarray, index: tuple[Entry, ...]) -> str:
 
     It guards against corruption and mix-ups on the way (a truncated transfer, another
     version's buffer), not against someone who can write the object store. So the buffer is
-    CRC32'd in 8 MiB chunks on several threads (zlib releases the GIL): verifying 538 MB of
-    full weights costs about one memory copy, where blake2b over the whole buffer cost five.
+    CRC32'd in 8 MiB chunks, on several threads where the host has the cores (zlib releases the
+    GIL): verifying 538 MB of full weights costs about two memory copies, where blake2b over the
+    whole buffer cost fifteen.
     The chunk CRCs and the layout are then hashed with blake2b."""
     import zlib
     from concurrent.futures import ThreadPoolExecutor
 
     data = memoryview(np.ascontiguousarray(flat)).cast("B")
     chunks = [data[i:i + CHECKSUM_CHUNK] for i in range(0, len(data), CHECKSUM_CHUNK)]
-    if len(chunks) > 1:
-        with ThreadPoolExecutor(min(len(chunks), 4)) as pool:
+    # Half the host's cores at most: generators on one node verify the same broadcast at once.
+    threads = min(len(chunks), max(1, (os.cpu_count() or 1) // 2), 8)
+    if threads > 1:
+        with ThreadPoolExecutor(threads) as pool:
             crcs = list(pool.map(zlib.crc32, chunks))
     else:
         crcs = [zlib.crc32(c) for c in chunks]
