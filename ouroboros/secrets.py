@@ -211,10 +211,16 @@ class Redactor:
             text = self._redact_cut_tail(text)
         return text
 
-    def _spans(self, text: str) -> tuple[list[tuple[int, int]], str]:
-        """The letter-and-digit runs of `text`, and their concatenation, lowercased."""
+    @staticmethod
+    def _skeleton_of(text: str) -> tuple[list[tuple[int, int]], list[int], str]:
+        """The letter-and-digit runs of `text`, where each starts in their concatenation, and
+        that concatenation, lowercased."""
         runs = [(m.start(), m.end()) for m in _ALNUM.finditer(text)]
-        return runs, "".join(text[a:b] for a, b in runs).lower()
+        starts, total = [], 0
+        for a, b in runs:
+            starts.append(total)
+            total += b - a
+        return runs, starts, "".join(text[a:b] for a, b in runs).lower()
 
     @staticmethod
     def _origin(runs: list[tuple[int, int]], starts: list[int], at: int) -> int:
@@ -225,19 +231,13 @@ class Redactor:
     def _redact_spread(self, text: str) -> str:
         if not self._skeletons:
             return text
-        runs, squashed = self._spans(text)
+        runs, starts, squashed = self._skeleton_of(text)
         found: list[tuple[int, int, str]] = []
         for form, label in self._skeletons:
             at = squashed.find(form)
             while at != -1:
                 found.append((at, at + len(form), label))
                 at = squashed.find(form, at + len(form))
-        if not found:
-            return text
-        starts, total = [], 0
-        for a, b in runs:
-            starts.append(total)
-            total += b - a
         spans: list[list] = []
         for at, end, label in sorted(found):
             a, b = self._origin(runs, starts, at), self._origin(runs, starts, end - 1) + 1
@@ -263,14 +263,10 @@ class Redactor:
         if best:
             return text[:-best] + f"[redacted:{label}]"
         # A spread form cut in two: the letters and digits at the end begin one.
-        runs, squashed = self._spans(text)
+        runs, starts, squashed = self._skeleton_of(text)
         for form, name in self._skeletons:
             for n in range(min(len(form) - 1, len(squashed)), MIN_EDGE_SKELETON - 1, -1):
                 if squashed.endswith(form[:n]):
-                    starts, total = [], 0
-                    for a, b in runs:
-                        starts.append(total)
-                        total += b - a
                     return text[:self._origin(runs, starts, len(squashed) - n)] + f"[redacted:{name}]"
         return text
 
