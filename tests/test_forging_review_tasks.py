@@ -34,15 +34,13 @@ import textwrap
 
 import pytest
 
-from conftest import require_bwrap
 from ouroboros.actors.agent import TasksAgent
 from ouroboros.actors.judge import TasksJudge
-from ouroboros.config import JudgeConfig, SandboxConfig
+from ouroboros.config import JudgeConfig
 from ouroboros.envs.tasks import literals, load_tasks
 from ouroboros.envs.tasks.checks import DEADLINE_S
-from test_forging_tasks import PRELUDE, RecordingRunner, ScriptedGenerator, reply, verified_lines
+from test_forging_tasks import PRELUDE, ScriptedGenerator, reply, runner, verified_lines  # noqa: F401 (the sandbox fixture)
 
-TIMEOUT_S = 3.0
 
 # task id -> (a program that does not solve the task, a test its reference passes and it fails)
 WEAK = {
@@ -65,15 +63,6 @@ WEAK = {
     "is_prime": ("def is_prime(n):\n    return n % 5 > 1\n",
                  "assert not is_prime(9)"),
 }
-
-
-@pytest.fixture(scope="module")
-def runner():
-    require_bwrap()
-    box = RecordingRunner(SandboxConfig(backend="bwrap", timeout_s=TIMEOUT_S))
-    assert box.cfg.backend == "bwrap"  # candidate programs never run outside a sandbox
-    yield box
-    box.cleanup()
 
 
 def scores(runner, task, codes: list[str]):
