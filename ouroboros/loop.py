@@ -231,13 +231,15 @@ class Loop:
         run_dir = run_dir or cfg.run.out
         check_trainable(cfg, rounds)
         preflight_secrets(cfg)
+        if rounds > 0 and not self.train_tasks:
+            source = f"env.goals_file {cfg.env.goals_file!r}" if cfg.env.name == "experiment" \
+                else f"env.tasks_file {cfg.env.tasks_file!r}"
+            raise ConfigError(f"{source} has nothing of split \"train\", so there is nothing to train on: "
+                              "add some, or run with --rounds 0")
         init_ray(cfg)
         a = None
         status = "failed"
         try:
-            if rounds > 0 and not self.train_tasks:
-                raise ConfigError(f"env.goals_file {cfg.env.goals_file!r} has no train goal (split \"train\"), so "
-                                  "there is nothing to train on: add some, or run with --rounds 0")
             self.reporter.message(f"starting actors (run {self.run_id})")
             a = build_actors(cfg, run_dir, self.run_id, self.tasks, self.reporter)
             version = 0

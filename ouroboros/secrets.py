@@ -60,8 +60,6 @@ MIN_EDGE_SKELETON = 8
 # `sandbox.env`, whose values are stored with the run's config.
 _CREDENTIAL_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH|COOKIE|SESSION|PRIVATE)", re.I)
 
-# Providers' default key variables, used when a config names none.
-PROVIDER_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 
 
 class SecretError(RuntimeError):
@@ -97,9 +95,13 @@ def configured_secrets(cfg, environ: dict[str, str] | None = None) -> dict[str, 
     is skipped here; the part that needs it says so when it starts."""
     environ = os.environ if environ is None else environ
     found = dict(resolve(cfg.sandbox.env_from, environ=environ))
+    from ouroboros.backends import backend_class
+
     names: list[str] = []
-    if cfg.generator.backend in PROVIDER_KEY_ENV:
-        names.append(cfg.generator.api.api_key_env or PROVIDER_KEY_ENV[cfg.generator.backend])
+    # An API backend names its provider's default key variable itself (`key_env`).
+    default_key_env = getattr(backend_class(cfg.generator.backend), "key_env", None)
+    if default_key_env:
+        names.append(cfg.generator.api.api_key_env or default_key_env)
     research = cfg.experiment.research
     if research.web_search:
         names += [research.google_api_key_env, research.google_engine_id_env]

@@ -469,3 +469,17 @@ def test_run_on_the_experiment_environment_closes_the_loop(tiny_model_path, tmp_
     status = subprocess.run(["git", "-C", str(out / "experiments"), "status", "--porcelain"], capture_output=True,
                             text=True)
     assert status.stdout == ""
+
+
+def test_a_goals_file_without_train_goals_is_refused_for_learning_rounds_before_ray_starts(tmp_path):
+    path = tmp_path / "goals.jsonl"
+    path.write_text(json.dumps({"id": "held", "split": "heldout", "goal": "Count the primes below {n}.",
+                                "params": {"n": {"int": [1000, 20000]}}, "reference": PRIMES.reference}) + "\n")
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "ouroboros", "run", "configs/smoke-run-experiment.yaml", "--rounds",
+                           "1", "--out", str(out), "--set", f"env.goals_file={path}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: env.goals_file '{path}' has nothing of split \"train\"") and "--rounds 0" in last
+    assert not out.exists()  # refused before Ray, the recorder or a run directory
