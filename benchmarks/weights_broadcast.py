@@ -2,6 +2,7 @@
 in-memory copy of the published tensors, measured in the same run.
 
     .venv/bin/python benchmarks/weights_broadcast.py [--generators 2] [--repeats 5] [--model smollm2-135m-instruct]
+                                                     [--backend hf|vllm]
 
 For each kind (lora: the adapter; full: base with adapter merged), the learner publishes a
 version (tensors copied once, put into the Ray object store), and every generator actor
@@ -10,6 +11,10 @@ from issuing the loads to all generators reporting the version live; "one copy" 
 learner copying the same tensors once in memory. "in_generator" splits a load, on the slowest
 generator, into the fetch, the checksum check (every load verifies what the learner published)
 and the copy. The first load of each kind is a warm-up and is not timed. Prints one JSON object.
+
+With --backend vllm each generator is a running vLLM engine: a LoRA version is written as a
+per-version adapter folder and added to the engine; a full version goes through
+`collective_rpc` into the engine's in-place weight reload.
 """
 from __future__ import annotations
 
@@ -24,6 +29,8 @@ def main() -> None:
     ap.add_argument("--generators", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--backend", choices=("hf", "vllm"), default="hf")
+    ap.add_argument("--multiprocess", action="store_true", help="vllm: the engine core in a child process")
     args = ap.parse_args()
 
     import ray
@@ -33,12 +40,16 @@ def main() -> None:
     from ouroboros.config import load_config
 
     cfg = load_config("configs/default.yaml", [f"policy.model={args.model}", "generator.threads=1",
-                                               "learner.threads=1"])
+                                               "learner.threads=1", f"generator.backend={args.backend}",
+                                               "generator.vllm.kv_cache_gb=1",
+                                               f"generator.vllm.multiprocess={str(args.multiprocess).lower()}"])
     ray.init(num_cpus=args.generators + 1, include_dashboard=False, log_to_driver=False)
     learner = ray.remote(num_cpus=1)(Learner).remote(cfg)
     gens = [ray.remote(num_cpus=1)(Generator).remote(cfg) for _ in range(args.generators)]
     ray.get([g.weights_version.remote() for g in gens] + [learner.weights_version.remote()])
-    results = {"model": args.model, "generators": args.generators, "repeats": args.repeats}
+    results = {"model": args.model, "backend": args.backend, "multiprocess": args.multiprocess,
+               "generators": args.generators,
+               "repeats": args.repeats}
     for kind in ("lora", "full"):
         # One untimed load first: the first version of a kind re-shapes each generator (attaching
         # the adapter, or dropping it and re-homing the base weights into one flat tensor). That

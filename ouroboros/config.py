@@ -45,8 +45,28 @@ class ApiConfig(Section):
     timeout_s: float = Field(60.0, gt=0, description="Per-request timeout.")
 
 
+class VLLMConfig(Section):
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Engine dtype; auto follows policy.dtype.")
+    max_model_len: int | None = Field(
+        4096, ge=64, description="Prompt plus reply tokens per sequence; longer prompts are refused one by one. "
+                                 "None: the model's own limit.")
+    kv_cache_gb: float = Field(
+        4.0, gt=0, description="CPU hosts: memory for the KV cache per engine, in GiB (VLLM_CPU_KVCACHE_SPACE).")
+    gpu_memory_utilization: float = Field(
+        0.5, gt=0, le=1, description="GPU hosts: share of the GPU's memory the engine takes (weights and KV cache).")
+    enforce_eager: bool = Field(True, description="Run the model eagerly (no CUDA graphs / compilation warm-up).")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine spans (GPU nodes only).")
+    max_num_seqs: int = Field(256, ge=1, description="Sequences the engine decodes at once.")
+    multiprocess: bool = Field(
+        False, description="Run the engine core in a child process (asynchronous scheduling) instead of in the "
+                           "Generator actor (zero-copy weight loads); README: vLLM generators.")
+
+
 class GeneratorConfig(Section):
-    backend: Literal["hf", "vllm", "scripted", "anthropic", "openai"] = Field("hf", description="Model backend.")
+    backend: Literal["hf", "vllm", "scripted", "anthropic", "openai"] = Field(
+        "hf", description="Model backend: hf (transformers), vllm (a vLLM engine), scripted (replays), anthropic, "
+                          "openai.")
     count: int = Field(1, ge=1, description="Number of Generator actors.")
     num_cpus: float = Field(1, ge=0, description="Ray CPUs reserved per generator.")
     num_gpus: float = Field(0, ge=0, description="GPU fraction per generator where there is one.")
@@ -62,13 +82,10 @@ class GeneratorConfig(Section):
     script_file: str | None = Field(None, description="JSONL of replies (a 'text' field each) for the scripted backend.")
     api: ApiConfig = Field(default_factory=ApiConfig, description="Settings of the anthropic and openai backends.")
 
-    @field_validator("backend")
-    @classmethod
-    def _available(cls, backend: str) -> str:
-        if backend == "vllm":
-            raise ValueError("the vllm generator backend is not built yet: use 'hf' (transformers) for a local "
-                             "policy, or 'anthropic'/'openai' for experiment cycles")
-        return backend
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="Settings of the vllm backend.")
+    sync_timeout_s: float = Field(
+        120.0, gt=0, description="Longest a weights load may take on one generator (it waits for requests in "
+                                 "flight on a full load) before the run stops with an error.")
 
 
 class SandboxConfig(Section):

@@ -207,7 +207,14 @@ class Loop:
 
         t = time.monotonic()
         self.reporter.phase(row["round"], "broadcast", len(a.generators))
-        loads = ray.get([g.load_weights.remote(weights) for g in a.generators])
+        # Each generator bounds its own load (generator.sync_timeout_s); this bounds a generator
+        # that does not answer at all, so a stuck sync is an error, never a hang.
+        limit = self.cfg.generator.sync_timeout_s + 60
+        try:
+            loads = ray.get([g.load_weights.remote(weights) for g in a.generators], timeout=limit)
+        except ray.exceptions.GetTimeoutError:
+            raise RuntimeError(f"weights v{weights.version} were not live on every generator after {limit:g} s "
+                               "(generator.sync_timeout_s + 60): a generator is stuck; see its log") from None
         broadcast_s = time.monotonic() - t
         self.reporter.advance(len(a.generators))
         copy_s = ray.get(a.learner.copy_benchmark.remote())
@@ -215,6 +222,7 @@ class Loop:
         row["seconds"]["broadcast"] = broadcast_s
         row["broadcast"] = {"bytes": weights.num_bytes, "generators": len(loads),
                             "load_s_max": max(x["total_s"] for x in loads), "wall_s": broadcast_s,
+                            "load_s": [round(x["total_s"], 4) for x in loads],
                             "one_copy_s": copy_s}
         return weights.version
 
@@ -230,6 +238,7 @@ class Loop:
         rounds = cfg.run.rounds if rounds is None else rounds
         run_dir = run_dir or cfg.run.out
         check_trainable(cfg, rounds)
+        check_backend_installed(cfg)
         preflight_secrets(cfg)
         if rounds > 0 and not self.train_tasks:
             source = f"env.goals_file {cfg.env.goals_file!r}" if cfg.env.name == "experiment" \
@@ -329,6 +338,16 @@ def check_trainable(cfg: Config, rounds: int) -> None:
             f"generator.backend {cfg.generator.backend!r} cannot load trained weights, so `ouroboros run` cannot "
             "train it: pass --rounds 0 to only evaluate it on the held-out tasks, or run experiment cycles with "
             "`ouroboros experiment CONFIG`")
+
+
+def check_backend_installed(cfg: Config) -> None:
+    """A vllm generator on a host without vLLM is one line now, before Ray and the actors start."""
+    import importlib.util
+
+    if cfg.generator.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        from ouroboros.backends.vllm import INSTALL_HINT
+
+        raise ConfigError(f"generator.backend is 'vllm' but vLLM is not installed here: {INSTALL_HINT}")
 
 
 def preflight_secrets(cfg: Config) -> None:

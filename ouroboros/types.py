@@ -54,6 +54,9 @@ class Completion:
     output_tokens: int | None = None
     # The text carried a secret and was redacted (ouroboros/secrets.py); token ids were dropped.
     redacted: bool = False
+    # Why the backend refused this one request (a prompt longer than the engine takes); its text is
+    # empty and the rest of the batch was served.
+    error: str = ""
 
     @property
     def completion_tokens(self) -> int:

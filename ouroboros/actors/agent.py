@@ -19,7 +19,7 @@ from ouroboros.envs.protocol import parse_action
 from ouroboros.envs.tasks import build_messages, harness
 from ouroboros.envs.tasks.checks import TestRefused
 from ouroboros.envs.tasks.dataset import suite_of
-from ouroboros.types import Request, Step, Task, Trajectory
+from ouroboros.types import Action, Request, Step, Task, Trajectory
 
 
 class TasksAgent:
@@ -51,14 +51,18 @@ class TasksAgent:
         plan = [(task, first_sample + k) for task in tasks for k in range(samples)]
         requests = [
             Request(id=f"r{round_}-{task.id}-{task.split}-s{k}", messages=build_messages(task),
-                    max_new_tokens=self.max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+                    max_new_tokens=self.max_new_tokens, temperature=temperature, top_p=top_p,
+                    # Each sample its own seed: a backend that seeds per request (vllm) would
+                    # otherwise return one reply four times.
+                    seed=None if seed is None else seed + k)
             for task, k in plan
         ]
         generator = self.generators[next(self._next_generator)]
         completions = [self.redactor.completion(c) for c in resolve(submit(generator, "generate", requests))]
 
         # Parse every reply; start an exec for each valid run action, all at once.
-        actions = [parse_action(c.text) for c in completions]
+        # A request the backend refused alone (too long for the engine) is an invalid reply that says why.
+        actions = [Action(None, "", "", False, c.error) if c.error else parse_action(c.text) for c in completions]
         pending, refused = {}, {}
         for i, ((task, _), action) in enumerate(zip(plan, actions)):
             if action.valid and action.name == "run":

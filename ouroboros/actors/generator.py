@@ -1,8 +1,10 @@
 """Generator: owns one model backend; generates and loads published weights.
 
-It runs as a threaded actor (`generator_actor`). Calls on a local model (hf, vllm) coalesce
-into batches (backends/coalesce.py), and a weights load waits for the batch in flight and
-holds the model alone; API and scripted backends take their calls concurrently.
+It runs as a threaded actor (`generator_actor`). Calls on the hf backend coalesce into batches
+(backends/coalesce.py), and a weights load waits for the batch in flight and holds the model
+alone. The vllm backend takes concurrent calls straight into its engine's continuous batching
+and orders weight loads against requests itself; API and scripted backends take their calls
+concurrently.
 """
 from __future__ import annotations
 
@@ -27,6 +29,25 @@ def backend_kwargs(cfg: Config) -> dict:
             "max_batch": g.max_batch,
             "lora": lora_settings(cfg),
         }
+    if g.backend == "vllm":
+        from ouroboros import models
+
+        v = g.vllm
+        return {
+            "model": models.resolve(cfg.policy.model),
+            "dtype": cfg.policy.dtype if v.dtype == "auto" else v.dtype,
+            "max_model_len": v.max_model_len,
+            "kv_cache_gb": v.kv_cache_gb,
+            "gpu_memory_utilization": v.gpu_memory_utilization,
+            "enforce_eager": v.enforce_eager,
+            "tensor_parallel_size": v.tensor_parallel_size,
+            "max_num_seqs": v.max_num_seqs,
+            "multiprocess": v.multiprocess,
+            "threads": g.threads,
+            "lora": lora_settings(cfg),
+            "seed": cfg.run.seed,
+            "sync_timeout_s": g.sync_timeout_s,
+        }
     if g.backend == "scripted":
         return {"script": g.script, "script_file": g.script_file}
     if g.backend in ("anthropic", "openai"):
@@ -46,8 +67,9 @@ def lora_settings(cfg: Config) -> dict:
             "target_modules": list(l.target_modules), "task_type": "CAUSAL_LM"}
 
 
-# Local models: one device, batched generation. The rest are concurrent already.
-COALESCED = ("hf", "vllm")
+# hf runs one batch at a time, so concurrent calls are gathered into it. vLLM batches
+# continuously by itself (requests join the running batch), and API backends are concurrent.
+COALESCED = ("hf",)
 
 
 def generator_actor(cfg: Config):

@@ -81,7 +81,7 @@ def ask(generate: Callable[[list[dict]], Completion], messages: list[dict], retr
     for attempt in range(retries + 1):
         started = time.time()
         completion = generate(convo)
-        action = validate(completion.text, allowed)
+        action = Action(None, "", "", False, completion.error) if completion.error else validate(completion.text, allowed)
         if not action.valid and completion.finish_reason == "length":
             action = Action(action.name, "", "", False, f"{action.error} (the reply hit the token limit: be shorter)")
         result.attempts.append(Attempt(text=completion.text, error="" if action.valid else action.error,
