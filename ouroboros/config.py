@@ -58,6 +58,9 @@ class VLLMConfig(Section):
     enforce_eager: bool = Field(True, description="Run the model eagerly (no CUDA graphs / compilation warm-up).")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine spans (GPU nodes only).")
     max_num_seqs: int = Field(256, ge=1, description="Sequences the engine decodes at once.")
+    lora_sync: Literal["merge", "adapter"] = Field(
+        "merge", description="How LoRA versions go live: merged into the weights and reloaded (fastest sampling "
+                             "on CPU), or as engine adapters (fastest sync); README: vLLM generators.")
     multiprocess: bool = Field(
         False, description="Run the engine core in a child process (asynchronous scheduling) instead of in the "
                            "Generator actor (zero-copy weight loads); README: vLLM generators.")

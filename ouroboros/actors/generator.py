@@ -45,6 +45,7 @@ def backend_kwargs(cfg: Config) -> dict:
             "multiprocess": v.multiprocess,
             "threads": g.threads,
             "lora": lora_settings(cfg),
+            "lora_sync": v.lora_sync,
             "seed": cfg.run.seed,
             "sync_timeout_s": g.sync_timeout_s,
         }

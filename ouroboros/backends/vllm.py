@@ -7,14 +7,18 @@ from many agents meet in the engine's own continuous batching, a late request jo
 batch already decoding, and no caller waits for a gather window.
 
 Versions. Every request is tagged, when it enters the engine, with the live version, and its
-completion says that version:
-- LoRA versions are engine adapters (a per-version adapter folder, `LoRARequest`). A new
-  version is live for the next request at once; requests already decoding finish on the
-  adapter they started with, which is unloaded when the last of them ends.
-- Full versions go through `collective_rpc` into `vllm_weights.WeightSync`, which calls the
-  model's `load_weights`. Weights cannot change under a request, so a full load stops new
-  requests from entering, waits for those in flight to end, loads, and resets the prefix cache.
-Either way a completion is made by exactly one version.
+completion says that version. LoRA versions reach the engine one of two ways (`lora_sync`):
+- "adapter": engine adapters (a per-version adapter folder, `LoRARequest`). A new version is
+  live for the next request at once; requests already decoding finish on the adapter they
+  started with, which is unloaded when the last of them ends.
+- "merge": the generator merges the adapter into its own copy of the base weights
+  (W + alpha/r * B @ A) and loads the result as full weights. vLLM's CPU LoRA kernels made
+  sampling through an adapter 2.6x slower than through plain weights (benchmarks/README.md),
+  so the sampling a round does outweighs the longer sync.
+Full versions (and merged ones) go through `collective_rpc` into `vllm_weights.WeightSync`,
+which reloads the model's weights in place. Weights cannot change under a request, so such a
+load stops new requests from entering, waits for those in flight to end, loads, and resets
+the prefix cache. Either way a completion is made by exactly one version.
 
 Prompts are rendered with the Hugging Face tokenizer's chat template, exactly as the `hf`
 backend renders them, and given to the engine as token ids; completions are decoded by the
@@ -94,11 +98,13 @@ class VLLMBackend(ModelBackend):
         multiprocess: bool = False,
         threads: int | None = None,
         lora: dict[str, Any] | None = None,
+        lora_sync: str = "merge",
         seed: int = 0,
         sync_timeout_s: float = 120.0,
     ) -> None:
         super().__init__()
-        # Read by vLLM when the engine is built, so set before anything of vLLM's is imported.
+        # Read by vLLM when the engine is built (set back afterwards: it is process-wide).
+        previous = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if multiprocess else "0"
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # Ray already placed this process
         if threads:
@@ -118,6 +124,12 @@ class VLLMBackend(ModelBackend):
                                "(`ouroboros models prepare`), a local folder, or a Hugging Face id on a host with "
                                "hub access") from None
         self.lora = lora
+        if lora_sync not in ("merge", "adapter"):
+            raise BackendError(f"generator.vllm.lora_sync must be 'merge' or 'adapter', not {lora_sync!r}")
+        self.lora_sync = lora_sync
+        self.multiprocess = multiprocess
+        self._base: dict[str, Any] | None = None  # merge: the weights adapters are merged into (HF names)
+        self._model_path = model
         args = dict(
             model=model, tokenizer=model, dtype=dtype, seed=seed, enforce_eager=enforce_eager,
             enable_prefix_caching=True, max_num_seqs=max_num_seqs, tensor_parallel_size=tensor_parallel_size,
@@ -134,7 +146,7 @@ class VLLMBackend(ModelBackend):
             args["max_num_batched_tokens"] = max(max_model_len or 0, 8192)
         else:
             args["gpu_memory_utilization"] = gpu_memory_utilization
-        if lora is not None:
+        if lora is not None and lora_sync == "adapter":
             args.update(enable_lora=True, max_lora_rank=_lora_rank(lora["r"]), max_loras=2, max_cpu_loras=2)
         try:
             self.engine = LLMEngine.from_engine_args(EngineArgs(**args))
@@ -142,6 +154,11 @@ class VLLMBackend(ModelBackend):
             first = (str(exc).splitlines() or [type(exc).__name__])[0]
             raise BackendError(f"the vLLM engine did not start for {model!r} ({type(exc).__name__}: {first}); "
                                "check generator.vllm (kv_cache_gb, max_model_len, dtype) against this host") from None
+        finally:
+            if previous is None:
+                os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+            else:
+                os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = previous
         self.max_model_len = self.engine.vllm_config.model_config.max_model_len
         self.sync_timeout_s = sync_timeout_s
         self._eos = self._eos_ids()
@@ -157,6 +174,8 @@ class VLLMBackend(ModelBackend):
         self._stopping = False
         self._thread = threading.Thread(target=self._engine_loop, name="vllm-engine", daemon=True)
         self._thread.start()
+        if multiprocess:
+            threading.Thread(target=self._watch_engine_processes, name="vllm-watch", daemon=True).start()
 
     # -- generation ------------------------------------------------------------
     def generate(self, requests: list[Request]) -> list[Completion]:
@@ -281,12 +300,30 @@ class VLLMBackend(ModelBackend):
         if job.adapter is not None:
             self._adapter_users[job.adapter] -= 1
 
+    def _watch_engine_processes(self) -> None:
+        """A multiprocess engine whose core process dies can leave `step()` waiting for output
+        that never comes (vLLM marks the client dead, but a reader already blocked is not
+        woken). So the engine's processes are watched here too, and their death fails every
+        caller, whatever the engine thread is blocked on."""
+        resources = getattr(self.engine.engine_core, "resources", None)
+        manager = getattr(resources, "engine_manager", None)
+        processes = list(getattr(manager, "processes", []) or [])
+        while not self._stopping and not self._dead:
+            gone = [p for p in processes if not p.is_alive()]
+            if gone or getattr(resources, "engine_dead", False):
+                code = gone[0].exitcode if gone else None
+                self._die(RuntimeError(f"the engine core process exited (exit code {code})"))
+                return
+            time.sleep(0.5)
+
     def _die(self, exc: BaseException) -> None:
         first = (str(exc).splitlines() or [""])[0]
         message = (f"the vLLM engine stopped ({type(exc).__name__}: {first}); its requests failed and the "
                    "generator takes no more. Check the generator's log for the cause (memory: generator.vllm."
                    "kv_cache_gb), then rerun")
         with self._cv:
+            if self._dead:  # the watcher and the engine thread can both see the end
+                return
             self._dead = message
             jobs = list(self._running.values()) + self._inbox
             self._running, self._inbox = {}, []
@@ -304,6 +341,11 @@ class VLLMBackend(ModelBackend):
             if self.lora is None:
                 raise BackendError("received LoRA weights but the generator was built without the learner's "
                                    "LoRA settings")
+            if self.lora_sync == "merge":
+                merged = self._merged(flat, index)
+                self._control(lambda: self._reload(merged, version, keep=False), drain=True,
+                              what=f"LoRA version {version} (merged)")
+                return
             path = self._write_adapter(flat, index, version)
 
             def run() -> None:
@@ -315,13 +357,8 @@ class VLLMBackend(ModelBackend):
                 self._unload_unused()
             self._control(run, drain=False, what=f"LoRA version {version}")
         elif kind == "full":
-            def run() -> None:
-                self.engine.collective_rpc("ouroboros_load_full", args=(flat, index))
-                self.engine.reset_prefix_cache()
-                # Full weights already hold any adapter merged in: stop applying ours.
-                self._live_adapter, self.weights_version = None, version
-                self._unload_unused()
-            self._control(run, drain=True, what=f"full version {version}")
+            self._control(lambda: self._reload((flat, index), version, keep=True), drain=True,
+                          what=f"full version {version}")
         else:
             raise BackendError(f"unknown weights kind {kind!r}")
 
@@ -345,6 +382,91 @@ class VLLMBackend(ModelBackend):
             first = (str(control.error).splitlines() or [""])[0]
             raise BackendError(f"loading {what} into vLLM failed ({type(control.error).__name__}: {first}); the "
                                f"generator still serves v{self.weights_version}") from None
+
+    def _reload(self, weights: tuple, version: int, keep: bool) -> None:
+        """Full weights (a flat buffer and its index) into the engine, in place. `keep`: they are
+        a new base that later LoRA versions merge into (a copy: the object store's buffer is
+        released once the broadcast ends)."""
+        import warnings
+
+        import numpy as np
+        import torch
+
+        flat, index = weights
+        with warnings.catch_warnings():
+            # The object store hands out read-only buffers; the reload only reads them.
+            warnings.simplefilter("ignore", UserWarning)
+            tensor = torch.from_numpy(flat)  # no copy
+        plain = [(e.name, e.offset, list(e.shape)) for e in index]
+        if self.multiprocess:
+            # The worker is another process: one copy into shared memory, which it maps.
+            fd, path = tempfile.mkstemp(prefix=f"ouroboros-weights-v{version}-", dir=_shm_dir())
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(memoryview(np.ascontiguousarray(flat, dtype=np.float32)).cast("B"))
+                self.engine.collective_rpc("ouroboros_load_full", args=(path, plain))
+            finally:
+                os.unlink(path)
+        else:
+            self.engine.collective_rpc("ouroboros_load_full", args=(tensor, plain))
+        self.engine.reset_prefix_cache()
+        # Full weights already hold any adapter merged in: stop applying ours.
+        self._live_adapter, self.weights_version = None, version
+        self._unload_unused()
+        if keep and self.lora_sync == "merge" and self.lora is not None:
+            import numpy as np
+
+            own = np.array(flat, dtype=np.float32, copy=True)
+            self._base = {e.name: own[e.offset:e.offset + e.numel].reshape(e.shape) for e in index}
+
+    def _merged(self, flat: Any, index: tuple) -> tuple:
+        """The base weights with the adapter in `flat` merged in, as one flat buffer and its index
+        (base names); tensors the adapter does not touch are copied as they are."""
+        import numpy as np
+
+        from ouroboros.weights import Entry
+
+        base = self._base_weights()
+        scale = self.lora["lora_alpha"] / self.lora["r"]
+        parts: dict[str, dict[str, np.ndarray]] = {}
+        for e in index:
+            module, _, rest = e.name.partition(".lora_")
+            which = rest.split(".")[0]  # A or B
+            module = module.removeprefix("base_model.model.")
+            parts.setdefault(module, {})[which] = flat[e.offset:e.offset + e.numel].reshape(e.shape)
+        delta = {}
+        for module, ab in parts.items():
+            name = f"{module}.weight"
+            if name not in base or set(ab) != {"A", "B"}:
+                raise BackendError(f"the adapter names {module!r}, which this model's weights do not have")
+            delta[name] = ab["B"] @ ab["A"] * scale
+        entries, offset = [], 0
+        for name, tensor in base.items():
+            entries.append(Entry(name, offset, tuple(tensor.shape)))
+            offset += tensor.size
+        out = np.empty(offset, dtype=np.float32)
+        for e in entries:
+            view = out[e.offset:e.offset + e.numel].reshape(e.shape)
+            np.copyto(view, base[e.name])
+            if e.name in delta:
+                view += delta[e.name]
+        return out, tuple(entries)
+
+    def _base_weights(self) -> dict[str, Any]:
+        """The weights LoRA versions merge into: the model folder's, read once (float32)."""
+        if self._base is None:
+            import glob
+
+            from safetensors.torch import load_file
+
+            base: dict[str, Any] = {}
+            for path in sorted(glob.glob(os.path.join(self._model_path, "*.safetensors"))):
+                base.update({k: v.float().numpy() for k, v in load_file(path).items()})
+            if not base:
+                raise BackendError(f"lora_sync 'merge' needs the model's safetensors in {self._model_path!r}; "
+                                   "set generator.vllm.lora_sync=adapter")
+            self._base = base
+        return self._base
 
     def _adapter_path(self, version: int) -> str:
         return os.path.join(self._adapters_dir, f"v{version}")
@@ -390,6 +512,10 @@ class VLLMBackend(ModelBackend):
             self._cv.notify_all()
         self._thread.join(timeout=10)
         shutil.rmtree(self._adapters_dir, ignore_errors=True)
+
+
+def _shm_dir() -> str | None:
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
 def _lora_rank(r: int) -> int:
