@@ -2,7 +2,7 @@
 in-memory copy of the published tensors, measured in the same run.
 
     .venv/bin/python benchmarks/weights_broadcast.py [--generators 2] [--repeats 5] [--model smollm2-135m-instruct]
-                                                     [--backend hf|vllm]
+                                                     [--backend hf|vllm] [--lora-sync merge|adapter] [--multiprocess]
 
 For each kind (lora: the adapter; full: base with adapter merged), the learner publishes a
 version (tensors copied once, put into the Ray object store), and every generator actor
@@ -12,8 +12,9 @@ learner copying the same tensors once in memory. "in_generator" splits a load, o
 generator, into the fetch, the checksum check (every load verifies what the learner published)
 and the copy. The first load of each kind is a warm-up and is not timed. Prints one JSON object.
 
-With --backend vllm each generator is a running vLLM engine: a LoRA version is written as a
-per-version adapter folder and added to the engine; a full version goes through
+With --backend vllm each generator is a running vLLM engine. A LoRA version is merged into the
+generator's base weights and reloaded (--lora-sync merge, the default), or written as a
+per-version adapter folder and added to the engine (adapter). A full version goes through
 `collective_rpc` into the engine's in-place weight reload.
 """
 from __future__ import annotations
@@ -31,6 +32,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--backend", choices=("hf", "vllm"), default="hf")
     ap.add_argument("--multiprocess", action="store_true", help="vllm: the engine core in a child process")
+    ap.add_argument("--lora-sync", choices=("merge", "adapter"), default="merge", help="vllm: how LoRA versions go live")
     args = ap.parse_args()
 
     import ray
@@ -42,12 +44,14 @@ def main() -> None:
     cfg = load_config("configs/default.yaml", [f"policy.model={args.model}", "generator.threads=1",
                                                "learner.threads=1", f"generator.backend={args.backend}",
                                                "generator.vllm.kv_cache_gb=1",
-                                               f"generator.vllm.multiprocess={str(args.multiprocess).lower()}"])
+                                               f"generator.vllm.multiprocess={str(args.multiprocess).lower()}",
+                                               f"generator.vllm.lora_sync={args.lora_sync}"])
     ray.init(num_cpus=args.generators + 1, include_dashboard=False, log_to_driver=False)
     learner = ray.remote(num_cpus=1)(Learner).remote(cfg)
     gens = [ray.remote(num_cpus=1)(Generator).remote(cfg) for _ in range(args.generators)]
     ray.get([g.weights_version.remote() for g in gens] + [learner.weights_version.remote()])
     results = {"model": args.model, "backend": args.backend, "multiprocess": args.multiprocess,
+               "lora_sync": args.lora_sync if args.backend == "vllm" else None,
                "generators": args.generators,
                "repeats": args.repeats}
     for kind in ("lora", "full"):

@@ -116,6 +116,12 @@ class VLLMBackend(ModelBackend):
 
         if threads:
             torch.set_num_threads(threads)  # before vLLM's CPU worker pins the thread count
+        # The engine runs on its own thread, whose OpenMP thread count starts from the process's
+        # OMP_NUM_THREADS (Ray sets it to the actor's CPUs), while vLLM's CPU attention plans its
+        # work for torch's count: the engine thread sets its own to match (with torch's original
+        # setter, which vLLM's CPU worker replaces once it starts).
+        self._threads = threads or torch.get_num_threads()
+        self._set_threads = torch.set_num_threads
         self.cpu = not torch.cuda.is_available()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model)
@@ -162,7 +168,7 @@ class VLLMBackend(ModelBackend):
         self.max_model_len = self.engine.vllm_config.model_config.max_model_len
         self.sync_timeout_s = sync_timeout_s
         self._eos = self._eos_ids()
-        self._adapters_dir = tempfile.mkdtemp(prefix="ouroboros-lora-")
+        self._adapters_dir: str | None = None  # adapter mode: per-version adapter folders, made on first use
         self._live_adapter: int | None = None  # LoRA id of the live version, None for the base weights
         self._adapter_users: dict[int, int] = {}
         self._ids = itertools.count()
@@ -197,6 +203,7 @@ class VLLMBackend(ModelBackend):
 
     def _engine_loop(self) -> None:
         try:
+            self._set_threads(self._threads)
             while True:
                 with self._cv:
                     while not (self._stopping or self._inbox or self._running or self._controls):
@@ -385,8 +392,7 @@ class VLLMBackend(ModelBackend):
 
     def _reload(self, weights: tuple, version: int, keep: bool) -> None:
         """Full weights (a flat buffer and its index) into the engine, in place. `keep`: they are
-        a new base that later LoRA versions merge into (a copy: the object store's buffer is
-        released once the broadcast ends)."""
+        a new base that later LoRA versions merge into."""
         import warnings
 
         import numpy as np
@@ -414,10 +420,9 @@ class VLLMBackend(ModelBackend):
         self._live_adapter, self.weights_version = None, version
         self._unload_unused()
         if keep and self.lora_sync == "merge" and self.lora is not None:
-            import numpy as np
-
-            own = np.array(flat, dtype=np.float32, copy=True)
-            self._base = {e.name: own[e.offset:e.offset + e.numel].reshape(e.shape) for e in index}
+            # Views into the published buffer, not a copy: holding them keeps that one object
+            # pinned in Ray's store until the next full version replaces it.
+            self._base = {e.name: flat[e.offset:e.offset + e.numel].reshape(e.shape) for e in index}
 
     def _merged(self, flat: Any, index: tuple) -> tuple:
         """The base weights with the adapter in `flat` merged in, as one flat buffer and its index
@@ -469,6 +474,8 @@ class VLLMBackend(ModelBackend):
         return self._base
 
     def _adapter_path(self, version: int) -> str:
+        if self._adapters_dir is None:
+            self._adapters_dir = tempfile.mkdtemp(prefix="ouroboros-lora-")
         return os.path.join(self._adapters_dir, f"v{version}")
 
     def _write_adapter(self, flat: Any, index: tuple, version: int) -> str:
@@ -507,11 +514,14 @@ class VLLMBackend(ModelBackend):
         return ids
 
     def close(self) -> None:
+        """Stop the engine thread; calls still waiting fail instead of waiting forever."""
         with self._cv:
             self._stopping = True
             self._cv.notify_all()
         self._thread.join(timeout=10)
-        shutil.rmtree(self._adapters_dir, ignore_errors=True)
+        self._die(RuntimeError("the generator was closed"))
+        if self._adapters_dir is not None:
+            shutil.rmtree(self._adapters_dir, ignore_errors=True)
 
 
 def _shm_dir() -> str | None:
