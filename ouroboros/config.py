@@ -74,9 +74,10 @@ class GeneratorConfig(Section):
     num_cpus: float = Field(1, ge=0, description="Ray CPUs reserved per generator.")
     num_gpus: float = Field(0, ge=0, description="GPU fraction per generator where there is one.")
     threads: int = Field(2, ge=1, description="torch threads per generator process.")
-    max_batch: int = Field(32, ge=1, description="Largest batch one generate call runs at once.")
+    max_batch: int = Field(32, ge=1, description="hf: largest batch one generate call runs at once (vllm batches continuously).")
     concurrency: int = Field(
-        64, ge=1, description="Calls a generator takes at once; on hf/vllm concurrent calls coalesce into batches.")
+        64, ge=1, description="Calls a generator takes at once; hf coalesces them into batches, vllm adds them to the "
+                  "engine's running batch.")
     max_new_tokens: int = Field(192, ge=1, description="Tokens generated per completion at most.")
     temperature: float = Field(1.0, ge=0, description="Sampling temperature for training rollouts.")
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling for training rollouts.")

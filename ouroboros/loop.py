@@ -213,7 +213,9 @@ class Loop:
         try:
             loads = ray.get([g.load_weights.remote(weights) for g in a.generators], timeout=limit)
         except ray.exceptions.GetTimeoutError:
-            raise RuntimeError(f"weights v{weights.version} were not live on every generator after {limit:g} s "
+            from ouroboros.backends import BackendError
+
+            raise BackendError(f"weights v{weights.version} were not live on every generator after {limit:g} s "
                                "(generator.sync_timeout_s + 60): a generator is stuck; see its log") from None
         broadcast_s = time.monotonic() - t
         self.reporter.advance(len(a.generators))
