@@ -31,7 +31,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from ouroboros.sandbox import SandboxError, SandboxUnavailable
     from ouroboros.secrets import SecretError
 
-    return USER_ERRORS + (BackendError, SandboxUnavailable, SandboxError, ModelUnavailable, SecretError)
+    from ouroboros.learn.checkpoint import CheckpointError
+
+    return USER_ERRORS + (BackendError, SandboxUnavailable, SandboxError, ModelUnavailable, SecretError,
+                          CheckpointError)
 
 
 def _preflight_errors() -> tuple[type[BaseException], ...]:
@@ -100,14 +103,15 @@ class RichReporter:
 
 def rounds_table(rows: list[dict]) -> Table:
     table = Table(title="rounds")
-    for col in ("round", "version", "held-out valid", "held-out pass", "n", "train reward", "pairs", "dpo loss",
-                "tokens", "seconds"):
+    for col in ("round", "version", "held-out valid", "held-out pass", "held-out reward", "n", "train reward",
+                "pairs", "loss", "tokens", "seconds"):
         table.add_column(col, justify="right")
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
     for r in rows:
         table.add_row(str(r["round"]), str(r["weights_version"]), fmt(r["heldout_valid_rate"], ".0%"),
-                      fmt(r["heldout_pass_rate"], ".0%"), str(r["heldout_samples"]),
-                      fmt(r["train_reward_mean"], ".3f"), str(r["pairs"]), fmt(r["dpo_loss"], ".3f"),
+                      fmt(r["heldout_pass_rate"], ".0%"), fmt(r.get("heldout_reward_mean"), ".3f"),
+                      str(r["heldout_samples"]), fmt(r["train_reward_mean"], ".3f"), str(r["pairs"]),
+                      fmt(r.get("loss"), ".3f"),
                       str(r["tokens_generated"]), f"{r['seconds']['total']:.0f}")
     return table
 
@@ -252,6 +256,22 @@ def _docker_engine() -> str | bool:
         return f"engine {version}, {DEFAULT_IMAGE} present"
     except Exception:
         return f"engine {version}, {DEFAULT_IMAGE} missing (cluster/build_sandbox_image.sh)"
+
+
+@app.command()
+def export(
+    run_dir: str = typer.Argument(..., help="A run directory (--out of `ouroboros run`; its latest run) or a run's "
+                                            "own runs/<run id>."),
+    out: str = typer.Option(..., "--out", help="New folder for the model (transformers and vLLM load it)."),
+    version: Optional[int] = typer.Option(None, "--version", help="Policy version; default the latest checkpoint, "
+                                                                  "0 the base model."),
+) -> None:
+    """Write a trained policy version as a Hugging Face model folder (adapter merged into the base)."""
+    from ouroboros.learn.checkpoint import export as export_version
+
+    info = export_version(run_dir, out, version)
+    console.print(f"version {info['version']} of {info['run']} (base {info['base_model']}) -> {info['out']}")
+    print(info["out"])
 
 
 @models_app.command("prepare")

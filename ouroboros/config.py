@@ -26,6 +26,10 @@ class RunConfig(Section):
     name: str = Field("ouroboros", description="Name recorded in the runs table.")
     seed: int = Field(0, description="Seed for task sampling, generation and training.")
     rounds: int = Field(5, ge=0, description="Learning rounds after the round-0 evaluation of the base model.")
+    async_: bool = Field(
+        False, alias="async", description="Overlap rounds: rollouts of round r+1 run on the version trained so far "
+                                          "while the learner trains on round r (samples up to learner.max_staleness "
+                                          "versions old, importance-corrected).")
     out: str = Field("runs/latest", description="Run directory: ouroboros.db, shards/, summary.json.")
 
 
@@ -181,7 +185,10 @@ class JudgeConfig(Section):
 
 
 class LearnerConfig(Section):
-    algorithm: Literal["dpo"] = Field("dpo", description="Policy update; DPO through TRL.")
+    algorithm: Literal["dpo", "grpo", "ppo", "reinforce"] = Field(
+        "dpo", description="Policy update: dpo (TRL, on preference pairs), or a policy gradient on each turn's "
+                           "sampled tokens: grpo (group-normalized advantages), ppo (value head, GAE) or "
+                           "reinforce (discounted returns less a baseline).")
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1, description="LoRA alpha.")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
@@ -190,13 +197,75 @@ class LearnerConfig(Section):
     )
     learning_rate: float = Field(2e-4, gt=0, description="AdamW learning rate (kept across rounds).")
     beta: float = Field(0.1, gt=0, description="DPO temperature beta.")
-    batch_size: int = Field(8, ge=1, description="Pairs per optimizer step.")
-    epochs: int = Field(2, ge=1, description="Passes over each round's pairs.")
-    max_length: int = Field(768, ge=32, description="Prompt plus completion tokens kept per pair.")
+    batch_size: int = Field(8, ge=1, description="Pairs (dpo) or turns (policy gradients) per optimizer step.")
+    epochs: int = Field(2, ge=1, description="Passes over each round's pairs or turns.")
+    max_length: int = Field(768, ge=32, description="Prompt plus completion tokens kept per pair or turn.")
     publish: Literal["lora", "full"] = Field(
         "lora", description="What a new version sends to generators: the adapter, or merged full weights.")
     threads: int = Field(2, ge=1, description="torch threads in the learner process.")
     num_gpus: float = Field(0, ge=0, description="GPUs for the learner where there are some.")
+    # -- policy gradients --------------------------------------------------------------
+    loss_type: Literal["grpo", "dr_grpo", "dapo"] = Field(
+        "grpo", description="Token averaging of the policy loss (as TRL): grpo (per sequence, then batch), dr_grpo "
+                            "(sum over max_new_tokens per sequence, and unscaled group advantages), dapo (per token "
+                            "over the round).")
+    clip_eps_low: float = Field(0.2, gt=0, lt=1, description="Ratio clip below 1 (PPO's epsilon).")
+    clip_eps_high: float = Field(0.2, gt=0, description="Ratio clip above 1 (DAPO raises it, e.g. 0.28).")
+    gamma: float = Field(0.99, ge=0, le=1, description="Discount of rewards over an episode's turns.")
+    gae_gamma: float = Field(1.0, ge=0, le=1, description="ppo: discount over a turn's tokens in GAE.")
+    gae_lambda: float = Field(0.95, ge=0, le=1, description="ppo: GAE lambda.")
+    critic: Literal["head", "none"] | None = Field(
+        None, description="Value-head source: head (a linear value head on the LoRA policy's last hidden state) or "
+                          "none. Unset: head for ppo and for reinforce with baseline critic, none otherwise.")
+    value_coef: float = Field(0.1, ge=0, description="Weight of the value loss (ppo, and the reinforce critic).")
+    value_clip: float = Field(0.2, gt=0, description="ppo: how far a value may move from its old estimate.")
+    baseline: Literal["mean", "rloo", "critic"] = Field(
+        "rloo", description="reinforce: what is subtracted from each return: the batch mean, the mean of the other "
+                            "samples of the same task (leave one out), or the value head.")
+    kl_coef: float = Field(0.0, ge=0, description="Weight of the KL to the reference (the base model); 0 skips the "
+                                                  "reference pass.")
+    kl_estimator: Literal["k1", "k3"] = Field("k3", description="Per-token KL estimator.")
+    kl_mode: Literal["loss", "reward"] = Field(
+        "loss", description="KL as a loss term, or as a per-token penalty in the reward (ppo).")
+    reward_bound: tuple[float, float] | None = Field(
+        (0.0, 1.0), description="Reward guard: each turn's reward is held in [low, high] (null: unbounded). The "
+                                "share of rewards that hit the bound is reported per round.")
+    reward_bound_mode: Literal["clip", "tanh"] = Field("clip", description="Cut at the bound, or squash smoothly.")
+    reward_shaping: Literal["none", "reference"] = Field(
+        "none", description="reference: each return less the mean return the oldest policy seen on the task earned "
+                            "(reference-relative shaping: pays improvement over the reference, not the judge's scale).")
+    is_cap: float = Field(2.0, ge=1, description="Truncated importance sampling: the cap on pi_learner/pi_generator.")
+    max_staleness: int = Field(1, ge=0, description="Versions a sample may lag the learner and still be trained on "
+                                                    "(with importance correction); older ones are dropped.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient norm clip per optimizer step.")
+    # -- hardware ------------------------------------------------------------------------
+    bf16: bool | None = Field(None, description="Train in bfloat16 autocast; unset: on a GPU only.")
+    gradient_checkpointing: bool | None = Field(None, description="Recompute activations in the backward pass; "
+                                                                  "unset: on a GPU only.")
+    quantize: Literal["none", "4bit"] = Field(
+        "none", description="4bit: QLoRA, the frozen base in 4-bit NF4 through bitsandbytes (GPU only).")
+
+    @model_validator(mode="after")
+    def _settings_agree(self):
+        if self.reward_bound is not None and not self.reward_bound[0] < self.reward_bound[1]:
+            raise ValueError(f"learner.reward_bound {list(self.reward_bound)} must be [low, high] with low < high")
+        if self.critic == "none" and self.algorithm == "ppo":
+            raise ValueError("learner.critic 'none' with learner.algorithm 'ppo': PPO needs a value head; "
+                             "set critic: head, or leave it unset")
+        if self.critic == "none" and self.algorithm == "reinforce" and self.baseline == "critic":
+            raise ValueError("learner.critic 'none' with learner.baseline 'critic': the baseline needs a value head; "
+                             "set critic: head, or leave it unset")
+        if self.quantize == "4bit" and not self.num_gpus:
+            raise ValueError("learner.quantize '4bit' (QLoRA) runs on a GPU only and learner.num_gpus is 0: "
+                             "give the learner a GPU (learner.num_gpus: 1), or set quantize: none")
+        return self
+
+    @property
+    def value_head(self) -> bool:
+        """Whether the learner trains a value head."""
+        if self.critic is not None:
+            return self.critic == "head" and self.algorithm in ("ppo", "reinforce")
+        return self.algorithm == "ppo" or (self.algorithm == "reinforce" and self.baseline == "critic")
 
 
 class EnvConfig(Section):

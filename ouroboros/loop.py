@@ -1,16 +1,19 @@
 """The driver: builds the actors on Ray and runs rounds.
 
-The environment (`env.name`) picks the episodes: `tasks` (one reply, hidden tests decided on
-the host; the bundled task set or `env.tasks_file`) or `experiment` (experiment cycles on
-research questions drawn per round, judged on their execution and on whether a run computed the
-answer they conclude; pairs come from where two cycles of one goal first differ).
+The environment (`env.name`, behind `ouroboros/envs/base.py`) provides the tasks, the agents
+that run episodes, the judge that scores them, and how pairs, turn rewards and metrics are
+formed: `tasks` (one reply, hidden tests decided on the host) or `experiment` (experiment
+cycles on research questions drawn per round). The loop never branches on which.
 
 Round 0 evaluates the base policy (weights version 0) on the held-out tasks.
 Each later round: agents roll out the current policy on sampled train tasks,
-the judge scores the trajectories, the recorder stores them and forms
-preference pairs, the learner trains on those pairs and publishes a new
-weights version, every generator loads it, and the agents evaluate it on the
-held-out tasks.
+the judge scores the trajectories, the recorder stores them and forms the
+learner's batch (preference pairs, or policy turns), the learner trains on it and
+publishes a new weights version, the recorder writes its checkpoint, every generator
+loads it, and the agents evaluate it on the held-out tasks. With `run.async`, the
+rollouts of round r+1 start before the learner trains on round r, on the version
+the generators hold, so rollout and learning overlap; each sample records its
+staleness.
 
 The driver holds actor handles, ObjectRefs and small metric dicts only:
 completions, scores, pairs and weights move between actors by reference.
@@ -24,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 
 from ouroboros.config import Config, ConfigError
-from ouroboros.store.layout import RunPaths, new_run_id
+from ouroboros.store.layout import new_run_id
 
 
 class Reporter:
@@ -84,53 +87,32 @@ def sandbox_runners(cfg: Config, run_id: str, sessions: bool = False) -> list:
 
 
 def build_actors(cfg: Config, run_dir: str, run_id: str, task_set: list | None = None,
-                 reporter: Reporter | None = None) -> Actors:
-    """The run's actors. `task_set`: the environment's tasks (tasks: the judge counts their
-    tests; experiment: the goals of every split, which the judge answers). A user's set
-    (`env.tasks_file`, `env.goals_file`) has its references run on the runners first, before
-    the recorder exists, so a refused set leaves no run behind; the bundled sets are checked by
-    CI (tests/test_task_dataset.py, tests/test_experiment_env.py), not again here."""
+                 reporter: Reporter | None = None, env=None) -> Actors:
+    """The run's actors. `task_set`: the environment's tasks (the judge scores against them).
+    A user's set (`env.tasks_file`, `env.goals_file`) has its references run on the runners
+    first, before the recorder exists, so a refused set leaves no run behind; the bundled sets
+    are checked by CI (tests/test_task_dataset.py, tests/test_experiment_env.py), not again here."""
     import ray
 
     from ouroboros.actors.generator import generator_actor
     from ouroboros.actors.learner import Learner
     from ouroboros.actors.recorder import Recorder
+    from ouroboros.envs import environment
 
+    env = env or environment(cfg)
     # Resource needs sit here, next to where each actor is made; placement is Ray's.
     gen_cls = generator_actor(cfg)
     learner_cls = ray.remote(num_cpus=1, num_gpus=cfg.learner.num_gpus)(Learner)
     generators = [gen_cls.remote(cfg) for _ in range(cfg.generator.count)]
-    experiment = cfg.env.name == "experiment"
-    runners = sandbox_runners(cfg, run_id, sessions=experiment)
-    if cfg.env.tasks_file or cfg.env.goals_file:
+    runners = sandbox_runners(cfg, run_id, sessions=env.sandbox_sessions)
+    if env.uses_user_file():
         ray.get([r.owner.remote() for r in runners])  # a missing sandbox says so first
-        if experiment:
-            check_goals_file(cfg, task_set or [], runners, reporter or Reporter())
-        else:
-            from ouroboros.envs.tasks.references import check_references
-
-            check_references(task_set or [], runners, cfg.sandbox, f"env.tasks_file {cfg.env.tasks_file!r}")
-    if experiment:
-        from ouroboros.actors.experiment_agent import ExperimentAgent
-        from ouroboros.actors.judge import ExperimentJudge
-
-        # run_episodes runs its cycles on the agent's own threads; the second actor thread
-        # serves `flush` while they run.
-        agent_cls = ray.remote(num_cpus=0, max_concurrency=2)(ExperimentAgent)
-        agents = [agent_cls.remote(cfg, run_id, run_dir, generators, runners, n * cfg.experiment.cycles_per_agent)
-                  for n in range(cfg.env.agents)]
-        # The judge computes each instance's answer by running the goal's reference program in
-        # the sandbox, on the run's runners (scratch execs, apart from every experiment's session).
-        judge = ray.remote(num_cpus=0)(ExperimentJudge).remote(cfg.judge.experiment, task_set, run_id, runners)
-    else:
-        from ouroboros.actors.agent import TasksAgent
-        from ouroboros.actors.judge import TasksJudge
-
-        agents = [ray.remote(num_cpus=0)(TasksAgent).remote(generators, runners, cfg.generator.max_new_tokens, cfg)
-                  for _ in range(cfg.env.agents)]
-        judge = ray.remote(num_cpus=0)(TasksJudge).remote(cfg.judge, task_set)
+        env.check_user_tasks(task_set or [], runners, reporter or Reporter())
+    agents = env.make_agents(run_id, run_dir, generators, runners)
+    judge = env.make_judge(task_set, run_id, runners)
     learner = learner_cls.remote(cfg)
-    recorder = ray.remote(num_cpus=0)(Recorder).remote(run_dir, run_id, cfg.run.name, cfg.model_dump())
+    recorder = ray.remote(num_cpus=0)(Recorder).remote(run_dir, run_id, cfg.run.name, cfg.model_dump(by_alias=True),
+                                                       env, cfg.learner.algorithm)
     everything = [*generators, *runners, *agents, judge, learner, recorder]
     # Surface construction errors (a missing model, a missing bwrap) now, with their own message.
     ray.get([g.weights_version.remote() for g in generators] + [r.owner.remote() for r in runners]
@@ -138,68 +120,69 @@ def build_actors(cfg: Config, run_dir: str, run_id: str, task_set: list | None =
     return Actors(generators, runners, agents, judge, learner, recorder, everything)
 
 
-def check_goals_file(cfg: Config, goals: list, runners: list, reporter: Reporter) -> None:
-    """Refuse a user's goals whose references fail, or whose answers hardly change with their
-    parameters, all at once, before round 0."""
-    from ouroboros.envs.experiment.goals import GoalsError
-    from ouroboros.envs.experiment.references import References, check_goals
+@dataclass
+class Rollout:
+    """A phase's episodes in flight: the refs of each chunk's trajectories and scores."""
 
-    reporter.message(f"checking the reference programs of {len(goals)} goal(s) in the sandbox")
-    references = References(runners, timeout_s=cfg.judge.experiment.reference_timeout_s,
-                            parallel=cfg.sandbox.runners * cfg.sandbox.concurrency)
-    refused = check_goals(goals, references)
-    if refused:
-        raise GoalsError(f"env.goals_file {cfg.env.goals_file!r}: {len(refused)} goal(s) refused: " + "; ".join(refused))
+    round: int
+    phase: str
+    traj_refs: list
+    score_refs: list
+    sizes: dict
+    started: float
 
 
 class Loop:
     def __init__(self, cfg: Config, reporter: Reporter | None = None) -> None:
+        from ouroboros.envs import environment
+
         self.cfg = cfg
         self.reporter = reporter or Reporter()
         self.run_id = new_run_id(cfg.run.name)
-        if cfg.env.name == "experiment":
-            from ouroboros.envs.experiment.goals import load_goals
-
-            # A user's goals file is read now, so a malformed line stops the run before Ray starts.
-            self.tasks = load_goals(path=cfg.env.goals_file)
-        else:
-            from ouroboros.envs.tasks import load_tasks
-
-            # A user's task set is read and its tests compiled here, before Ray starts.
-            self.tasks = load_tasks(path=cfg.env.tasks_file)
+        self.env = environment(cfg)
+        # A user's task set is read (and its tests compiled) here, before Ray starts.
+        self.tasks = self.env.load_tasks()
         self.train_tasks = [t for t in self.tasks if t.split == "train"]
         heldout = [t for t in self.tasks if t.split == "heldout"]
         self.heldout = heldout[: cfg.env.heldout_tasks] if cfg.env.heldout_tasks else heldout
         self.rows: list[dict] = []
 
     # -- phases ------------------------------------------------------------------
-    def _episodes(self, a: Actors, round_: int, phase: str, tasks, samples: int, temperature: float):
-        """Roll out `tasks` over the agents in chunks; returns (metrics, pairs_ref)."""
-        import ray
-
+    def _start(self, a: Actors, round_: int, phase: str, tasks, samples: int, temperature: float) -> Rollout:
+        """Start rolling out `tasks` over the agents in chunks, and scoring each chunk as it ends."""
         cfg = self.cfg
-        # tasks: one chunk per generator: generation dominates a round, and a generator is fastest on
-        # one large batch (sandbox execs take milliseconds, so there is little to overlap them with).
-        # experiment: one chunk per agent, which runs its cycles side by side; their turns meet
-        # in the generators' batches.
-        width = len(a.agents) if cfg.env.name == "experiment" else min(len(a.generators), len(a.agents))
-        n_chunks = max(1, min(len(tasks), width))
+        n_chunks = max(1, min(len(tasks), self.env.chunks(len(a.agents), len(a.generators))))
         chunks = [tasks[i::n_chunks] for i in range(n_chunks)]
-        self.reporter.phase(round_, phase, len(tasks) * samples)
         traj_refs = [
             a.agents[i % len(a.agents)].run_episodes.remote(
                 chunk, samples, round_, temperature, cfg.generator.top_p, cfg.run.seed * 1000 + round_ * 10 + i)
             for i, chunk in enumerate(chunks)
         ]
         score_refs = [a.judge.score.remote(ref) for ref in traj_refs]
-        pending = list(score_refs)
         sizes = {ref: len(chunk) * samples for ref, chunk in zip(score_refs, chunks)}
+        return Rollout(round_, phase, traj_refs, score_refs, sizes, time.monotonic())
+
+    def _finish(self, a: Actors, r: Rollout):
+        """Wait for a rollout's scores, have the recorder store it; returns (metrics, batch_ref)."""
+        import ray
+
+        self.reporter.phase(r.round, r.phase, sum(r.sizes.values()))
+        pending = list(r.score_refs)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            self.reporter.advance(sizes[done[0]])
-        metrics_ref, pairs_ref = a.recorder.record.options(num_returns=2).remote(
-            round_, phase, traj_refs, score_refs, phase == "train")
-        return ray.get(metrics_ref), pairs_ref
+            self.reporter.advance(r.sizes[done[0]])
+        metrics_ref, batch_ref = a.recorder.record.options(num_returns=2).remote(
+            r.round, r.phase, r.traj_refs, r.score_refs, r.phase == "train")
+        return ray.get(metrics_ref), batch_ref
+
+    def _train_tasks(self, round_: int) -> list:
+        rng = random.Random(self.cfg.run.seed * 7919 + round_)
+        return rng.sample(self.train_tasks, min(self.cfg.env.train_tasks_per_round, len(self.train_tasks)))
+
+    def _start_train(self, a: Actors, round_: int) -> Rollout:
+        cfg = self.cfg
+        return self._start(a, round_, "train", self._train_tasks(round_), cfg.env.samples_per_task,
+                           cfg.generator.temperature)
 
     def _broadcast(self, a: Actors, weights, row: dict) -> int:
         """Make `weights` live on every generator; time it against one in-memory copy of the tensors."""
@@ -228,8 +211,37 @@ class Loop:
                             "one_copy_s": copy_s}
         return weights.version
 
+    def _learn(self, a: Actors, round_: int, batch_ref, row: dict, version: int) -> int:
+        """Train on a round's batch; publish, checkpoint and broadcast a new version if it learned."""
+        import ray
+
+        t = time.monotonic()
+        self.reporter.phase(round_, "learn", 1)
+        learn_ref, rows_ref = a.learner.train.options(num_returns=2).remote(batch_ref)
+        learn = ray.get(learn_ref)
+        row["learner"] = learn
+        row["loss"] = learn.get("loss")
+        row["dpo_loss"] = learn.get("dpo_loss")
+        for key in ("staleness_mean", "staleness_max", "reward_bound_hit_rate", "generator_learner_kl", "kl_ref"):
+            if key in learn:
+                row[key] = learn[key]
+        if self.cfg.learner.algorithm != "dpo":
+            row["learner_turns"] = ray.get(a.recorder.record_learning.remote(round_, rows_ref))
+        self.reporter.advance(1)
+        if not learn.get("steps"):
+            # Nothing learned (every reward tied, or the batch was refused): no new version.
+            row["seconds"]["learn"] = time.monotonic() - t
+            self.reporter.message(f"round {round_}: {learn.get('nothing_to_learn', 'nothing to learn')}; "
+                                  f"keeping weights v{version}")
+            return version
+        weights = ray.get(a.learner.publish.remote())  # small: version, checksum and a ref
+        ray.get(a.recorder.write_checkpoint.remote(weights.version, a.learner.checkpoint.remote()))
+        row["seconds"]["learn"] = time.monotonic() - t
+        return self._broadcast(a, weights, row)
+
     def _evaluate(self, a: Actors, round_: int) -> dict:
-        metrics, _ = self._episodes(a, round_, "eval", self.heldout, 1, self.cfg.generator.eval_temperature)
+        metrics, _ = self._finish(a, self._start(a, round_, "eval", self.heldout, 1,
+                                                 self.cfg.generator.eval_temperature))
         return metrics
 
     # -- the run -------------------------------------------------------------------
@@ -243,51 +255,37 @@ class Loop:
         check_backend_installed(cfg)
         preflight_secrets(cfg)
         if rounds > 0 and not self.train_tasks:
-            source = f"env.goals_file {cfg.env.goals_file!r}" if cfg.env.name == "experiment" \
-                else f"env.tasks_file {cfg.env.tasks_file!r}"
-            raise ConfigError(f"{source} has nothing of split \"train\", so there is nothing to train on: "
+            raise ConfigError(f"{self.env.source()} has nothing of split \"train\", so there is nothing to train on: "
                               "add some, or run with --rounds 0")
         init_ray(cfg)
         a = None
         status = "failed"
+        overlap = cfg.run.async_
         try:
             self.reporter.message(f"starting actors (run {self.run_id})")
-            a = build_actors(cfg, run_dir, self.run_id, self.tasks, self.reporter)
+            a = build_actors(cfg, run_dir, self.run_id, self.tasks, self.reporter, self.env)
             version = 0
+            ahead: Rollout | None = None  # run.async: the next round's rollout, already running
             for round_ in range(rounds + 1):
                 started = time.monotonic()
                 ray.get(a.recorder.start_round.remote(round_, version))
                 row = {"round": round_, "train_reward_mean": None, "train_valid_rate": None, "train_samples": 0,
-                       "pairs": 0, "dpo_loss": None, "seconds": {}}
+                       "pairs": 0, "loss": None, "dpo_loss": None, "seconds": {}}
                 tokens = 0
                 if round_ > 0:
                     t = time.monotonic()
-                    rng = random.Random(cfg.run.seed * 7919 + round_)
-                    tasks = rng.sample(self.train_tasks, min(cfg.env.train_tasks_per_round, len(self.train_tasks)))
-                    train, pairs_ref = self._episodes(a, round_, "train", tasks, cfg.env.samples_per_task,
-                                                      cfg.generator.temperature)
+                    rollout = ahead or self._start_train(a, round_)
+                    train, batch_ref = self._finish(a, rollout)
                     row["seconds"]["rollout"] = time.monotonic() - t
+                    row["seconds"]["rollout_overlapped"] = t - rollout.started
                     row.update(train_reward_mean=train["reward_mean"], train_valid_rate=train["valid_rate"],
                                train_pass_rate=train["pass_rate"], train_samples=train["samples"],
-                               pairs=train["pairs"])
+                               pairs=train["pairs"], train_weights_versions=train["weights_versions"])
                     tokens += train["tokens"]
-
-                    t = time.monotonic()
-                    self.reporter.phase(round_, "learn", 1)
-                    learn = ray.get(a.learner.train.remote(pairs_ref))
-                    row["dpo_loss"] = learn["dpo_loss"]
-                    row["learner"] = learn
-                    self.reporter.advance(1)
-                    if not learn["pairs"]:
-                        # Nothing to learn from (every reward tied): the policy is unchanged, so no new version.
-                        row["seconds"]["learn"] = time.monotonic() - t
-                        why = (f"all {learn['pairs_too_long']} pairs are longer than learner.max_length"
-                               if learn.get("pairs_too_long") else "no preference pairs (all rewards tied)")
-                        self.reporter.message(f"round {round_}: {why}; keeping weights v{version}")
-                    else:
-                        weights = ray.get(a.learner.publish.remote())  # small: version, checksum and a ref
-                        row["seconds"]["learn"] = time.monotonic() - t
-                        version = self._broadcast(a, weights, row)
+                    # The next round's rollout starts now, on the version the generators hold,
+                    # and runs while this round learns, broadcasts and evaluates.
+                    ahead = self._start_train(a, round_ + 1) if overlap and round_ < rounds else None
+                    version = self._learn(a, round_, batch_ref, row, version)
 
                 t = time.monotonic()
                 ev = self._evaluate(a, round_)
@@ -295,8 +293,9 @@ class Loop:
                 tokens += ev["tokens"]
                 row.update(weights_version=version, heldout_valid_rate=ev["valid_rate"],
                            heldout_pass_rate=ev["pass_rate"], heldout_reward_mean=ev["reward_mean"],
-                           heldout_samples=ev["samples"], eval_weights_versions=ev["weights_versions"],
-                           tokens_generated=tokens)
+                           heldout_reward_ci95=ev["reward_ci95"], heldout_valid_ci95=ev["valid_ci95"],
+                           heldout_pass_ci95=ev["pass_ci95"], heldout_samples=ev["samples"],
+                           eval_weights_versions=ev["weights_versions"], tokens_generated=tokens)
                 row["seconds"]["total"] = time.monotonic() - started
                 ray.get(a.recorder.finish_round.remote(row))
                 self.rows.append(row)
@@ -307,27 +306,15 @@ class Loop:
             status = "interrupted"
             raise
         finally:
-            experiments = a is not None and cfg.env.name == "experiment"
-            if experiments:
-                from ouroboros.experiments import flush_commits
-
-                flush_commits(a.agents, status)
             if a is not None:
+                self.env.before_shutdown(a.agents, status)
                 try:
                     ray.get(a.recorder.close.remote(status), timeout=30)
                 except Exception:  # the store keeps every finished round whatever happens here
                     pass
             shutdown(a)
-            if experiments:
-                from ouroboros.experiments import close_experiments
-                from ouroboros.store.experiments import ExperimentStore
-
-                paths = RunPaths(run_dir, self.run_id)
-                store = ExperimentStore(paths.db)
-                try:
-                    close_experiments(store, paths.experiments)
-                finally:
-                    store.close()
+            if a is not None:
+                self.env.after_shutdown(run_dir, self.run_id)
 
 
 def check_trainable(cfg: Config, rounds: int) -> None:

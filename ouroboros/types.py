@@ -141,6 +141,27 @@ class PreferencePair:
 
 
 @dataclass
+class Turn:
+    """One policy turn to train on with a policy-gradient learner: the conversation it answered,
+    the tokens the generator sampled with their log-probs, the version that made them, and the
+    reward this turn earned (the environment's `turn_rewards`). Returns are discounted over the
+    turns of one trajectory by the learner."""
+
+    id: str  # "<trajectory id>#<step>"
+    trajectory_id: str
+    step: int
+    round: int
+    task_id: str
+    prompt: list[dict[str, str]]
+    token_ids: list[int]
+    logprobs: list[float]
+    weights_version: int
+    reward: float
+    episode_reward: float
+    finish_reason: str = "stop"
+
+
+@dataclass
 class WeightsRef:
     """A published policy version.
 
@@ -192,5 +213,27 @@ PAIR_SCHEMA = pa.schema(
         ("rejected", pa.string()),
         ("chosen_reward", pa.float32()),
         ("rejected_reward", pa.float32()),
+    ]
+)
+
+# One row per trained turn (shards/round-NNNN/learner-turns.parquet): what the viewer overlays.
+LEARNER_TURN_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("turn_id", pa.string()),
+        ("trajectory_id", pa.string()),
+        ("step", pa.int32()),
+        ("round", pa.int32()),
+        ("learner_step", pa.int32()),  # the optimizer step that first consumed it
+        ("learner_version", pa.int32()),  # the version the learner held when it trained on it
+        ("weights_version", pa.int32()),  # the version that generated it
+        ("staleness", pa.int32()),
+        ("reward", pa.float32()),  # as paid, after the reward guards
+        ("raw_reward", pa.float32()),
+        ("advantage", pa.float32()),
+        ("generator_logprobs", pa.list_(pa.float32())),
+        ("learner_logprobs", pa.list_(pa.float32())),
+        ("clipped", pa.list_(pa.bool_())),  # tokens whose gradient the clip removed
+        ("masked", pa.list_(pa.bool_())),  # tokens left out of the loss (past learner.max_length)
     ]
 )

@@ -26,13 +26,15 @@ def test_dpo_trains_publishes_versions_and_generators_follow(tiny_model_path, tm
     assert learner.weights_version() == 0
     with pytest.raises(RuntimeError, match="publish"):
         learner.copy_benchmark()
-    assert learner.train([]) == {"dpo_loss": None, "pairs": 0, "steps": 0, "seconds": 0.0, "pairs_too_long": 0}
+    empty, rows = learner.train([])
+    assert empty["pairs"] == 0 and empty["steps"] == 0 and empty["dpo_loss"] is None and rows == []
+    assert "no preference pairs" in empty["nothing_to_learn"]
 
     # A pair longer than learner.max_length would lose its replies to TRL's truncation: left out, counted.
     long = _pairs(1)[0]
     long.prompt = [{"role": "user", "content": "word " * (cfg.learner.max_length + 10)}]
     pairs = _pairs(8)
-    first = learner.train(pairs + [long])
+    first, _ = learner.train(pairs + [long])
     assert first["pairs"] == 8 and first["steps"] == 3 and first["pairs_too_long"] == 1
     # DPO loss starts at log 2 (policy == reference) and must fall as the policy moves.
     assert first["dpo_loss"] < 0.6931 and first["rewards_margins"] > 0
@@ -41,7 +43,7 @@ def test_dpo_trains_publishes_versions_and_generators_follow(tiny_model_path, tm
     assert all(".default." in e.name for e in w1.index) and w1.num_bytes == w1.ref.nbytes > 0
 
     # The reference stays the base model: TRL's "ref" adapter copy is removed every round.
-    second = learner.train([pairs[:4], pairs[4:]])
+    second, _ = learner.train([pairs[:4], pairs[4:]])
     assert "ref" not in learner.model.peft_config and second["steps"] > 0
     w2 = learner.publish()
     assert w2.version == 2 and w2.checksum != w1.checksum
@@ -73,4 +75,4 @@ def test_dpo_trains_publishes_versions_and_generators_follow(tiny_model_path, tm
         c = gen.backend.model(ids).logits[0, -1]
     assert np.allclose(c.numpy(), b.numpy(), atol=1e-4)
     # The learner's own adapter survives the merge for later rounds.
-    assert "default" in learner.model.peft_config and learner.train(pairs[:2])["steps"] > 0
+    assert "default" in learner.model.peft_config and learner.train(pairs[:2])[0]["steps"] > 0

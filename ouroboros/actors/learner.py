@@ -1,21 +1,21 @@
-"""Learner: DPO with TRL on a PEFT LoRA adapter; the frozen base model is the reference.
+"""Learner: the LoRA policy, its optimizer, and one update per round.
 
-One step, top to bottom: the round's preference pairs arrive as object refs,
-become a `datasets.Dataset`, and TRL's DPOTrainer runs `epochs` passes over
-them with an AdamW optimizer that lives across rounds. `publish` then copies
-the adapter tensors out once, puts them in the object store and returns a
-versioned, checksummed `WeightsRef`.
+`learner.algorithm` picks the update: DPO through TRL on preference pairs (`learn/dpo.py`), or
+a policy gradient (GRPO, PPO, REINFORCE: `learn/policy_gradient.py`) on each policy turn's
+sampled tokens. The frozen base model is the reference of every algorithm. The AdamW optimizer
+lives across rounds. `publish` copies the adapter (or the merged weights) out once, puts it in
+the object store and returns a versioned, checksummed `WeightsRef`; `checkpoint` returns the
+version's checkpoint files for the recorder to write.
 """
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 
 from ouroboros.actors.generator import lora_settings
 from ouroboros.actors.handles import gather
 from ouroboros.config import Config
-from ouroboros.types import PreferencePair, WeightsRef
+from ouroboros.types import WeightsRef
 from ouroboros.weights import checksum, pack
 
 log = logging.getLogger(__name__)
@@ -28,108 +28,88 @@ class Learner:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from ouroboros import models
-        from ouroboros.learn.trl_cpu import score_completion_tokens_only_on_cpu
 
-        score_completion_tokens_only_on_cpu()
         self.cfg = cfg
-        torch.set_num_threads(cfg.learner.threads)
+        l = cfg.learner
+        torch.set_num_threads(l.threads)
         torch.manual_seed(cfg.run.seed)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        cuda = self.device == "cuda"
+        if l.quantize == "4bit" and not cuda:
+            raise RuntimeError("learner.quantize is 4bit (QLoRA), which needs a GPU, and this learner has none: "
+                               "give it one (learner.num_gpus) or set learner.quantize: none")
         path = models.resolve(cfg.policy.model)
         self.base_model = cfg.policy.model
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        base = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, cfg.policy.dtype)).to(self.device)
+        self.bf16 = bool(l.bf16 if l.bf16 is not None else cuda)
+        kwargs = {"dtype": getattr(torch, cfg.policy.dtype)}
+        if l.quantize == "4bit":
+            try:
+                from transformers import BitsAndBytesConfig
+                import bitsandbytes  # noqa: F401
+            except ImportError:
+                raise RuntimeError("learner.quantize is 4bit but bitsandbytes is not installed: "
+                                   "pip install bitsandbytes (GPU nodes), or set learner.quantize: none") from None
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+            kwargs["device_map"] = {"": 0}
+        base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        if l.quantize == "4bit":
+            from peft import prepare_model_for_kbit_training
+
+            base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=True)
+        else:
+            base = base.to(self.device)
+        if bool(l.gradient_checkpointing if l.gradient_checkpointing is not None else cuda):
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         # B starts at zero, so version 0 (no adapter) and the fresh adapter are the same policy.
         self.model = get_peft_model(base, LoraConfig(**lora_settings(cfg)))
-        self.optimizer = torch.optim.AdamW(
-            [p for p in self.model.parameters() if p.requires_grad], lr=cfg.learner.learning_rate)
+        self.value_head = None
+        if l.value_head:
+            hidden = base.config.hidden_size
+            self.value_head = torch.nn.Linear(hidden, 1).to(self.device)
+            torch.nn.init.zeros_(self.value_head.weight)
+            torch.nn.init.zeros_(self.value_head.bias)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.value_head is not None:
+            params += list(self.value_head.parameters())
+        self.optimizer = torch.optim.AdamW(params, lr=l.learning_rate)
         self.version = 0
         self.steps = 0
         self._last_published = None  # the buffer of the latest version, for copy_benchmark
+        autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if self.bf16 and cuda else None
+        if l.algorithm == "dpo":
+            from ouroboros.learn.dpo import DPO
 
-    def _dataset(self, pairs: list[PreferencePair]):
-        from datasets import Dataset
+            self.update = DPO(cfg, self.model, self.tokenizer, self.device)
+        else:
+            from ouroboros.learn.policy_gradient import PolicyGradient
 
-        return Dataset.from_list([
-            {"prompt": p.prompt,
-             "chosen": [{"role": "assistant", "content": p.chosen}],
-             "rejected": [{"role": "assistant", "content": p.rejected}]}
-            for p in pairs
-        ])
+            self.update = PolicyGradient(cfg, self.model, self.tokenizer, self.device, self.value_head, autocast)
 
-    def _fitting(self, pairs: list[PreferencePair]) -> tuple[list[PreferencePair], int]:
-        """The pairs whose prompt and longer reply fit `learner.max_length`. TRL cuts a longer
-        sequence at its end, which would cut the replies the pair is about and leave a pair
-        with nothing to compare; those are left out and counted instead."""
-        limit = self.cfg.learner.max_length
-        fitting = []
-        for p in pairs:
-            prompt = self.tokenizer.apply_chat_template(p.prompt, add_generation_prompt=True, tokenize=True,
-                                                        return_dict=False)
-            reply = max(len(self.tokenizer(p.chosen, add_special_tokens=False)["input_ids"]),
-                        len(self.tokenizer(p.rejected, add_special_tokens=False)["input_ids"]))
-            if len(prompt) + reply + 2 <= limit:  # + end-of-turn tokens
-                fitting.append(p)
-        if len(fitting) < len(pairs):
-            log.warning("%d of %d preference pairs do not fit learner.max_length=%d and are left out; raise it",
-                        len(pairs) - len(fitting), len(pairs), limit)
-        return fitting, len(pairs) - len(fitting)
+    def train(self, batch_refs) -> tuple[dict, list[dict]]:
+        """One policy update from the round's batch (refs, or plain lists in tests): preference
+        pairs for dpo, policy turns otherwise. Returns (metrics, per-turn rows for the store).
+        A batch refused as a whole (NaN rewards) leaves the policy as it was and says why."""
+        from ouroboros.learn.policy_gradient import BatchRefused
 
-    def train(self, batch_refs) -> dict:
-        """One policy update from the round's pairs (refs, or lists of pairs in tests)."""
-        from trl import DPOConfig, DPOTrainer
-
-        pairs: list[PreferencePair] = gather(batch_refs)
-        pairs, too_long = self._fitting(pairs)
-        if not pairs:
-            return {"dpo_loss": None, "pairs": 0, "steps": 0, "seconds": 0.0, "pairs_too_long": too_long}
-        started = time.monotonic()
-        l = self.cfg.learner
-        with tempfile.TemporaryDirectory(prefix="ouroboros-dpo-") as tmp:
-            args = DPOConfig(
-                output_dir=tmp,
-                per_device_train_batch_size=min(l.batch_size, len(pairs)),
-                num_train_epochs=l.epochs,
-                learning_rate=l.learning_rate,
-                lr_scheduler_type="constant",
-                beta=l.beta,
-                max_length=l.max_length,
-                logging_steps=1,
-                report_to=[],
-                save_strategy="no",
-                disable_tqdm=True,
-                gradient_checkpointing=False,
-                use_cpu=self.device == "cpu",
-                bf16=False,
-                seed=self.cfg.run.seed + self.version,
-                dataloader_num_workers=0,
-            )
-            trainer = DPOTrainer(model=self.model, args=args, train_dataset=self._dataset(pairs),
-                                 processing_class=self.tokenizer, optimizers=(self.optimizer, None))
-            # Handed a PeftModel, TRL copies the current adapter as a "ref" adapter. We want the
-            # base model as the reference in every round, which TRL uses when no "ref" adapter exists.
-            if "ref" in self.model.peft_config:
-                self.model.delete_adapter("ref")
-            self.model.set_adapter("default")
-            result = trainer.train()
-        history = [h for h in trainer.state.log_history if "loss" in h]
-        self.steps += trainer.state.global_step
-        metrics = {
-            "dpo_loss": float(result.training_loss),
-            "pairs": len(pairs),
-            "pairs_too_long": too_long,
-            "steps": trainer.state.global_step,
-            "seconds": time.monotonic() - started,
-        }
-        if history:
-            last = history[-1]
-            for key in ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected"):
-                if key in last:
-                    metrics[key.replace("/", "_")] = float(last[key])
-        self.model.eval()
-        return metrics
+        batch = gather(batch_refs)
+        try:
+            metrics, rows = self.update.update(batch, self.version, self.optimizer, self.steps,
+                                               self.cfg.run.seed + self.version)
+        except BatchRefused as exc:
+            log.error("learner refused the batch: %s", exc)
+            return {"algorithm": self.cfg.learner.algorithm, "steps": 0, "loss": None, "refused": str(exc),
+                    "refused_ids": exc.ids, "nothing_to_learn": f"batch refused: {exc}"}, []
+        self.steps += metrics["steps"]
+        if not metrics["steps"] and "nothing_to_learn" not in metrics:
+            metrics["nothing_to_learn"] = ("no trainable turns" if metrics.get("algorithm") != "dpo"
+                                           else "no preference pairs")
+            if metrics.get("stale_dropped"):
+                metrics["nothing_to_learn"] += f" ({metrics['stale_dropped']} older than learner.max_staleness)"
+        return metrics, rows
 
     def _named(self, kind: str) -> list:
         """What a version of `kind` publishes, as (name, tensor): the adapter alone, or the base
@@ -157,6 +137,14 @@ class Learner:
         ref = ray.put(bucket.flat) if ray.is_initialized() else bucket.flat
         return WeightsRef(version=self.version, kind=kind, ref=ref, checksum=checksum(bucket.flat, bucket.index),
                           num_bytes=bucket.flat.nbytes, base_model=self.base_model, index=bucket.index)
+
+    def checkpoint(self) -> dict[str, bytes]:
+        """The latest published version's checkpoint files (learn/checkpoint.py), for the recorder."""
+        from ouroboros.learn.checkpoint import snapshot
+
+        extra = {"reference_return": getattr(self.update, "reference_return", {})}
+        return snapshot(self.model, self.optimizer, self.value_head, self.version, self.steps,
+                        self.cfg.model_dump(by_alias=True), self.base_model, extra)
 
     def weights_version(self) -> int:
         """The latest published version (0 before any): also a cheap call to see the actor is up."""

@@ -2,8 +2,10 @@
 
 DESIGN.md lists no store actor, but the driver must not pull batches into its
 own process and SQLite wants a single writer, so trajectories and scores go by
-reference to this actor, which writes them, builds the round's preference
-pairs and hands back only small metrics and the pairs' ref.
+reference to this actor, which writes them, builds the round's training batch (preference
+pairs for DPO, policy turns for the policy gradients, as the run's environment forms them)
+and hands back only small metrics and the batch's ref. It also writes what the learner
+returns: the per-turn learner rows and each version's checkpoint.
 
 Every row and shard it writes carries the run id, and the run's own files live under
 `runs/<run id>/` (store/layout.py), so a run never replaces another's.
@@ -13,17 +15,25 @@ from __future__ import annotations
 import json
 import time
 
-from ouroboros.actors.handles import gather
-from ouroboros.learn.pairs import build_pairs
+from ouroboros.actors.handles import gather, resolve
 from ouroboros.store.db import RunDB
 from ouroboros.store.layout import RunPaths
 from ouroboros.store.shards import write_shard
 from ouroboros.store.summary import Summary
-from ouroboros.types import COMPLETION_SCHEMA, PAIR_SCHEMA, Score, Trajectory, WeightsRef
+from ouroboros.types import COMPLETION_SCHEMA, LEARNER_TURN_SCHEMA, PAIR_SCHEMA, Score, Trajectory, WeightsRef
 
 
 class Recorder:
-    def __init__(self, run_dir: str, run_id: str, name: str, config: dict) -> None:
+    def __init__(self, run_dir: str, run_id: str, name: str, config: dict, env=None, algorithm: str = "dpo") -> None:
+        """`env`: the run's environment (envs/base.py), which forms pairs, turn rewards and
+        metrics; `algorithm`: what the learner trains on (dpo: pairs; else policy turns)."""
+        if env is None:
+            from ouroboros.envs.tasks.environment import TasksEnvironment
+            from ouroboros.config import Config
+
+            env = TasksEnvironment(Config())
+        self.env = env
+        self.algorithm = algorithm
         self.paths = RunPaths(run_dir, run_id).make()
         self.run_id = run_id
         self.db = RunDB(self.paths.db)
@@ -36,7 +46,8 @@ class Recorder:
                                    "finished_at": None}])
 
     def record(self, round_: int, phase: str, trajectory_refs, score_refs, make_pairs: bool = False):
-        """Store a phase's episodes; return (metrics, pairs). Called with num_returns=2 under Ray."""
+        """Store a phase's episodes; return (metrics, batch): the learner's batch when
+        `make_pairs` (a train phase), else []. Called with num_returns=2 under Ray."""
         trajectories: list[Trajectory] = gather(trajectory_refs)
         scores: list[Score] = gather(score_refs)
         by_id = {s.trajectory_id: s for s in scores}
@@ -77,7 +88,7 @@ class Recorder:
         self.db.upsert("scores", score_rows)
         write_shard(self.paths.shards, round_, f"{phase}-completions", shard_rows, COMPLETION_SCHEMA)
 
-        pairs = build_pairs(trajectories, scores, round_) if make_pairs else []
+        pairs = self.env.pairs(trajectories, scores, round_) if make_pairs else []
         if make_pairs:
             self.db.upsert("pairs", [{
                 "id": p.id, "run_id": self.run_id, "round": round_, "task_id": p.task_id, "prompt": p.prompt,
@@ -88,7 +99,31 @@ class Recorder:
                 "run_id": self.run_id, "id": p.id, "round": round_, "task_id": p.task_id, "prompt": json.dumps(p.prompt),
                 "chosen": p.chosen, "rejected": p.rejected, "chosen_reward": p.chosen_reward,
                 "rejected_reward": p.rejected_reward} for p in pairs], PAIR_SCHEMA)
-        return phase_metrics(trajectories, scores, len(pairs)), pairs
+        metrics = self.env.metrics(trajectories, scores, len(pairs))
+        if not make_pairs:
+            return metrics, []
+        if self.algorithm == "dpo":
+            return metrics, pairs
+        from ouroboros.learn.rollouts import policy_turns
+
+        turns = policy_turns(trajectories, scores, self.env)
+        metrics["turns"] = len(turns)
+        return metrics, turns
+
+    def record_learning(self, round_: int, rows) -> int:
+        """The learner's per-turn rows of a round (learner step, learner and generator log-probs,
+        clipped and masked tokens) as `learner-turns.parquet`; returns how many."""
+        rows = gather(rows)
+        write_shard(self.paths.shards, round_, "learner-turns", [{"run_id": self.run_id, **r} for r in rows],
+                    LEARNER_TURN_SCHEMA)
+        return len(rows)
+
+    def write_checkpoint(self, version: int, files) -> str:
+        """A published version's checkpoint (learn/checkpoint.py), under the run's checkpoints/."""
+        from ouroboros.learn.checkpoint import write
+
+        files = resolve(files)
+        return str(write(self.paths.run, version, files))
 
     def record_weights(self, weights: WeightsRef) -> None:
         self.db.upsert("weights", [{"run_id": self.run_id, "version": weights.version, "kind": weights.kind,
@@ -108,24 +143,3 @@ class Recorder:
                                  (self.run_id,))
         self.db.finish_run(self.run_id, status)
         self.db.close()
-
-
-def phase_metrics(trajectories: list[Trajectory], scores: list[Score], pairs: int) -> dict:
-    """valid_rate: the mean of the judges' `valid` component (the share of valid replies, which
-    for one-reply tasks is the share of episodes); pass_rate: episodes the judge marked passed."""
-    n = len(trajectories)
-    by_id = {s.trajectory_id: s for s in scores}
-    valid = sum(by_id[t.id].components.get("valid", 0.0) for t in trajectories if t.id in by_id)
-    passed = sum(1 for t in trajectories if t.id in by_id and by_id[t.id].passed)
-    rewards = [by_id[t.id].total for t in trajectories if t.id in by_id]
-    versions = sorted({s.completion.weights_version for t in trajectories for s in t.steps})
-    return {
-        "samples": n,
-        "valid_rate": valid / n if n else 0.0,
-        "pass_rate": passed / n if n else 0.0,
-        "reward_mean": sum(rewards) / len(rewards) if rewards else 0.0,
-        "tokens": sum(s.completion.completion_tokens for t in trajectories for s in t.steps),
-        "turns": sum(len(t.steps) for t in trajectories),
-        "weights_versions": versions,
-        "pairs": pairs,
-    }

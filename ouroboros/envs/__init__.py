@@ -1,0 +1,11 @@
+"""Environments: the kinds of episode a run trains on, each behind `envs/base.py`'s interface."""
+from __future__ import annotations
+
+
+def environment(cfg):
+    """The environment `cfg.env.name` names. The one place a name becomes a class."""
+    from ouroboros.envs.experiment.environment import ExperimentEnvironment
+    from ouroboros.envs.tasks.environment import TasksEnvironment
+
+    classes = {c.name: c for c in (TasksEnvironment, ExperimentEnvironment)}
+    return classes[cfg.env.name](cfg)

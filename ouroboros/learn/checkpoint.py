@@ -1,0 +1,156 @@
+"""Checkpoints of published versions, and their export as a model folder.
+
+Each published version is saved under `DIR/runs/<run id>/checkpoints/vNNNN/`:
+
+    adapter_config.json, adapter_model.safetensors   the PEFT adapter (`save_pretrained`)
+    learner_state.pt                                 optimizer, value head, step counters
+    rng_state.pt                                     torch, Python and numpy RNG states
+    config.json                                      the run's config
+    version.json                                     version, base model, optimizer step
+
+The learner builds the files in memory (`snapshot`) and the recorder, the run's one writer,
+writes them (`write`): nothing assumes that the learner's node has the run directory's disk.
+`export` merges a version's adapter into its base model and saves a folder that
+`AutoModelForCausalLM.from_pretrained` and vLLM both load.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+
+class CheckpointError(ValueError):
+    """A run directory or version that cannot be exported; the message says what exists."""
+
+
+def version_dir(run_path: str | Path, version: int) -> Path:
+    return Path(run_path) / "checkpoints" / f"v{version:04d}"
+
+
+def snapshot(model, optimizer, value_head, version: int, step: int, config: dict, base_model: str,
+             extra: dict | None = None) -> dict[str, bytes]:
+    """Everything a version's checkpoint holds, as file name -> bytes."""
+    import numpy as np
+    import torch
+
+    files: dict[str, bytes] = {}
+    with tempfile.TemporaryDirectory(prefix="ouroboros-ckpt-") as tmp:
+        model.save_pretrained(tmp)
+        for name in os.listdir(tmp):
+            path = Path(tmp) / name
+            if path.is_file():
+                files[name] = path.read_bytes()
+    files["learner_state.pt"] = _torch_bytes({
+        "optimizer": optimizer.state_dict(),
+        "value_head": value_head.state_dict() if value_head is not None else None,
+        "version": version, "step": step, **(extra or {}),
+    })
+    files["rng_state.pt"] = _torch_bytes({
+        "torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(), "numpy": np.random.get_state(),
+    })
+    files["config.json"] = json.dumps(config, indent=1, default=str).encode()
+    files["version.json"] = json.dumps({"version": version, "base_model": base_model, "step": step}).encode()
+    return files
+
+
+def _torch_bytes(obj) -> bytes:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def write(run_path: str | Path, version: int, files: dict[str, bytes]) -> Path:
+    """Write a version's files atomically: a half-written checkpoint never has the final name."""
+    final = version_dir(run_path, version)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    for name, data in files.items():
+        if "/" in name or name.startswith("."):
+            raise ValueError(f"bad checkpoint file name {name!r}")
+        (tmp / name).write_bytes(data)
+    if final.exists():  # a retried write of the same version replaces it whole
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def run_path_of(path: str | Path) -> Path:
+    """The run a path names: a run's own directory (it has checkpoints/ or summary.json), or a
+    run directory (`--out`), whose `latest` run is meant."""
+    p = Path(path)
+    if (p / "checkpoints").is_dir() or (p / "summary.json").is_file():
+        return p
+    if (p / "latest").exists():
+        return (p / "latest").resolve()
+    raise CheckpointError(f"{str(p)!r} is neither a run directory (with a 'latest' run) nor a run's own directory "
+                          "(runs/<run id>/): pass the --out of `ouroboros run`, or one of its runs/<run id>")
+
+
+def versions(run_path: str | Path) -> list[int]:
+    root = Path(run_path) / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(int(d.name[1:]) for d in root.iterdir() if d.is_dir() and d.name[:1] == "v" and d.name[1:].isdigit())
+
+
+def run_config(run_path: Path) -> dict:
+    """The run's config: from a checkpoint, else from the run's summary."""
+    for v in reversed(versions(run_path)):
+        cfg = version_dir(run_path, v) / "config.json"
+        if cfg.is_file():
+            return json.loads(cfg.read_text())
+    summary = run_path / "summary.json"
+    if summary.is_file():
+        data = json.loads(summary.read_text())
+        if isinstance(data, dict) and isinstance(data.get("config"), dict):
+            return data["config"]
+    raise CheckpointError(f"{str(run_path)!r} holds no checkpoint and no config: nothing to export")
+
+
+def export(path: str | Path, out: str | Path, version: int | None = None) -> dict:
+    """Merge version `version` (default: the latest checkpoint; 0: the base model) into its base
+    and save a Hugging Face model folder at `out`, tokenizer included."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ouroboros import models
+
+    run_path = run_path_of(path)
+    have = versions(run_path)
+    if version is None:
+        if not have:
+            raise CheckpointError(f"{str(run_path)!r} has no checkpoints yet (checkpoints/vNNNN/): "
+                                  "pass --version 0 to export the base model")
+        version = have[-1]
+    if version != 0 and version not in have:
+        raise CheckpointError(f"{str(run_path)!r} has no checkpoint of version {version}: it has "
+                              + (", ".join(str(v) for v in have) if have else "none"))
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise CheckpointError(f"--out {str(out)!r} exists and is not empty: pass a new folder")
+    cfg = run_config(run_path)
+    base_name = cfg["policy"]["model"]
+    source = models.resolve(base_name)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, cfg["policy"].get("dtype", "float32")))
+    if version:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(version_dir(run_path, version))).merge_and_unload()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    info = {"version": version, "base_model": base_name, "run": str(run_path), "out": str(out)}
+    (out / "ouroboros_export.json").write_text(json.dumps(info, indent=1))
+    return info

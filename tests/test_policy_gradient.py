@@ -1,0 +1,196 @@
+"""Policy-gradient learners (GRPO, PPO, REINFORCE) as plain objects on the tiny model, fed real
+completions of the hf generator: what they train on, what they refuse, what they store, and
+checkpoints a user can export and load."""
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ouroboros.actors.generator import Generator
+from ouroboros.actors.learner import Learner
+from ouroboros.config import ConfigError, load_config
+from ouroboros.envs.tasks import build_messages, load_tasks
+from ouroboros.learn import checkpoint
+from ouroboros.types import Request, Turn
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def sampled(tiny_model_path):
+    """Four sampled completions for each of three train tasks, from the hf generator at version 0."""
+    cfg = load_config("configs/smoke.yaml")
+    gen = Generator(cfg)
+    tasks = load_tasks("train")[:3]
+    requests = [Request(id=f"{t.id}-{k}", messages=build_messages(t), max_new_tokens=24, temperature=1.0,
+                        top_p=1.0, seed=k) for t in tasks for k in range(4)]
+    return tasks, requests, gen.generate(requests)
+
+
+def _turns(sampled, reward=lambda i: float(i % 2), version=0, round_=1):
+    tasks, requests, completions = sampled
+    out = []
+    for i, (r, c) in enumerate(zip(requests, completions)):
+        out.append(Turn(id=f"{r.id}#0", trajectory_id=r.id, step=0, round=round_, task_id=r.id.rsplit("-", 1)[0],
+                        prompt=r.messages, token_ids=list(c.token_ids), logprobs=list(c.logprobs),
+                        weights_version=version, reward=reward(i), episode_reward=reward(i)))
+    return out
+
+
+def _learner(algorithm, *extra):
+    cfg = load_config("configs/smoke.yaml", [f"learner.algorithm={algorithm}", "learner.learning_rate=0.01",
+                                             "learner.batch_size=4", "learner.epochs=2", *extra])
+    return Learner(cfg)
+
+
+def _sequence_logp(learner, turn):
+    from ouroboros.backends.local_model import chat_prompt_ids
+
+    prompt = chat_prompt_ids(learner.tokenizer, turn.prompt)
+    ids = torch.tensor([prompt + turn.token_ids])
+    with torch.no_grad():
+        logits = learner.model(ids).logits[0, len(prompt) - 1:-1]
+    return float(torch.log_softmax(logits, -1).gather(-1, torch.tensor(turn.token_ids)[:, None]).sum())
+
+
+def test_grpo_raises_the_rewarded_samples_and_stores_what_a_viewer_needs(sampled):
+    learner = _learner("grpo")
+    turns = _turns(sampled)
+    before = [_sequence_logp(learner, t) for t in turns]
+    metrics, rows = learner.train(turns)
+    assert metrics["steps"] == 2 * 3 and metrics["trained"] == 12 and metrics["loss"] is not None
+    # Same model, same fp32 weights: the learner's log-probs of the sampled tokens are the
+    # generator's (the forward scores exactly the tokens the generator sampled, at the right place).
+    assert abs(metrics["generator_learner_kl"]) < 1e-4
+    assert len(rows) == 12
+    for row, t in zip(sorted(rows, key=lambda r: r["turn_id"]), sorted(turns, key=lambda t: t.id)):
+        assert row["turn_id"] == t.id and len(row["learner_logprobs"]) == len(t.token_ids) == len(row["clipped"])
+        assert row["generator_logprobs"] == pytest.approx(row["learner_logprobs"], abs=1e-3)
+        assert 1 <= row["learner_step"] <= 6 and row["staleness"] == 0 and not any(row["masked"])
+        assert row["advantage"] > 0 if t.reward == 1.0 else row["advantage"] < 0
+    after = [_sequence_logp(learner, t) for t in turns]
+    gain = [a - b for a, b in zip(after, before)]
+    rewarded = [g for g, t in zip(gain, turns) if t.reward == 1.0]
+    unrewarded = [g for g, t in zip(gain, turns) if t.reward == 0.0]
+    assert sum(rewarded) / len(rewarded) > sum(unrewarded) / len(unrewarded) + 0.5
+
+
+def test_nan_rewards_or_logprobs_refuse_the_batch_and_leave_the_policy(sampled):
+    learner = _learner("grpo")
+    turns = _turns(sampled)
+    turns[2].reward = math.nan
+    turns[5].logprobs[0] = -math.inf
+    weights = [p.detach().clone() for p in learner.model.parameters() if p.requires_grad]
+    metrics, rows = learner.train(turns)
+    assert metrics["steps"] == 0 and rows == []
+    assert metrics["refused_ids"] == [turns[2].id, turns[5].id]
+    assert turns[2].id in metrics["refused"] and "NaN or infinite" in metrics["refused"]
+    assert all(torch.equal(a, b) for a, b in zip(weights, [p for p in learner.model.parameters() if p.requires_grad]))
+
+
+def test_staleness_bound_drops_old_samples_and_reports_staleness(sampled):
+    learner = _learner("reinforce", "learner.max_staleness=1")
+    learner.version = 2  # as if two versions were published since these were sampled
+    turns = _turns(sampled, version=0)[:6] + _turns(sampled, version=1)[6:]
+    metrics, rows = learner.train(turns)
+    assert metrics["stale_dropped"] == 6 and metrics["trained"] == 6
+    assert metrics["staleness_max"] == 1 and {r["staleness"] for r in rows} == {1}
+
+
+def test_ppo_trains_a_value_head_and_reinforce_discounts_multi_turn_returns(sampled):
+    learner = _learner("ppo", "learner.kl_coef=0.05", "learner.kl_mode=reward")
+    assert learner.value_head is not None
+    head = learner.value_head.weight.detach().clone()
+    metrics, rows = learner.train(_turns(sampled))
+    assert metrics["steps"] > 0 and metrics["value_loss"] is not None and metrics["kl_ref"] is None
+    assert not torch.equal(head, learner.value_head.weight)
+
+    # Three turns of one episode: only the last pays; earlier turns get the discounted return.
+    r = _learner("reinforce", "learner.gamma=0.5", "learner.baseline=mean")
+    turns = _turns(sampled)[:3]
+    for k, t in enumerate(turns):
+        t.trajectory_id, t.step, t.id = "ep", k, f"ep#{k}"
+        t.reward = 1.0 if k == 2 else 0.0
+    encoded, stats = r.update.prepare(turns, 0)
+    assert [e.ret for e in encoded] == pytest.approx([0.25, 0.5, 1.0])
+
+
+def test_reward_guard_bounds_and_reports_the_hit_rate(sampled):
+    learner = _learner("grpo", "learner.reward_bound=[0,1]")
+    turns = _turns(sampled, reward=lambda i: 5.0 if i < 3 else 0.5)
+    encoded, stats = learner.update.prepare(turns, 0)
+    assert stats["reward_bound_hit_rate"] == pytest.approx(3 / 12)
+    assert max(e.reward for e in encoded) == 1.0
+
+
+@pytest.mark.parametrize("setting,message", [
+    (["learner.algorithm=ppo", "learner.critic=none"], "learner.critic .none. with learner.algorithm .ppo."),
+    (["learner.max_staleness=-1"], "learner.max_staleness"),
+    (["learner.quantize=4bit"], "learner.quantize .4bit.*GPU"),
+    (["learner.reward_bound=[1,0]"], "learner.reward_bound.*low < high"),
+])
+def test_incompatible_learner_settings_are_one_line_naming_the_setting(setting, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("configs/smoke.yaml", setting)
+
+
+def test_checkpoint_exports_a_model_folder_that_transformers_and_vllm_load(sampled, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ouroboros.actors.recorder import Recorder
+
+    learner = _learner("grpo")
+    learner.train(_turns(sampled))
+    weights = learner.publish()
+    files = learner.checkpoint()
+    cfg = learner.cfg
+    recorder = Recorder(str(tmp_path / "out"), "run-a", "t", cfg.model_dump(by_alias=True), algorithm="grpo")
+    where = recorder.write_checkpoint(weights.version, files)
+    assert where.endswith("runs/run-a/checkpoints/v0001")
+    state = json.loads((tmp_path / "out/runs/run-a/checkpoints/v0001/version.json").read_text())
+    assert state["version"] == 1 and state["step"] == learner.steps
+    for name in ("adapter_model.safetensors", "adapter_config.json", "learner_state.pt", "rng_state.pt", "config.json"):
+        assert (tmp_path / "out/runs/run-a/checkpoints/v0001" / name).is_file()
+
+    out = tmp_path / "export"
+    info = checkpoint.export(tmp_path / "out", out)  # the run directory: its latest run, its latest version
+    assert info["version"] == 1
+    gen = Generator(cfg)
+    gen.load_weights(weights)
+    tasks, requests, _ = sampled
+    greedy = [Request(id=f"g{i}", messages=r.messages, max_new_tokens=16, temperature=0.0)
+              for i, r in enumerate(requests[::4])]
+    served = [c.token_ids for c in gen.generate(greedy)]
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    for r, ids in zip(greedy, served):
+        prompt = tok.apply_chat_template(r.messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        got = model.generate(**prompt, max_new_tokens=16, do_sample=False)[0, prompt["input_ids"].shape[1]:]
+        assert got.tolist()[:len(ids)] == ids
+    # vLLM loads the same folder and answers the same (its own process: one engine per process here).
+    code = (
+        "import json, sys, os\n"
+        "os.environ['VLLM_ENABLE_V1_MULTIPROCESSING']='0'\n"
+        "from vllm import LLM, SamplingParams\n"
+        "from transformers import AutoTokenizer\n"
+        "path, prompts = sys.argv[1], json.loads(sys.argv[2])\n"
+        "tok = AutoTokenizer.from_pretrained(path)\n"
+        "llm = LLM(model=path, dtype='float32', max_model_len=1024, enforce_eager=True, kv_cache_memory_bytes=1<<28,"
+        " enable_chunked_prefill=False)\n"
+        "ids = [tok.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=False) for m in prompts]\n"
+        "outs = llm.generate([{'prompt_token_ids': i} for i in ids], SamplingParams(temperature=0, max_tokens=16))\n"
+        "print('RESULT', json.dumps([list(o.outputs[0].token_ids) for o in outs]))\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(out), json.dumps([r.messages for r in greedy])],
+                          capture_output=True, text=True, timeout=600)
+    line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+    assert line is not None, proc.stderr[-3000:]
+    for got, ids in zip(json.loads(line[7:]), served):
+        assert got[:len(ids)] == ids
+
+    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint of version 7"):
+        checkpoint.export(tmp_path / "out", tmp_path / "x", version=7)
+    with pytest.raises(checkpoint.CheckpointError, match="not empty"):
+        checkpoint.export(tmp_path / "out", out)
