@@ -76,3 +76,43 @@ def test_smoke_run_on_vllm_generators(tiny_model_path, tmp_path):
     assert {b for (b,) in db.execute("SELECT DISTINCT backend FROM completions")} == {"vllm"}
     eval2 = pq.read_table(out / "latest" / "shards" / "round-0002" / "eval-completions.parquet").to_pylist()
     assert all(r["token_ids"] and len(r["token_ids"]) == len(r["logprobs"]) for r in eval2)
+
+
+@pytest.mark.slow
+def test_smoke_run_grpo_with_overlapped_rollouts_checkpoints_and_export(tiny_model_path, tmp_path):
+    """GRPO through the whole loop with run.async: the next round's rollout runs while the learner
+    trains, samples say how stale they were, each version is checkpointed, and `ouroboros export`
+    turns one into a model folder."""
+    require_bwrap()
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "ouroboros", "run", "configs/smoke.yaml", "--rounds", "2",
+                           "--out", str(out), "--set", "learner.algorithm=grpo", "--set", "run.async=true"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((out / "latest" / "summary.json").read_text())["rounds"]
+    assert [r["weights_version"] for r in rows] == [0, 1, 2]
+    for r in rows[1:]:
+        learner = r["learner"]
+        assert learner["algorithm"] == "grpo" and learner["steps"] > 0 and r["loss"] is not None
+        assert 0 <= r["staleness_mean"] <= r["staleness_max"] <= 1
+        assert r["learner_turns"] == learner["trained"] > 0
+        assert 0.0 <= r["reward_bound_hit_rate"] <= 1.0 and r["generator_learner_kl"] is not None
+        assert r["heldout_reward_ci95"] is None or r["heldout_reward_ci95"][0] <= r["heldout_reward_mean"]
+    # Round 2's rollout started before version 1 was live: its samples come from version 0, 1 or both.
+    assert set(rows[2]["train_weights_versions"]) <= {0, 1} and rows[2]["seconds"]["rollout_overlapped"] > 0
+    shard = pq.read_table(out / "latest" / "shards" / "round-0002" / "learner-turns.parquet").to_pylist()
+    assert len(shard) == rows[2]["learner_turns"]
+    assert all(r["run_id"] == out.joinpath("latest").resolve().name for r in shard)
+    assert all(len(r["learner_logprobs"]) == len(r["clipped"]) == len(r["masked"]) for r in shard)
+    ckpts = sorted(p.name for p in (out / "latest" / "checkpoints").iterdir())
+    assert ckpts == ["v0001", "v0002"]
+
+    exported = tmp_path / "model"
+    proc = subprocess.run([sys.executable, "-m", "ouroboros", "export", str(out), "--version", "1", "--out",
+                           str(exported)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (exported / "config.json").is_file() and (exported / "model.safetensors").is_file()
+    assert json.loads((exported / "ouroboros_export.json").read_text())["version"] == 1
+    bad = subprocess.run([sys.executable, "-m", "ouroboros", "export", str(out), "--version", "9", "--out",
+                          str(tmp_path / "other")], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no checkpoint of version 9" in bad.stderr

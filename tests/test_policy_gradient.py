@@ -194,3 +194,11 @@ def test_checkpoint_exports_a_model_folder_that_transformers_and_vllm_load(sampl
         checkpoint.export(tmp_path / "out", tmp_path / "x", version=7)
     with pytest.raises(checkpoint.CheckpointError, match="not empty"):
         checkpoint.export(tmp_path / "out", out)
+
+
+def test_qlora_on_a_learner_without_a_gpu_is_refused_with_what_to_do(tiny_model_path):
+    if torch.cuda.is_available():
+        pytest.skip("this host has a GPU")
+    cfg = load_config("configs/smoke.yaml", ["learner.quantize=4bit", "learner.num_gpus=1"])
+    with pytest.raises(RuntimeError, match="needs a GPU.*learner.quantize: none"):
+        Learner(cfg)

@@ -101,12 +101,11 @@ class Generator:
     def load_weights(self, weights: WeightsRef) -> dict:
         """Make `weights` live, after checking they are what the learner published. Returns how
         long each part took, for the broadcast benchmark."""
-        import ray
-
+        from ouroboros.actors.handles import resolve
         from ouroboros.weights import checksum
 
         started = time.perf_counter()
-        flat = ray.get(weights.ref) if isinstance(weights.ref, ray.ObjectRef) else weights.ref  # zero-copy
+        flat = resolve(weights.ref)  # zero-copy from the object store
         fetched = time.perf_counter()
         # A corrupted or mixed-up buffer would silently become the policy every agent samples.
         got = checksum(flat, weights.index)

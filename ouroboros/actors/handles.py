@@ -18,8 +18,12 @@ def submit(handle: Any, method: str, *args, **kwargs) -> Any:
 
 
 def resolve(value: Any) -> Any:
-    """Wait for what `submit` returned: an ObjectRef is fetched, a plain value passes through."""
-    import ray
+    """Wait for what `submit` returned: an ObjectRef is fetched, a plain value passes through
+    (also where Ray is not installed: the classes then run plainly, as in a GPU benchmark)."""
+    try:
+        import ray
+    except ImportError:
+        return value
 
     return ray.get(value) if isinstance(value, ray.ObjectRef) else value
 

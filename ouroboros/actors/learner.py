@@ -121,9 +121,8 @@ class Learner:
                 if "lora_" not in n]
 
     def publish(self, kind: str | None = None) -> WeightsRef:
-        """A new policy version: its tensors packed once into one bucket and put in the object store."""
-        import ray
-
+        """A new policy version: its tensors packed once into one bucket and put in the object store
+        (or kept as the buffer itself, for a learner used without Ray)."""
         kind = kind or self.cfg.learner.publish
         if kind == "full":
             self.model.merge_adapter()
@@ -134,7 +133,7 @@ class Learner:
                 self.model.unmerge_adapter()
         self.version += 1
         self._last_published = bucket.flat
-        ref = ray.put(bucket.flat) if ray.is_initialized() else bucket.flat
+        ref = _put(bucket.flat)
         return WeightsRef(version=self.version, kind=kind, ref=ref, checksum=checksum(bucket.flat, bucket.index),
                           num_bytes=bucket.flat.nbytes, base_model=self.base_model, index=bucket.index)
 
@@ -163,3 +162,11 @@ class Learner:
         started = time.perf_counter()
         np.copyto(dst, flat)
         return time.perf_counter() - started
+
+
+def _put(flat):
+    try:
+        import ray
+    except ImportError:  # a plain learner (a benchmark on a machine without Ray)
+        return flat
+    return ray.put(flat) if ray.is_initialized() else flat

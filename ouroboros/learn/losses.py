@@ -163,8 +163,9 @@ def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.
         weighted = kl * torch.exp(logps - old_logps) if kl_ratio_correction else kl
         per_token = per_token + kl_coef * weighted
     loss = aggregate(per_token, mask, loss_type, max_completion_length, num_items)
+    # Tensors, not floats: reading a number back from a GPU waits for it, once per step.
     stats = {"clipped": clipped & mask.bool(),
-             "kl": float((kl * mask).sum() / mask.sum().clamp(min=1.0)) if kl is not None else None}
+             "kl": (kl.detach() * mask).sum() / mask.sum().clamp(min=1.0) if kl is not None else None}
     return loss, stats
 
 

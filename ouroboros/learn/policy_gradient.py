@@ -230,21 +230,23 @@ class PolicyGradient:
                     rets = _stack([old[i]["returns"] for i in idx], mask)
                     vl = losses.value_loss(values, old_v, rets, mask, l.value_clip)
                     loss = loss + l.value_coef * vl
-                    vloss_sum += float(vl)
+                    vloss_sum += vl.detach()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 params = [p for g in optimizer.param_groups for p in g["params"]]
                 torch.nn.utils.clip_grad_norm_(params, l.max_grad_norm)
                 optimizer.step()
                 step += 1
-                loss_sum += float(loss)
+                # Kept as tensors until the pass ends, so a GPU step never waits to be read back.
+                loss_sum += loss.detach()
                 if st["kl"] is not None:
                     kl_sum += st["kl"]
                     kl_n += 1
                 for row, i in enumerate(idx):
                     consumed_at.setdefault(i, step)
-                    clipped_at[i] = st["clipped"][row, : encoded[i].n_scored].tolist()
+                    clipped_at[i] = st["clipped"][row, : encoded[i].n_scored]
         self.model.eval()
+        clipped_at = {i: c.tolist() for i, c in clipped_at.items()}
 
         rows, mismatch_num, mismatch_den = [], 0.0, 0
         for i, e in enumerate(encoded):
@@ -265,8 +267,8 @@ class PolicyGradient:
         clipped_tokens = sum(sum(c) for c in clipped_at.values())
         staleness = [version - e.turn.weights_version for e in encoded]
         metrics.update({
-            "steps": steps, "loss": loss_sum / steps, "kl_ref": kl_sum / kl_n if kl_n else None,
-            "value_loss": vloss_sum / steps if needs_values else None,
+            "steps": steps, "loss": float(loss_sum) / steps, "kl_ref": float(kl_sum) / kl_n if kl_n else None,
+            "value_loss": float(vloss_sum) / steps if needs_values else None,
             "generator_learner_kl": mismatch_num / mismatch_den if mismatch_den else None,
             "clip_fraction": clipped_tokens / total_tokens if total_tokens else 0.0,
             "tokens": total_tokens, "return_mean": sum(e.ret for e in encoded) / n,
@@ -307,23 +309,29 @@ class PolicyGradient:
         # The value head: reinforce's critic baseline (return less the estimate at each token),
         # or PPO's GAE over the turn's tokens with the return paid at its last token (less a
         # per-token KL penalty when the KL is in the reward).
+        # One padded (turns, tokens) batch, so GAE's recursion runs once over the token axis for
+        # every turn together instead of once per turn.
+        n, T = len(encoded), max(e.n_scored for e in encoded)
+        values = torch.zeros((n, T), dtype=torch.float32, device=d)
+        mask = torch.zeros((n, T), dtype=torch.float32, device=d)
+        rewards = torch.zeros((n, T), dtype=torch.float32, device=d)
+        for i, e in enumerate(encoded):
+            k = e.n_scored
+            values[i, :k] = old[i]["values"].float()
+            mask[i, :k] = 1.0
+            rewards[i, k - 1] = rets[i]
+            if l.algorithm == "ppo" and l.kl_coef and l.kl_mode == "reward":
+                rewards[i, :k] -= l.kl_coef * losses.kl_estimate(old[i]["logps"].float(), old[i]["ref"].float(),
+                                                                 l.kl_estimator)
+        if l.algorithm == "reinforce":
+            adv = (rets.to(d).unsqueeze(1) - values) * mask
+            ret = rets.to(d).unsqueeze(1).expand(n, T) * mask
+        else:
+            adv, ret = losses.gae(rewards, values, mask, l.gae_gamma, l.gae_lambda)
         out = {}
         for i, e in enumerate(encoded):
-            values = old[i]["values"].float().unsqueeze(0)
-            mask = torch.ones_like(values)
-            if l.algorithm == "reinforce":
-                a = (rets[i].to(d) - values).squeeze(0)
-                ret = torch.full_like(values, float(rets[i])).squeeze(0)
-            else:
-                rewards = torch.zeros_like(values)
-                rewards[0, -1] = rets[i]
-                if l.kl_coef and l.kl_mode == "reward":
-                    rewards = rewards - l.kl_coef * losses.kl_estimate(old[i]["logps"].float(), old[i]["ref"].float(),
-                                                                       l.kl_estimator).unsqueeze(0)
-                a, ret = losses.gae(rewards, values, mask, l.gae_gamma, l.gae_lambda)
-                a, ret = a.squeeze(0), ret.squeeze(0)
-            old[i]["returns"] = ret
-            out[i] = a
+            old[i]["returns"] = ret[i, : e.n_scored]
+            out[i] = adv[i, : e.n_scored]
         if l.algorithm == "ppo":  # whiten over every token of the batch, as PPO implementations do
             flat = torch.cat(list(out.values()))
             mean, std = flat.mean(), flat.std() if flat.numel() > 1 else torch.tensor(1.0)
