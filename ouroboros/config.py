@@ -26,6 +26,9 @@ class RunConfig(Section):
     name: str = Field("ouroboros", description="Name recorded in the runs table.")
     seed: int = Field(0, description="Seed for task sampling, generation and training.")
     rounds: int = Field(5, ge=0, description="Learning rounds after the round-0 evaluation of the base model.")
+    time_budget_s: float | None = Field(
+        None, gt=0, description="Start no new round after this many seconds (the round in progress finishes); "
+                                "None: run every round.")
     async_: bool = Field(
         False, alias="async", description="Overlap rounds: rollouts of round r+1 run on the version trained so far "
                                           "while the learner trains on round r (samples up to learner.max_staleness "

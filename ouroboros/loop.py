@@ -266,8 +266,14 @@ class Loop:
             a = build_actors(cfg, run_dir, self.run_id, self.tasks, self.reporter, self.env)
             version = 0
             ahead: Rollout | None = None  # run.async: the next round's rollout, already running
+            run_started = time.monotonic()
             for round_ in range(rounds + 1):
                 started = time.monotonic()
+                budget = cfg.run.time_budget_s
+                if round_ > 0 and budget is not None and started - run_started > budget:
+                    self.reporter.message(f"run.time_budget_s ({budget:g} s) spent after round {round_ - 1}; "
+                                          "stopping with every finished round kept")
+                    break
                 ray.get(a.recorder.start_round.remote(round_, version))
                 row = {"round": round_, "train_reward_mean": None, "train_valid_rate": None, "train_samples": 0,
                        "pairs": 0, "loss": None, "dpo_loss": None, "seconds": {}}

@@ -202,3 +202,39 @@ def test_qlora_on_a_learner_without_a_gpu_is_refused_with_what_to_do(tiny_model_
     cfg = load_config("configs/smoke.yaml", ["learner.quantize=4bit", "learner.num_gpus=1"])
     with pytest.raises(RuntimeError, match="needs a GPU.*learner.quantize: none"):
         Learner(cfg)
+
+
+def test_multi_turn_episodes_train_every_policy_turn_with_its_discounted_return():
+    """An experiment cycle of three turns: each turn becomes a policy turn whose prompt is the
+    conversation so far (tool output included, never scored) and whose return is the cycle's
+    score discounted back from its last turn."""
+    from ouroboros.envs.experiment.environment import ExperimentEnvironment
+    from ouroboros.learn.rollouts import policy_turns
+    from ouroboros.types import Action, Completion, ExecResult, Score, Step, Trajectory
+
+    cfg = load_config("configs/smoke.yaml", ["env.name=experiment", "learner.algorithm=reinforce",
+                                             "learner.gamma=0.9"])
+    env = ExperimentEnvironment(cfg)
+    steps, messages = [], [{"role": "user", "content": "find the answer"}]
+    for k in range(3):
+        c = Completion(request_id=f"q{k}", text=f"reply {k}", token_ids=[10 + k, 11 + k], logprobs=[-0.5, -0.7],
+                       weights_version=0, backend="hf")
+        result = ExecResult(0, f"tool output {k}", "", False, False, 0.1, False)
+        steps.append(Step(index=k, request=Request(id=f"q{k}", messages=list(messages)), completion=c,
+                          action=Action("run", "print(1)", "", True), result=result))
+        messages += [{"role": "assistant", "content": c.text}, {"role": "user", "content": result.stdout}]
+    traj = Trajectory(id="cycle", task_id="goal", split="train", round=1, sample=0, steps=steps)
+    turns = policy_turns([traj], [Score("cycle", {"answer": 1.0}, 0.8, "experiment")], env)
+    assert [t.id for t in turns] == ["cycle#0", "cycle#1", "cycle#2"]
+    assert [t.reward for t in turns] == [0.0, 0.0, 0.8]
+    assert "tool output 1" in json.dumps(turns[2].prompt) and turns[2].token_ids == [12, 13]
+    from ouroboros.learn.policy_gradient import PolicyGradient
+    from transformers import AutoTokenizer
+
+    from ouroboros import models
+
+    pg = PolicyGradient(cfg, None, AutoTokenizer.from_pretrained(models.resolve("tiny-smollm2")), "cpu")
+    encoded, stats = pg.prepare(turns, 0)
+    assert [e.ret for e in encoded] == pytest.approx([0.8 * 0.81, 0.8 * 0.9, 0.8])
+    # Only the turn's own sampled tokens are scored; its prompt (tool outputs included) is context.
+    assert all(e.n_scored == 2 and e.input_ids[-2:] == e.turn.token_ids for e in encoded)
