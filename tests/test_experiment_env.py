@@ -471,6 +471,33 @@ def test_run_on_the_experiment_environment_closes_the_loop(tiny_model_path, tmp_
     assert status.stdout == ""
 
 
+@pytest.mark.slow
+def test_reinforce_on_experiment_cycles_trains_every_turn_of_every_cycle(tiny_model_path, tmp_path):
+    """Multi-turn credit through the whole loop: every reply of every cycle is a trained turn,
+    with the cycle's score discounted back over its turns."""
+    require_bwrap()
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "ouroboros", "run", "configs/smoke-run-experiment.yaml", "--rounds",
+                           "1", "--out", str(out), "--set", "learner.algorithm=reinforce", "--set", "learner.gamma=0.9"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads((out / "latest" / "summary.json").read_text())["rounds"][1]
+    shard = pq.read_table(out / "latest" / "shards" / "round-0001" / "train-completions.parquet").to_pylist()
+    learner = row["learner"]
+    assert learner["algorithm"] == "reinforce" and learner["steps"] > 0
+    assert learner["turns"] == len(shard) > row["train_samples"]  # more turns than cycles: multi-turn
+    trained = pq.read_table(out / "latest" / "shards" / "round-0001" / "learner-turns.parquet").to_pylist()
+    assert len(trained) == learner["trained"] == learner["turns"] - learner["untrainable"] - learner["too_long"]
+    assert {t["turn_id"] for t in trained} <= {f"{r['trajectory_id']}#{r['step']}" for r in shard}
+    # Only a cycle's last turn is paid; earlier turns of a paid cycle learn from the discounted score.
+    by_cycle = {}
+    for t in trained:
+        by_cycle.setdefault(t["trajectory_id"], []).append(t)
+    assert any(len(turns) > 1 for turns in by_cycle.values())
+    assert all(t["raw_reward"] == 0.0 for turns in by_cycle.values() for t in sorted(turns, key=lambda t: t["step"])[:-1])
+    assert row["weights_version"] == 1
+
+
 def test_a_goals_file_without_train_goals_is_refused_for_learning_rounds_before_ray_starts(tmp_path):
     path = tmp_path / "goals.jsonl"
     path.write_text(json.dumps({"id": "held", "split": "heldout", "goal": "Count the primes below {n}.",

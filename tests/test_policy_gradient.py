@@ -192,7 +192,7 @@ def test_checkpoint_exports_a_model_folder_that_transformers_and_vllm_load(sampl
 
     with pytest.raises(checkpoint.CheckpointError, match="no checkpoint of version 7"):
         checkpoint.export(tmp_path / "out", tmp_path / "x", version=7)
-    with pytest.raises(checkpoint.CheckpointError, match="not empty"):
+    with pytest.raises(checkpoint.CheckpointError, match="not an empty folder"):
         checkpoint.export(tmp_path / "out", out)
 
 
@@ -238,3 +238,26 @@ def test_multi_turn_episodes_train_every_policy_turn_with_its_discounted_return(
     assert [e.ret for e in encoded] == pytest.approx([0.8 * 0.81, 0.8 * 0.9, 0.8])
     # Only the turn's own sampled tokens are scored; its prompt (tool outputs included) is context.
     assert all(e.n_scored == 2 and e.input_ids[-2:] == e.turn.token_ids for e in encoded)
+
+
+def test_export_refuses_damaged_or_foreign_checkpoints_with_one_line(sampled, tmp_path):
+    from ouroboros.actors.recorder import Recorder
+
+    learner = _learner("grpo")
+    learner.train(_turns(sampled))
+    weights = learner.publish()
+    recorder = Recorder(str(tmp_path / "out"), "run-b", "t", learner.cfg.model_dump(by_alias=True), algorithm="grpo")
+    where = recorder.write_checkpoint(weights.version, learner.checkpoint())
+    with pytest.raises(checkpoint.CheckpointError, match="neither a run directory"):
+        checkpoint.export(tmp_path / "nowhere", tmp_path / "x")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(checkpoint.CheckpointError, match="not an empty folder"):
+        checkpoint.export(tmp_path / "out", tmp_path / "file")
+    # A truncated adapter file: a clear refusal naming the version, and nothing half-written kept.
+    adapter = next(p for p in __import__("pathlib").Path(where).iterdir() if p.name.startswith("adapter_model"))
+    adapter.write_bytes(adapter.read_bytes()[:100])
+    with pytest.raises(checkpoint.CheckpointError, match="v0001.*cannot be loaded"):
+        checkpoint.export(tmp_path / "out", tmp_path / "y")
+    (__import__("pathlib").Path(where) / "config.json").write_text("{not json")
+    with pytest.raises(checkpoint.CheckpointError, match="damaged"):
+        checkpoint.export(tmp_path / "out", tmp_path / "z")

@@ -109,13 +109,21 @@ def run_config(run_path: Path) -> dict:
     for v in reversed(versions(run_path)):
         cfg = version_dir(run_path, v) / "config.json"
         if cfg.is_file():
-            return json.loads(cfg.read_text())
-    summary = run_path / "summary.json"
-    if summary.is_file():
-        data = json.loads(summary.read_text())
-        if isinstance(data, dict) and isinstance(data.get("config"), dict):
-            return data["config"]
-    raise CheckpointError(f"{str(run_path)!r} holds no checkpoint and no config: nothing to export")
+            return _read_config(cfg)
+    raise CheckpointError(f"{str(run_path)!r} holds no checkpoint (checkpoints/vNNNN/config.json), so its base "
+                          "model is unknown: nothing to export")
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+        model = data["policy"]["model"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{str(path)!r} is not a run config with policy.model ({type(exc).__name__}): "
+                              "the checkpoint is damaged; export another version") from None
+    if not isinstance(model, str) or not model:
+        raise CheckpointError(f"{str(path)!r}: policy.model is not a model name")
+    return data
 
 
 def export(path: str | Path, out: str | Path, version: int | None = None) -> dict:
@@ -137,17 +145,26 @@ def export(path: str | Path, out: str | Path, version: int | None = None) -> dic
         raise CheckpointError(f"{str(run_path)!r} has no checkpoint of version {version}: it has "
                               + (", ".join(str(v) for v in have) if have else "none"))
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise CheckpointError(f"--out {str(out)!r} exists and is not empty: pass a new folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CheckpointError(f"--out {str(out)!r} exists and is not an empty folder: pass a new folder")
     cfg = run_config(run_path)
     base_name = cfg["policy"]["model"]
     source = models.resolve(base_name)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, cfg["policy"].get("dtype", "float32")))
+    dtype = cfg["policy"].get("dtype", "float32")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype if dtype in (
+            "float32", "bfloat16", "float16") else "float32"))
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except OSError as exc:
+        raise CheckpointError(f"cannot load the run's base model {base_name!r}: {str(exc).splitlines()[0]}") from None
     if version:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(version_dir(run_path, version))).merge_and_unload()
-    tokenizer = AutoTokenizer.from_pretrained(source)
+        try:
+            model = PeftModel.from_pretrained(model, str(version_dir(run_path, version))).merge_and_unload()
+        except Exception as exc:  # a damaged or foreign adapter: what peft/safetensors raise varies
+            raise CheckpointError(f"checkpoint v{version:04d} of {str(run_path)!r} cannot be loaded as an adapter of "
+                                  f"{base_name!r} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
