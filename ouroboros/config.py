@@ -387,7 +387,8 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
         if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
             return []
         model = ann
-    return list(model.model_fields)
+    # The YAML key: a field's alias where it has one (`async`, a Python keyword, is `async_` here).
+    return [f.alias or name for name, f in model.model_fields.items()]
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -90,3 +90,12 @@ def test_sandbox_env_refuses_credentials_and_env_from_takes_names_only():
         load_config("configs/smoke.yaml", ["sandbox.env_from={TOKEN: 'sk-1234 5678'}"])
     cfg = load_config("configs/smoke.yaml", ["sandbox.env_from={TOKEN: HOST_TOKEN}", "sandbox.env={MODE: fast}"])
     assert cfg.model_dump()["sandbox"]["env_from"] == {"TOKEN": "HOST_TOKEN"}
+
+
+def test_unknown_keys_list_the_yaml_names_and_run_async_is_read_by_its_yaml_name():
+    from ouroboros.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"expected one of: .*time_budget_s, async, out$"):
+        load_config("configs/smoke.yaml", ["run.asyn=1"])
+    assert load_config("configs/smoke.yaml", ["run.async=true"]).run.async_ is True
+    assert load_config("configs/smoke.yaml").model_dump(by_alias=True)["run"]["async"] is False
