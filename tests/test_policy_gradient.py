@@ -261,3 +261,22 @@ def test_export_refuses_damaged_or_foreign_checkpoints_with_one_line(sampled, tm
     (__import__("pathlib").Path(where) / "config.json").write_text("{not json")
     with pytest.raises(checkpoint.CheckpointError, match="damaged"):
         checkpoint.export(tmp_path / "out", tmp_path / "z")
+
+
+def test_turns_past_max_length_are_masked_or_left_out_and_counted(sampled):
+    from ouroboros.backends.local_model import chat_prompt_ids
+
+    turns = _turns(sampled)
+    learner = _learner("grpo")
+    prompt_len = max(len(chat_prompt_ids(learner.tokenizer, t.prompt)) for t in turns)
+    learner = _learner("grpo", f"learner.max_length={prompt_len + 5}")
+    turns[0].prompt = [{"role": "user", "content": "word " * 400}]  # longer than max_length by itself
+    metrics, rows = learner.train(turns)
+    assert metrics["too_long"] == 1 and metrics["trained"] == 11
+    by_id = {r["turn_id"]: r for r in rows}
+    for t in turns[1:]:
+        row = by_id[t.id]
+        fits = prompt_len + 5 - len(chat_prompt_ids(learner.tokenizer, t.prompt))
+        assert row["masked"] == [False] * min(fits, len(t.token_ids)) + [True] * max(0, len(t.token_ids) - fits)
+        assert len(row["learner_logprobs"]) == len(row["clipped"]) == min(fits, len(t.token_ids))
+    assert metrics["truncated"] >= 1
