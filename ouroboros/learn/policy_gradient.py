@@ -154,7 +154,8 @@ class PolicyGradient:
         decoder = base.model if hasattr(base, "model") else base.get_decoder()
         ctx = self.autocast() if self.autocast else _null()
         with ctx:
-            hidden = decoder(input_ids=ids, attention_mask=attn).last_hidden_state
+            # No KV cache: a training forward never decodes further, and building one copies every layer's K and V.
+            hidden = decoder(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state
             at = hidden.gather(1, pos.unsqueeze(-1).expand(-1, -1, hidden.size(-1)))
             # Only the scored positions go through the vocabulary-sized head.
             logits = base.get_output_embeddings()(at).float()
