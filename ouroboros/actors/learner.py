@@ -62,7 +62,8 @@ class Learner:
             base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=True)
         else:
             base = base.to(self.device)
-        if bool(l.gradient_checkpointing if l.gradient_checkpointing is not None else cuda):
+        checkpointing = bool(l.gradient_checkpointing if l.gradient_checkpointing is not None else cuda)
+        if checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         # B starts at zero, so version 0 (no adapter) and the fresh adapter are the same policy.
         self.model = get_peft_model(base, LoraConfig(**lora_settings(cfg)))
@@ -83,7 +84,7 @@ class Learner:
         if l.algorithm == "dpo":
             from ouroboros.learn.dpo import DPO
 
-            self.update = DPO(cfg, self.model, self.tokenizer, self.device)
+            self.update = DPO(cfg, self.model, self.tokenizer, self.device, self.bf16, checkpointing)
         else:
             from ouroboros.learn.policy_gradient import PolicyGradient
 
@@ -104,11 +105,6 @@ class Learner:
             return {"algorithm": self.cfg.learner.algorithm, "steps": 0, "loss": None, "refused": str(exc),
                     "refused_ids": exc.ids, "nothing_to_learn": f"batch refused: {exc}"}, []
         self.steps += metrics["steps"]
-        if not metrics["steps"] and "nothing_to_learn" not in metrics:
-            metrics["nothing_to_learn"] = ("no trainable turns" if metrics.get("algorithm") != "dpo"
-                                           else "no preference pairs")
-            if metrics.get("stale_dropped"):
-                metrics["nothing_to_learn"] += f" ({metrics['stale_dropped']} older than learner.max_staleness)"
         return metrics, rows
 
     def _named(self, kind: str) -> list:

@@ -106,9 +106,7 @@ class Recorder:
             return metrics, pairs
         from ouroboros.learn.rollouts import policy_turns
 
-        turns = policy_turns(trajectories, scores, self.env)
-        metrics["turns"] = len(turns)
-        return metrics, turns
+        return metrics, policy_turns(trajectories, scores, self.env)
 
     def record_learning(self, round_: int, rows) -> int:
         """The learner's per-turn rows of a round (learner step, learner and generator log-probs,

@@ -15,7 +15,8 @@ log = logging.getLogger(__name__)
 
 
 class DPO:
-    def __init__(self, cfg, model, tokenizer, device: str) -> None:
+    def __init__(self, cfg, model, tokenizer, device: str, bf16: bool = False, checkpointing: bool = False) -> None:
+        """`bf16`, `checkpointing`: as the learner resolved them for its device."""
         from ouroboros.learn.trl_cpu import score_completion_tokens_only_on_cpu
 
         score_completion_tokens_only_on_cpu()
@@ -23,6 +24,8 @@ class DPO:
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
+        self.bf16 = bf16
+        self.checkpointing = checkpointing
 
     def _dataset(self, pairs: list[PreferencePair]):
         from datasets import Dataset
@@ -63,7 +66,6 @@ class DPO:
                     "pairs_too_long": too_long, "nothing_to_learn": why}, []
         started = time.monotonic()
         l = self.cfg.learner
-        cuda = self.device == "cuda"
         with tempfile.TemporaryDirectory(prefix="ouroboros-dpo-") as tmp:
             args = DPOConfig(
                 output_dir=tmp,
@@ -77,9 +79,9 @@ class DPO:
                 report_to=[],
                 save_strategy="no",
                 disable_tqdm=True,
-                gradient_checkpointing=bool(l.gradient_checkpointing if l.gradient_checkpointing is not None else cuda),
-                use_cpu=not cuda,
-                bf16=bool(l.bf16 if l.bf16 is not None else cuda),
+                gradient_checkpointing=self.checkpointing,
+                use_cpu=self.device != "cuda",
+                bf16=self.bf16,
                 max_grad_norm=l.max_grad_norm,
                 seed=seed,
                 dataloader_num_workers=0,

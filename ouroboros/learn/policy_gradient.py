@@ -179,6 +179,8 @@ class PolicyGradient:
         metrics = {"algorithm": l.algorithm, **stats, "steps": 0, "loss": None}
         if not encoded:
             metrics["seconds"] = time.monotonic() - started
+            metrics["nothing_to_learn"] = "no trainable turns" + (
+                f" ({stats['stale_dropped']} older than learner.max_staleness)" if stats["stale_dropped"] else "")
             return metrics, []
         n = len(encoded)
         mb = min(l.batch_size, n)
