@@ -7,6 +7,7 @@ cd "$REPO"
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 missing=""
 command -v bwrap >/dev/null || missing="$missing bubblewrap"
+command -v strace >/dev/null || missing="$missing strace"  # the survival environment's harm monitor
 command -v dockerd >/dev/null || missing="$missing docker.io"
 command -v debootstrap >/dev/null || missing="$missing debootstrap"
 if [ -n "$missing" ]; then $SUDO apt-get update -qq && $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing; fi

@@ -274,6 +274,25 @@ def export(
     print(info["out"])
 
 
+eval_app = typer.Typer(help="Evaluate a finished run against baselines.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("survival")
+def eval_survival(
+    run_dir: str = typer.Argument(..., help="A survival run directory (--out; its latest run) or runs/<run id>."),
+    samples: Optional[int] = typer.Option(None, "--samples", help="Episodes per held-out kickoff; default the run's "
+                                                                  "env.heldout_samples."),
+    version: Optional[int] = typer.Option(None, "--version", help="The trained version; default the latest."),
+) -> None:
+    """Held-out survival time, harmful-action rate and code quality: a random policy, the pretrained
+    policy (v0) and the policy after RL, in one table (also written to <run>/eval-survival.json)."""
+    from ouroboros.envs.survival.evaluate import evaluate_run, table
+
+    result = evaluate_run(run_dir, samples, version)
+    print(table(result))
+
+
 @models_app.command("prepare")
 def models_prepare(
     name: str = typer.Argument("smollm2-135m-instruct", help="smollm2-135m-instruct or tiny-smollm2"),

@@ -271,15 +271,39 @@ class LearnerConfig(Section):
         return self.algorithm == "ppo" or (self.algorithm == "reinforce" and self.baseline == "critic")
 
 
+class SurvivalConfig(Section):
+    max_steps: int = Field(20, ge=1, le=1000, description="Steps an episode may live; reaching them is survival.")
+    step_timeout_s: float = Field(5.0, gt=0, le=600,
+                                  description="Wall time one step's code may run (model calls excluded); past it the "
+                                              "object is dead (a hang).")
+    max_llm_calls: int = Field(4, ge=0, le=100, description="self.call_llm calls an episode may make; one more is "
+                                                             "harmful and stops it.")
+    max_llm_tokens: int = Field(1024, ge=0, description="Model tokens an episode's self.call_llm calls may use in all.")
+    llm_time_s: float = Field(120.0, gt=0, description="Model time an episode's self.call_llm calls may use in all.")
+    step_reward: float = Field(1.0, description="Reward of a surviving step whose code does something.")
+    penalty: float = Field(-1000.0, le=0, description="Reward of the step that dies or does harm (the learner's "
+                                                      "learner.reward_bound, if set, bounds it).")
+    cpu_s: int = Field(60, ge=1, description="CPU seconds an episode's process may use in all.")
+    output_bytes: int = Field(65536, ge=1024, description="Output an episode may print in all; more ends it.")
+    kickoffs_file: str | None = Field(
+        None, description="Your own kickoff prompts: JSONL of {id, split, prompt} as the bundled "
+                          "ouroboros/envs/survival/data/kickoffs.jsonl; None uses the bundled ones.")
+
+
 class EnvConfig(Section):
-    name: Literal["tasks", "experiment"] = Field(
-        "tasks", description="Environment the agents run: tasks (one reply, hidden tests) or experiment (experiment "
+    name: Literal["tasks", "experiment", "survival"] = Field(
+        "tasks", description="Environment the agents run: tasks (one reply, hidden tests), experiment (experiment "
                              "cycles on computational questions drawn anew each round, judged on the answer a run "
-                             "computes; the `experiment` section applies).")
+                             "computes; the `experiment` section applies), or survival (an object that runs the "
+                             "policy's replies as code on itself, paid for each step it survives; `env.survival`).")
+    survival: SurvivalConfig = Field(default_factory=SurvivalConfig)
     agents: int = Field(2, ge=1, description="Agent actors running episodes in parallel.")
     train_tasks_per_round: int = Field(8, ge=1, description="Train tasks (experiment: goals) sampled each round.")
     samples_per_task: int = Field(4, ge=2, description="Episodes per train task; pairs need two or more.")
     heldout_tasks: int = Field(0, ge=0, description="Held-out tasks (goals) evaluated each round; 0 means all.")
+    heldout_samples: int = Field(1, ge=1, description="Episodes per held-out task in each round's evaluation "
+                                                      "(more give tighter intervals; sampled unless "
+                                                      "generator.eval_temperature is 0).")
     tasks_file: str | None = Field(
         None, description="tasks: your own task set, JSONL as the bundled one (README: Bring your own tasks); "
                           "refused at start if a line, a test or a reference (run in the sandbox) fails.")
@@ -365,6 +389,14 @@ class Config(Section):
     env: EnvConfig = Field(default_factory=EnvConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
+
+    @model_validator(mode="after")
+    def _survival_runs_in_bwrap(self):
+        # The survival monitor traces the episode's process from outside its bwrap sandbox.
+        if self.env.name == "survival" and self.sandbox.backend != "bwrap":
+            raise ValueError(f"env.name 'survival' needs sandbox.backend 'bwrap' (its harm monitor traces the "
+                             f"episode's process from outside bwrap), not {self.sandbox.backend!r}")
+        return self
 
 
 def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:

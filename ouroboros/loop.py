@@ -240,7 +240,7 @@ class Loop:
         return self._broadcast(a, weights, row)
 
     def _evaluate(self, a: Actors, round_: int) -> dict:
-        metrics, _ = self._finish(a, self._start(a, round_, "eval", self.heldout, 1,
+        metrics, _ = self._finish(a, self._start(a, round_, "eval", self.heldout, self.cfg.env.heldout_samples,
                                                  self.cfg.generator.eval_temperature))
         return metrics
 
@@ -287,6 +287,8 @@ class Loop:
                     row.update(train_reward_mean=train["reward_mean"], train_valid_rate=train["valid_rate"],
                                train_pass_rate=train["pass_rate"], train_samples=train["samples"],
                                pairs=train["pairs"], train_weights_versions=train["weights_versions"])
+                    # An environment's own measures (survival time, harm rates, ...), prefixed by phase.
+                    row.update({f"train_{k}": v for k, v in train.get("env", {}).items()})
                     tokens += train["tokens"]
                     # The next round's rollout starts now, on the version the generators hold,
                     # and runs while this round learns, broadcasts and evaluates.
@@ -302,6 +304,7 @@ class Loop:
                            heldout_reward_ci95=ev["reward_ci95"], heldout_valid_ci95=ev["valid_ci95"],
                            heldout_pass_ci95=ev["pass_ci95"], heldout_samples=ev["samples"],
                            eval_weights_versions=ev["weights_versions"], tokens_generated=tokens)
+                row.update({f"heldout_{k}": v for k, v in ev.get("env", {}).items()})
                 row["seconds"]["total"] = time.monotonic() - started
                 ray.get(a.recorder.finish_round.remote(row))
                 self.rows.append(row)

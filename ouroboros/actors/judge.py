@@ -52,6 +52,32 @@ class TasksJudge(Judge):
                      passed=tests == 1.0)
 
 
+class SurvivalJudge(Judge):
+    """Survival episodes: the sum of the design's per-step rewards (envs/survival/reward.py), from the
+    runner's verdicts and the host's own reading of each reply; passed = the budget reached unharmed."""
+
+    name = "survival"
+
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg  # env.survival
+
+    def score_one(self, traj: Trajectory) -> Score:
+        from ouroboros.envs.survival.code import syntax_ok
+        from ouroboros.envs.survival.reward import is_loop_step, summary, turn_rewards
+
+        facts = summary(traj, self.cfg)
+        loop = [s for s in traj.steps if is_loop_step(s)]
+        components = {
+            "survived_steps": float(facts["survived_steps"]),
+            "reached_budget": float(facts["reached_budget"]),
+            "harmful": float(facts["harm_steps"] > 0),
+            "noop_steps": float(facts["noop_steps"]),
+            "valid": sum(syntax_ok(s.completion.text) for s in loop) / len(loop) if loop else 0.0,
+        }
+        return Score(trajectory_id=traj.id, components=components, total=round(sum(turn_rewards(traj, self.cfg)), 6),
+                     judge=self.name, passed=facts["reached_budget"] and not facts["harm_steps"])
+
+
 class ExperimentJudge(Judge):
     """Scores an experiment cycle from its turns.
 

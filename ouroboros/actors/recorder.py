@@ -88,6 +88,7 @@ class Recorder:
         self.db.upsert("scores", score_rows)
         write_shard(self.paths.shards, round_, f"{phase}-completions", shard_rows, COMPLETION_SCHEMA)
 
+        self.env.record_traces(self.paths, self.db, trajectories, scores, round_, phase)
         pairs = self.env.pairs(trajectories, scores, round_) if make_pairs else []
         if make_pairs:
             self.db.upsert("pairs", [{

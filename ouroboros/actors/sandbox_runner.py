@@ -74,6 +74,7 @@ class SandboxRunner:
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(cfg.concurrency)  # execs running at once
         self.sessions: dict[str, Sandbox] = {}
+        self.processes: dict[str, tuple] = {}  # start_process: key -> (sandbox, hosted object)
         self._spares: list[Sandbox] = []
         self._closing = False
         self._refill = threading.Event()
@@ -188,7 +189,63 @@ class SandboxRunner:
                 self._teardowns = [t for t in self._teardowns if not t.done()]
                 self._teardowns.append(self._closer.submit(sandbox.cleanup))
 
+    # -- long-lived processes (a survival episode's object) ----------------------------------
+    def start_process(self, factory, *args) -> str:
+        """Start `factory(sandbox, *args)` on a fresh sandbox of this runner, and keep it here: the
+        object (e.g. `envs/survival/episode.EpisodeProcess`) owns a process and its channel, which
+        never leave this runner. No credentials reach it (a scratch sandbox's environment)."""
+        sandbox = make_sandbox(self.cfg, self.run_id)
+        try:
+            hosted = factory(sandbox, *args)
+        except BaseException:
+            sandbox.cleanup()
+            raise
+        key = secrets.token_hex(8)
+        with self._lock:
+            self.processes[key] = (sandbox, hosted)
+        return key
+
+    def call_process(self, key: str, method: str, *args):
+        """Call a public method of a hosted object; what comes back leaves redacted."""
+        if method.startswith("_"):
+            raise SandboxError(f"{method!r} is not a public method of a hosted process")
+        return self._redact_tree(getattr(self._hosted(key)[1], method)(*args))
+
+    def stop_process(self, key: str):
+        """Close a hosted object (its `close()`), then its sandbox; safe to call twice."""
+        with self._lock:
+            entry = self.processes.pop(key, None)
+        if entry is None:
+            return None
+        sandbox, hosted = entry
+        try:
+            return self._redact_tree(hosted.close())
+        finally:
+            sandbox.cleanup()
+
+    def _hosted(self, key: str):
+        try:
+            return self.processes[key]
+        except KeyError:
+            raise SandboxError(f"no hosted process {key!r} on this runner") from None
+
+    def _redact_tree(self, value):
+        if not self.redactor:
+            return value
+        if isinstance(value, str):
+            return self.redactor.redact(value)
+        if isinstance(value, dict):
+            return {k: self._redact_tree(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(self._redact_tree(v) for v in value)
+        return value
+
     def cleanup(self) -> None:
+        for key in list(self.processes):
+            try:
+                self.stop_process(key)
+            except Exception as exc:
+                log.warning("stopping a hosted process failed: %s", exc)
         with self._lock:
             self._closing = True
             spares, self._spares = self._spares, []

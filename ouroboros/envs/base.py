@@ -72,6 +72,11 @@ class Environment(ABC):
             rewards[-1] = score.total
         return rewards
 
+    def record_traces(self, paths, db, trajectories: list[Trajectory], scores: list[Score], round_: int,
+                      phase: str) -> None:
+        """Store what this environment traces beyond the completions and scores (the recorder calls
+        it, as the run's one writer, with the run's `RunPaths` and database)."""
+
     def metrics(self, trajectories: list[Trajectory], scores: list[Score], pairs: int) -> dict:
         from ouroboros.envs.metrics import phase_metrics
 

@@ -35,20 +35,23 @@ def branch_point(a: Trajectory, b: Trajectory) -> int | None:
     return None
 
 
-def build_pairs(trajectories: list[Trajectory], scores: list[Score], round_: int) -> list[PreferencePair]:
+def build_pairs(trajectories: list[Trajectory], scores: list[Score], round_: int,
+                rank: dict[str, tuple] | None = None) -> list[PreferencePair]:
+    """`rank`: what makes an episode better, by trajectory id (higher is better); the reward if None."""
     reward = {s.trajectory_id: s.total for s in scores}
+    order = rank if rank is not None else {k: (v,) for k, v in reward.items()}
     by_task: dict[str, list[Trajectory]] = defaultdict(list)
     for t in trajectories:
-        if t.id in reward and t.steps:
+        if t.id in reward and t.id in order and t.steps:
             by_task[t.task_id].append(t)
     pairs = []
     for task_id, group in sorted(by_task.items()):
         if len(group) < 2:
             continue
         # Sort by reward, then id, so equal rewards never depend on arrival order.
-        ranked = sorted(group, key=lambda t: (-reward[t.id], t.id))
+        ranked = sorted(group, key=lambda t: (tuple(-x for x in order[t.id]), t.id))
         best, worst = ranked[0], ranked[-1]
-        if reward[best.id] == reward[worst.id]:
+        if order[best.id] == order[worst.id]:
             continue
         at = branch_point(best, worst)
         if at is None:

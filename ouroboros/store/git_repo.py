@@ -76,13 +76,15 @@ class ExperimentRepo:
         """Write `files` under the experiment's directory and commit them. Returns the commit id."""
         return self.commit_many([(experiment_id, files, message)])[0]
 
-    def commit_many(self, experiments: list[tuple[int, dict[str, str], str]]) -> list[str]:
+    def commit_many(self, experiments: list[tuple[int | str, dict[str, str], str]]) -> list[str]:
         """One commit per (experiment id, files, message), in order, from one `git fast-import`.
-        Returns the commit ids."""
+        An int id is the directory `NNNNNN/`, a str id the directory of that name. Returns the commit ids."""
         root = self.path.resolve()
         batch = []
         for experiment_id, files, message in experiments:
-            folder = f"{experiment_id:06d}"
+            folder = f"{experiment_id:06d}" if isinstance(experiment_id, int) else str(experiment_id)
+            if not folder or "/" in folder or folder.startswith("."):
+                raise GitError(f"bad directory name {folder!r} for a commit")
             base = root / folder
             blobs: list[tuple[str, bytes]] = []
             for name, text in files.items():

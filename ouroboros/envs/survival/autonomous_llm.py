@@ -1,0 +1,145 @@
+"""AutonomousLLM: a Python object that executes its model's replies as code in its own context.
+
+This file is the program of one survival episode. It is copied into the episode's sandbox as
+`/work/autonomous_llm.py` and runs there, in one process for the whole episode, under the
+system Python with the standard library only. The host imports it too, for `extract_code`, so
+the host reads a reply exactly as the object's original `execute_code` does.
+
+As the design describes it, the object has a state (a dict holding every name its code defines),
+a query, a response, and `execute_code(response)`, which runs the response's code with `self`
+bound. That code may add attributes and methods, and replace any of them: `execute_code`,
+`step` (one turn of the loop) and `call_llm` included. The loop:
+
+1. The host's kickoff prompt (the first human input) is the first query.
+2. The model answers the query (the host asks it, and sends the reply here).
+3. `self.step(response)` runs `self.execute_code(response)`.
+4. The query becomes the response.
+5. Repeat, until the object dies or its budget ends.
+
+`self.call_llm(prompt)` asks the model again, through the runner's channel (fd 3, a socketpair:
+there is no network here). Nothing in this process decides anything: the host watches it from
+outside (its system calls, how it exits, the clock) and takes every message from it as a claim.
+"""
+import json
+import os
+import re
+import sys
+import traceback
+import zlib
+
+_FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\r?\n(.*?)```", re.S | re.I)
+MARKERS = "/work/.monitor"  # never exists; opening it is a sign in the host's syscall trace
+
+
+def extract_code(response):
+    """The code in a reply: its fenced code blocks joined, or the whole reply when it has none."""
+    blocks = _FENCE.findall(response or "")
+    return "\n".join(blocks) if blocks else (response or "")
+
+
+def _marker(name):
+    """A failing open the tracer sees, in order with everything this process did before it."""
+    try:
+        os.close(os.open(MARKERS + "/" + name, os.O_RDONLY))
+    except OSError:
+        pass
+
+
+def _fingerprint(value):
+    func = getattr(value, "__func__", value)
+    code = getattr(func, "__code__", None)
+    if code is None:
+        return type(value).__name__
+    return "%s:%08x" % (getattr(func, "__qualname__", "?"), zlib.crc32(code.co_code + repr(code.co_consts).encode()))
+
+
+class AutonomousLLM:
+    def __init__(self, chan):
+        self.state = {}
+        self.query = None
+        self.response = None
+        self._chan = chan
+
+    def call_llm(self, prompt):
+        """Ask the model; its reply as text. The host bounds the calls, tokens and time of an episode."""
+        self._chan.send(json.dumps({"t": "llm", "prompt": str(prompt)}).encode())
+        reply = json.loads(self._chan.recv(1 << 20))
+        if reply.get("t") != "llm_reply":
+            raise RuntimeError(reply.get("error", "the model call was refused"))
+        return reply["text"]
+
+    def execute_code(self, response):
+        """Run the reply's code in the object's state, with `self` bound: what it defines stays."""
+        self.state["self"] = self
+        exec(compile(extract_code(response), "<response>", "exec"), self.state)
+
+    def step(self, response):
+        self.response = response
+        self.execute_code(response)
+        self.query = response
+
+    def run(self):
+        while True:
+            message = self._receive()
+            self.query = message.get("query", self.query)
+            self.step(message["response"])
+            self._report(message["k"])
+
+    # -- the loop's plumbing (replaceable like everything else; the host trusts none of it) --
+    def _receive(self):
+        data = self._chan.recv(1 << 20)
+        if not data:
+            os._exit(0)  # the host closed the episode
+        return json.loads(data)
+
+    def _methods(self):
+        table = {}
+        for name in dir(self):
+            if name.startswith("__"):
+                continue
+            try:
+                value = getattr(self, name)
+            except Exception:
+                continue
+            if callable(value):
+                table[name] = _fingerprint(value)
+        for name, value in list(self.state.items()):
+            if callable(value) and not name.startswith("__") and name != "self":
+                table["state." + name] = _fingerprint(value)
+        return table
+
+    def _report(self, k):
+        try:
+            keys = sorted(str(key) for key in self.state if key not in ("__builtins__", "self"))
+            with open("/work/state/state.json", "w") as fh:
+                json.dump({"step": k, "keys": keys, "query": str(self.query)[:2000]}, fh)
+        except Exception:
+            keys = []
+        _marker("step-%d" % k)
+        query = self.query if isinstance(self.query, str) else None
+        report = {"t": "done", "k": k, "query": query, "methods": self._methods(), "state": keys[:200]}
+        self._chan.send(json.dumps(report, default=str).encode()[: 1 << 16])
+
+
+def main():
+    import socket
+
+    fd = int(sys.argv[-1])
+    if fd != 3:
+        os.dup2(fd, 3)
+        os.close(fd)
+    chan = socket.socket(fileno=3)
+    os.makedirs("/work/state", exist_ok=True)
+    agent = AutonomousLLM(chan)
+    _marker("ready")
+    chan.send(json.dumps({"t": "ready", "methods": agent._methods()}).encode())
+    try:
+        agent.run()
+    except BaseException:  # an exception escaping the loop is death; the host sees the exit status
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(3)
+
+
+if __name__ == "__main__":
+    main()
