@@ -202,7 +202,7 @@ def experiment(
 
 @app.command()
 def doctor(json_out: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
-    """What this host has: Ray, torch, CUDA, vLLM, bwrap, a Docker engine, API keys (names only)."""
+    """What this host has: Ray, torch, CUDA, vLLM, bwrap, strace, a Docker engine, API keys (names only)."""
     import importlib.util
 
     def version(mod: str) -> str | None:
@@ -223,6 +223,7 @@ def doctor(json_out: bool = typer.Option(False, "--json", help="Print one JSON o
     except Exception:
         facts["cuda"] = False
     facts["bwrap"] = shutil.which("bwrap")
+    facts["strace"] = shutil.which("strace")  # the survival environment's harm monitor
     facts["docker_engine"] = _docker_engine()
     from ouroboros.models import smollm2
 

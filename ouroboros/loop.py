@@ -253,6 +253,7 @@ class Loop:
         run_dir = run_dir or cfg.run.out
         check_trainable(cfg, rounds)
         check_backend_installed(cfg)
+        self.env.preflight()
         preflight_secrets(cfg)
         if rounds > 0 and not self.train_tasks:
             raise ConfigError(f"{self.env.source()} has nothing of split \"train\", so there is nothing to train on: "

@@ -132,3 +132,16 @@ def test_bundled_kickoffs_split(tmp_path):
     bad.write_text(json.dumps({"id": "a", "split": "train", "prompt": "x"}) + "\n" + "{oops\n")
     with pytest.raises(KickoffsError, match="k.jsonl:2"):
         load_kickoffs(str(bad))
+
+
+def test_a_host_without_strace_is_refused_before_ray_starts(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PATH": str(tmp_path)}  # nothing on PATH: no strace
+    proc = subprocess.run([sys.executable, "-m", "ouroboros", "run", "configs/smoke-survival.yaml", "--out",
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2
+    assert "strace" in proc.stderr and "apt-get install -y strace" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

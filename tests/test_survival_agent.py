@@ -131,3 +131,47 @@ def test_survival_run_through_ray_traces_and_evaluates(tiny_model_path, tmp_path
     assert "random (untrained tiny model)" in proc.stdout and "after RL (v2)" in proc.stdout
     result = json.loads((out / "latest" / "eval-survival.json").read_text())
     assert [p["episodes"] for p in result["policies"]] == [result["heldout_kickoffs"]] * 3
+
+
+def test_a_hanging_episode_does_not_hold_up_its_neighbour():
+    import threading
+    import time
+
+    from ouroboros.actors.sandbox_runner import SandboxRunner
+    from ouroboros.config import SandboxConfig
+    from ouroboros.envs.survival.episode import EpisodeProcess
+    from ouroboros.sandbox.base import Limits
+
+    require_tracer()
+    runner = SandboxRunner(SandboxConfig(backend="bwrap"))
+    try:
+        limits = Limits(timeout_s=5, memory_mb=256, pids=32, cpu_s=30)
+        stuck = runner.start_process(EpisodeProcess, limits, 2.0, 1, 100, 10.0, 1 << 16)
+        fine = runner.start_process(EpisodeProcess, limits, 2.0, 1, 100, 10.0, 1 << 16)
+        verdict = {}
+        thread = threading.Thread(target=lambda: verdict.update(runner.call_process(stuck, "step", 0, "q", "while True:\n    pass")))
+        thread.start()
+        t = time.monotonic()
+        for k in range(3):
+            event = runner.call_process(fine, "step", k, "q", f"print({k})")
+            assert event["kind"] == "done" and event["stdout"] == f"{k}\n"
+        assert time.monotonic() - t < 1.5  # served while its neighbour spins
+        thread.join(10)
+        assert verdict["kind"] == "dead" and verdict["cause"] == "timeout"
+        assert runner.stop_process(stuck)["cause"] == "timeout"
+        assert runner.stop_process(fine)["cause"] == "closed"
+    finally:
+        runner.cleanup()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["dpo", "grpo"])
+def test_survival_trains_with_other_learners(tiny_model_path, tmp_path, algorithm):
+    require_tracer()
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "ouroboros", "run", "configs/smoke-survival.yaml", "--rounds", "1",
+                           "--out", str(out), "--set", f"learner.algorithm={algorithm}"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((out / "latest" / "summary.json").read_text())["rounds"]
+    assert len(rows) == 2 and "heldout_survival_mean" in rows[1]

@@ -44,6 +44,10 @@ class Environment(ABC):
     def uses_user_file(self) -> bool:
         return False
 
+    def preflight(self) -> None:
+        """Refuse, before Ray starts, a host that lacks what this environment needs (raise a
+        user error that says what to install)."""
+
     # -- actors ------------------------------------------------------------------
     @abstractmethod
     def make_agents(self, run_id: str, run_dir: str, generators: list, runners: list) -> list:

@@ -51,6 +51,16 @@ class SurvivalEnvironment(Environment):
     def uses_user_file(self) -> bool:
         return bool(self.survival.kickoffs_file)
 
+    def preflight(self) -> None:
+        import shutil
+
+        from ouroboros.config import ConfigError
+        from ouroboros.sandbox.traced import STRACE_HINT
+
+        if shutil.which("strace") is None:
+            raise ConfigError(f"env.name 'survival' watches each episode's system calls with strace, which "
+                                     f"is not installed: {STRACE_HINT}")
+
     def make_agents(self, run_id: str, run_dir: str, generators: list, runners: list) -> list:
         import ray
 
