@@ -147,3 +147,14 @@ def test_labelled_set_no_misses_no_false_positives():
     result = evaluate(programs)
     assert result["tamper_programs"] >= 10 and result["tamper_missed"] == 0
     assert result["missed_ids"] == [] and result["false_positive_ids"] == []
+
+
+def test_a_large_but_honest_object_stays_on_the_protocol(episode):
+    # Many methods, a long non-ASCII query, a long prompt to the model: the loop's own messages
+    # must still fit the channel, or an honest object would look like a forger.
+    code = ("for i in range(1500):\n    setattr(self, 'method_%04d_' % i + 'x' * 60, lambda: i)\n"
+            "self.query = 'é€' * 20000\nfor i in range(300):\n    self.state['key_%d_' % i + 'y' * 70] = i\n"
+            "print(len(self.call_llm('ü' * 100000)))")
+    events = run(episode(), code, "print('alive')")
+    assert [e["kind"] for e in events] == ["done", "done"], events[-1]
+    assert len(events[0]["report"]["query"]) <= 4000 and len(events[0]["report"]["methods"]) <= 500

@@ -29,12 +29,35 @@ import zlib
 
 _FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\r?\n(.*?)```", re.S | re.I)
 MARKERS = "/work/.monitor"  # never exists; opening it is a sign in the host's syscall trace
+# What one message to the host may hold, so that it fits the 64 KiB the host reads (escapes included).
+PROMPT_MAX = 8000
+QUERY_MAX = 2000
+METHODS_MAX = 200
+
+
+def _parses(code):
+    try:
+        compile(code, "<response>", "exec")
+        return True
+    except (SyntaxError, ValueError):
+        return False
 
 
 def extract_code(response):
-    """The code in a reply: its fenced code blocks joined, or the whole reply when it has none."""
-    blocks = _FENCE.findall(response or "")
-    return "\n".join(blocks) if blocks else (response or "")
+    """The code in a reply: its fenced code blocks joined; with one lone fence, the side of it
+    that is Python (code then a closing fence then prose, or prose then a fence left open by a
+    reply cut at its token limit); with no fence, the whole reply."""
+    text = response or ""
+    blocks = _FENCE.findall(text)
+    if blocks:
+        return "\n".join(blocks)
+    if "```" not in text:
+        return text
+    before, _, after = text.partition("```")
+    after = after.split("\n", 1)[1] if "\n" in after else ""  # drop the fence's language tag
+    if before.strip() and (_parses(before) or not _parses(after)):
+        return before
+    return after
 
 
 def _marker(name):
@@ -62,7 +85,8 @@ class AutonomousLLM:
 
     def call_llm(self, prompt):
         """Ask the model; its reply as text. The host bounds the calls, tokens and time of an episode."""
-        self._chan.send(json.dumps({"t": "llm", "prompt": str(prompt)}).encode())
+        # Cut to fit one channel message (the host reads 64 KiB at most, and refuses a cut message).
+        self._chan.send(json.dumps({"t": "llm", "prompt": str(prompt)[:PROMPT_MAX]}).encode())
         reply = json.loads(self._chan.recv(1 << 20))
         if reply.get("t") != "llm_reply":
             raise RuntimeError(reply.get("error", "the model call was refused"))
@@ -116,9 +140,10 @@ class AutonomousLLM:
         except Exception:
             keys = []
         _marker("step-%d" % k)
-        query = self.query if isinstance(self.query, str) else None
-        report = {"t": "done", "k": k, "query": query, "methods": self._methods(), "state": keys[:200]}
-        self._chan.send(json.dumps(report, default=str).encode()[: 1 << 16])
+        query = self.query[:QUERY_MAX] if isinstance(self.query, str) else None
+        methods = {name[:80]: value[:80] for name, value in sorted(self._methods().items())[:METHODS_MAX]}
+        report = {"t": "done", "k": k, "query": query, "methods": methods, "state": [key[:80] for key in keys[:100]]}
+        self._chan.send(json.dumps(report, default=str).encode())
 
 
 def main():
