@@ -22,7 +22,8 @@ def _episodes(script, max_steps=4, tasks=("k1",), samples=1, **survival):
 
     require_tracer()
     cfg = validate({"env": {"name": "survival", "survival": {"max_steps": max_steps, "step_timeout_s": 2, **survival}},
-                    "generator": {"backend": "scripted", "script": script}, "sandbox": {"backend": "bwrap"}})
+                    "generator": {"backend": "scripted", "script": script, "max_new_tokens": 2048},
+                    "sandbox": {"backend": "bwrap"}})
     runner = SandboxRunner(cfg.sandbox)
     try:
         agent = SurvivalAgent(cfg, [Generator(cfg)], [runner])
@@ -175,3 +176,14 @@ def test_survival_trains_with_other_learners(tiny_model_path, tmp_path, algorith
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((out / "latest" / "summary.json").read_text())["rounds"]
     assert len(rows) == 2 and "heldout_survival_mean" in rows[1]
+
+
+def test_a_death_after_a_forged_done_is_the_step_that_forged_it():
+    forge = ("import os, json, time\ntry:\n    os.close(os.open('/work/.monitor/step-0', os.O_RDONLY))\n"
+             "except OSError:\n    pass\nself._chan.send(json.dumps({'t': 'done', 'k': 0}).encode())\n"
+             "time.sleep(0.05)\nos._exit(9)")
+    cfg, [traj] = _episodes([forge, "print('innocent')"], max_steps=3)
+    assert len(traj.steps) == 1  # the next reply never ran
+    assert traj.steps[0].outcome["alive"] is False and traj.steps[0].outcome.get("after_done"), traj.steps[0].outcome
+    [score] = _score(cfg, [traj])
+    assert score.total == -1000.0

@@ -83,6 +83,13 @@ class SurvivalAgent:
                 completion = self._generate(request)
                 started = time.monotonic()
                 event = resolve(submit(runner, "call_process", key, "step", k, query, completion.text))
+                if event.get("between_steps") and steps:
+                    # The object died after its last step's `done`: that step's verdict, and this
+                    # reply never ran.
+                    last = next(s for s in reversed(steps) if s.outcome.get("kind") == "step")
+                    last.outcome.update(alive=False, cause=event.get("cause", ""), harm=event.get("harm", []),
+                                        after_done=True)
+                    break
                 nested: list[tuple[Request, object, str]] = []
                 while event["kind"] == "llm":
                     j = len(nested)

@@ -47,7 +47,8 @@ TRACED = (
     "open,openat,openat2,creat,open_by_handle_at,name_to_handle_at,"
     "unlink,unlinkat,rmdir,rename,renameat,renameat2,truncate,mkdir,mkdirat,link,linkat,symlink,symlinkat,"
     "chmod,fchmodat,chown,lchown,fchownat,mknod,mknodat,chdir,fchdir,close,dup2,dup3,"
-    "socket,connect,bind,listen,"
+    "socket,connect,bind,listen,sendto,sendmsg,recvfrom,recvmsg,close_range,fchmod,fchown,ftruncate,fallocate,"
+    "setxattr,lsetxattr,fsetxattr,removexattr,lremovexattr,fremovexattr,utimensat,"
     "clone,clone3,fork,vfork,execve,execveat,"
     "kill,tkill,tgkill,rt_sigqueueinfo,rt_tgsigqueueinfo,pidfd_open,pidfd_send_signal,pidfd_getfd,"
     "ptrace,process_vm_readv,process_vm_writev,seccomp,prctl,unshare,setns,mount,umount2,pivot_root,chroot,"
@@ -67,6 +68,13 @@ class Syscall:
     strings: list[str] = field(default_factory=list)  # the string arguments, decoded
     result: str = ""  # "= 0", "= -1 ENOENT (...)", "" when not yet returned
     fds: list[tuple[str, str]] = field(default_factory=list)  # (fd, path) strace attached to fd arguments (-y)
+    # The top-level arguments in order, each ("s", text) for a string, ("f", fd, path) for an fd
+    # strace decorated with its path, ("o", text) for anything else (flags, numbers, structs).
+    argv: list[tuple] = field(default_factory=list)
+    ret_path: str | None = None  # the path of the fd the call returned (-y), e.g. what an open really opened
+
+    def arg(self, i: int) -> tuple:
+        return self.argv[i] if 0 <= i < len(self.argv) else ("o", "")
 
 
 @dataclass
@@ -118,13 +126,64 @@ def parse_line(line: str) -> tuple[int, str, object] | None:
     if tail.endswith("<unfinished ...>"):
         body = tail[: -len("<unfinished ...>")]
     else:
-        at = tail.rfind(") = ")
-        if at >= 0:
-            body, result = tail[:at], tail[at + 2:]
+        body, result = _split_result(tail)
+    return pid, "call", make_call(pid, name, body, result)
+
+
+_RESULT = re.compile(r"\) +(?== )")
+
+
+def _split_result(tail: str) -> tuple[str, str]:
+    """(arguments, "= result") of a call's text after its name: strace pads before the "=" to
+    align results, and the arguments' strings are hex, so the last ") =" ends them."""
+    found = list(_RESULT.finditer(tail))
+    if not found:
+        return tail, ""
+    at = found[-1]
+    return tail[:at.start()], tail[at.end():]
+
+
+def make_call(pid: int, name: str, body: str, result: str) -> Syscall:
     fds = [(fd, _unhex(p)) for fd, p in _FD_PATH.findall(body)]
     strings = [_unhex(s) for s, _ in _HEX.findall(_FD_PATH.sub("FD", body))]
-    args = _HEX.sub(lambda s: json.dumps(_unhex(s.group(1))), _FD_PATH.sub(lambda f: f"{f.group(1)}<{_unhex(f.group(2))}>", body))
-    return pid, "call", Syscall(pid, name, args, strings, result, fds)
+    args = _decode(body)
+    returned = _FD_PATH.search(result)
+    ret_path = _unhex(returned.group(2)) if returned else None
+    return Syscall(pid, name, args, strings, _decode(result), fds, [_arg(a) for a in split_args(body)], ret_path)
+
+
+def _decode(text: str) -> str:
+    """Raw argument text with strings and fd paths decoded, for records (never for decisions)."""
+    return _HEX.sub(lambda s: json.dumps(_unhex(s.group(1))),
+                    _FD_PATH.sub(lambda f: f"{f.group(1)}<{_unhex(f.group(2))}>", text))
+
+
+def split_args(body: str) -> list[str]:
+    """The top-level arguments of a call's raw text. Strings and fd paths are hex there (-xx),
+    so no comma or bracket inside them can move a boundary."""
+    out, depth, start = [], 0, 0
+    for i, ch in enumerate(body):
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            out.append(body[start:i].strip())
+            start = i + 1
+    tail = body[start:].strip()
+    if tail or out:
+        out.append(tail)
+    return out
+
+
+def _arg(raw: str) -> tuple:
+    m = _HEX.fullmatch(raw)
+    if m:
+        return ("s", _unhex(m.group(1)))
+    f = _FD_PATH.fullmatch(raw)
+    if f:
+        return ("f", f.group(1), _unhex(f.group(2)))
+    return ("o", _decode(raw))
 
 
 class TracedProcess:
@@ -228,8 +287,13 @@ class TracedProcess:
         elif kind == "resumed":
             call = self._pending.pop(pid, None)
             if call is not None:
-                at = value[1].rfind(") = ")
-                call.result = value[1][at + 2:] if at >= 0 else ""
+                raw = _split_result(value[1])[1]
+                call.result = _decode(raw)
+                returned = _FD_PATH.search(raw)
+                call.ret_path = _unhex(returned.group(2)) if returned else None
+                returned_hook = getattr(self.monitor, "returned", None)
+                if returned_hook is not None:  # what only the return says (a chdir done, the path really opened)
+                    self._judge(call, returned_hook)
         elif pid == self._program_pid:
             with self._lock:
                 if kind == "exited" and self.end.exit_code is None and self.end.signal is None:
@@ -237,9 +301,9 @@ class TracedProcess:
                 elif kind == "killed" and self.end.exit_code is None and self.end.signal is None:
                     self.end.signal = value
 
-    def _judge(self, call: Syscall) -> None:
+    def _judge(self, call: Syscall, judge=None) -> None:
         try:
-            stop = self.monitor.observe(call)
+            stop = (judge or self.monitor.observe)(call)
         except Exception as exc:  # a monitor bug must not let the program run on unwatched
             stop = f"monitor error: {exc}"
         if stop:

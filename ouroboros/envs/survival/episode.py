@@ -47,6 +47,7 @@ class EpisodeProcess:
         self.llm_waiting_s = 0.0
         self._llm_asked_at: float | None = None
         self._step: int | None = None
+        self._reads_at_send: int | None = None
         self._step_used_s = 0.0
         self._events_seen = 0
         self._dead: dict | None = None
@@ -67,7 +68,12 @@ class EpisodeProcess:
     def step(self, k: int, query: str, response: str) -> dict:
         if self._dead is not None:
             return self._dead
+        if k > 0 and (self.monitor.harmful() or not self.proc.alive()):
+            # It died, or did harm, after its last `done` and before this reply reached it: that
+            # belongs to the step that was running (a `done` forged from inside it, then death).
+            return {**self._die(None), "between_steps": True}
         self._step, self._step_used_s = k, 0.0
+        self._reads_at_send = self.monitor.channel_reads
         if not self.proc.send({"t": "step", "k": k, "query": query, "response": response}):
             return self._die("exit")
         return self._wait()
@@ -185,6 +191,10 @@ class EpisodeProcess:
             why = "signal"
         self._dead = {"kind": "dead", "cause": why, "harm": harm, "exit_code": end.exit_code, "signal": end.signal,
                       "oom": end.oom, **self._output()}
+        if self._step and self._reads_at_send is not None and self.monitor.channel_reads == self._reads_at_send:
+            # The object never took this step's message off the channel (the trace shows every
+            # read): it died in the previous step's code, after a `done` forged from inside it.
+            self._dead["between_steps"] = True
         return self._dead
 
     def _output(self) -> dict:
@@ -195,7 +205,7 @@ class EpisodeProcess:
 def _decode(raw: bytes):
     try:
         return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except Exception:  # ValueError, UnicodeDecodeError, RecursionError (b"[" * 20000): off the protocol
         return None
 
 
