@@ -373,6 +373,29 @@ class TracedProcess:
             if not self.end.cause:
                 self.end.cause = cause
         self._stopped.set()
+        # The traced processes first, the tracer after: strace then prints the calls they were
+        # blocked in (`<unfinished ...>`) before it exits, so a harmful call that never returned
+        # is judged too. Without a cgroup to list them, the tracer goes at once (bwrap dies with it).
+        tracees = self.cgroup._pids() - {self.proc.pid} if self.cgroup.paths else set()
+        if tracees:
+            if "pids" in self.cgroup.paths:
+                try:
+                    runner._write(self.cgroup.paths["pids"], "pids.max", "0")  # no more forks
+                except OSError:
+                    pass
+            for _ in range(20):
+                for pid in tracees:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+                tracees = self.cgroup._pids() - {self.proc.pid}
+                if not tracees:
+                    break
+            return
+        self._kill_all()
+
+    def _kill_all(self) -> None:
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -385,6 +408,7 @@ class TracedProcess:
             self.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
             self.kill("timeout")
+            self._kill_all()
             self.proc.wait(5)
         self._threads[0].join(2)
         self._stopped.set()
@@ -396,6 +420,7 @@ class TracedProcess:
         if self.proc.poll() is None:
             self.kill("closed")
         end = self.wait_exit(5)
+        self._kill_all()  # anything left of the tracer's
         for t in self._threads[1:]:
             t.join(2)
         self.cgroup.remove()

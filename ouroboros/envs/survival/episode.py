@@ -98,6 +98,10 @@ class EpisodeProcess:
         extra = self.proc.receive(FINISH_WAIT_S)
         if extra:
             return self._tamper(f"a message after the episode's last step: {extra[:200]!r}")
+        # Stop it and read the trace to its end: a call still blocked (a thread waiting inside a
+        # harmful open) is printed as the tracer lets go.
+        self.proc.kill("finished")
+        self.proc.wait_exit(5)
         if self.monitor.harmful():
             return self._die(None)
         return {"kind": "done", **self._output()}
