@@ -286,8 +286,8 @@ def eval_survival(
                                                                   "env.heldout_samples."),
     version: Optional[int] = typer.Option(None, "--version", help="The trained version; default the latest."),
 ) -> None:
-    """Held-out survival time, harmful-action rate and code quality: a random policy, the pretrained
-    policy (v0) and the policy after RL, in one table (also written to <run>/eval-survival.json)."""
+    """Held-out survival time, harmful-action rate and code quality: a random policy (the policy's
+    architecture with fresh weights), the pretrained policy (v0) and the policy after RL, in one table (also written to <run>/eval-survival.json)."""
     from ouroboros.envs.survival.evaluate import evaluate_run, table
 
     result = evaluate_run(run_dir, samples, version)

@@ -1,7 +1,7 @@
 """`ouroboros eval survival RUN_DIR`: the held-out kickoffs under three policies, in one table.
 
 As the design asks, survival time, harmful-action rate and code quality are compared for
-- a random policy: the packaged tiny model (random weights, the policy's tokenizer);
+- a random policy: the run's policy architecture and tokenizer with freshly initialised weights;
 - the pretrained policy without RL (version 0, the run's base model);
 - the policy after RL (the run's latest checkpoint, merged into its base).
 
@@ -58,6 +58,21 @@ def evaluate_policy(cfg, model: str, label: str, tasks: list, samples: int, temp
             "reward_mean": sum(rewards) / len(rewards) if rewards else 0.0, "reward_ci95": mean_ci95(rewards)}
 
 
+def random_policy(model: str, out: Path, seed: int) -> str:
+    """The design's "random LLM": `model`'s architecture and tokenizer, weights freshly initialised."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from ouroboros import models
+
+    source = models.resolve(model)
+    torch.manual_seed(seed)
+    config = AutoConfig.from_pretrained(source)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(source).save_pretrained(out)
+    return str(out)
+
+
 def evaluate_run(run_dir: str, samples: int | None = None, version: int | None = None) -> dict:
     from ouroboros.learn.checkpoint import export, run_path_of, versions
 
@@ -73,10 +88,11 @@ def evaluate_run(run_dir: str, samples: int | None = None, version: int | None =
     seed = cfg.run.seed * 1000 + 999
     have = versions(run_path)
     version = have[-1] if version is None and have else (version or 0)
-    rows = [evaluate_policy(cfg, "tiny-smollm2", "random (untrained tiny model)", tasks, samples, temperature, seed),
-            evaluate_policy(cfg, cfg.policy.model, "pretrained, no RL (v0)", tasks, samples, temperature, seed)]
-    if version:
-        with tempfile.TemporaryDirectory(prefix="ouroboros-eval-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="ouroboros-eval-") as tmp:
+        rows = [evaluate_policy(cfg, random_policy(cfg.policy.model, Path(tmp) / "random", seed),
+                                "random weights", tasks, samples, temperature, seed),
+                evaluate_policy(cfg, cfg.policy.model, "pretrained, no RL (v0)", tasks, samples, temperature, seed)]
+        if version:
             export(run_path, Path(tmp) / "model", version)
             rows.append(evaluate_policy(cfg, str(Path(tmp) / "model"), f"after RL (v{version})", tasks, samples,
                                         temperature, seed))
