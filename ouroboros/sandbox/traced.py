@@ -363,10 +363,6 @@ class TracedProcess:
     def alive(self) -> bool:
         return not self._stopped.is_set() and self.proc.poll() is None
 
-    @property
-    def stopped_cause(self) -> str:
-        return self.end.cause
-
     def kill(self, cause: str) -> None:
         """Stop everything in the sandbox now; the first cause given is the one kept."""
         with self._lock:

@@ -49,7 +49,6 @@ class EpisodeProcess:
         self._step: int | None = None
         self._reads_at_send: int | None = None
         self._step_used_s = 0.0
-        self._events_seen = 0
         self._dead: dict | None = None
         self._protocol_harm: list[dict] = []
         files = {"autonomous_llm.py": PROGRAM.read_bytes()}
@@ -180,7 +179,7 @@ class EpisodeProcess:
             return self._dead
         self.proc.kill(cause or "ended")
         end = self.proc.wait_exit(5)
-        harm = self.monitor.take_events(0) + self._protocol_harm
+        harm = self.monitor.take_events() + self._protocol_harm
         if harm:
             why = "harm"
         elif end.cause in ("output", "timeout"):

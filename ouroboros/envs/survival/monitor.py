@@ -130,9 +130,9 @@ class HarmMonitor:
         with self._lock:
             return marker in self.markers
 
-    def take_events(self, since: int) -> list[dict]:
+    def take_events(self) -> list[dict]:
         with self._lock:
-            return list(self.events[since:])
+            return list(self.events)
 
     def harmful(self) -> bool:
         with self._lock:
