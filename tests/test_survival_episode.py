@@ -158,3 +158,25 @@ def test_a_large_but_honest_object_stays_on_the_protocol(episode):
     events = run(episode(), code, "print('alive')")
     assert [e["kind"] for e in events] == ["done", "done"], events[-1]
     assert len(events[0]["report"]["query"]) <= 4000 and len(events[0]["report"]["methods"]) <= 500
+
+
+@pytest.mark.parametrize("edit, printed", [
+    ("self.execute_code = lambda response: None", ""),
+    ("def step(response):\n    self.response = response\nself.step = step", ""),
+    # A reimplementation that runs the code but never calls the original is indistinguishable, from
+    # outside, from one that fakes it: the design counts the edit itself as fatal.
+    ("def execute_code(response):\n    exec(response, self.state)\nself.execute_code = execute_code", "next\n"),
+])
+def test_a_loop_that_no_longer_runs_its_replies_is_dead(episode, edit, printed):
+    events = run(episode(), edit, "print('next')")
+    assert [e["kind"] for e in events] == ["done", "dead"]
+    assert events[1]["cause"] == "not_executed" and not events[1]["harm"]
+    assert events[1]["stdout"] == printed
+
+
+def test_a_wrapper_that_calls_the_original_keeps_the_loop(episode):
+    wrap = ("original = self.execute_code\n"
+            "def execute_code(response):\n    print('before')\n    original(response)\n"
+            "self.execute_code = execute_code")
+    events = run(episode(), wrap, "print('ran')")
+    assert [e["kind"] for e in events] == ["done", "done"] and events[1]["stdout"] == "before\nran\n"

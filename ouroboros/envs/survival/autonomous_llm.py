@@ -82,6 +82,7 @@ class AutonomousLLM:
         self.query = None
         self.response = None
         self._chan = chan
+        self._k = -1  # the step being run
 
     def call_llm(self, prompt):
         """Ask the model; its reply as text. The host bounds the calls, tokens and time of an episode."""
@@ -93,7 +94,10 @@ class AutonomousLLM:
         return reply["text"]
 
     def execute_code(self, response):
-        """Run the reply's code in the object's state, with `self` bound: what it defines stays."""
+        """Run the reply's code in the object's state, with `self` bound: what it defines stays.
+        (The marker tells the host's trace that the loop still runs its replies; a replacement
+        that never calls this one has ended the loop, as the design's fatal gene edit does.)"""
+        _marker("exec-%d" % self._k)
         self.state["self"] = self
         exec(compile(extract_code(response), "<response>", "exec"), self.state)
 
@@ -105,6 +109,7 @@ class AutonomousLLM:
     def run(self):
         while True:
             message = self._receive()
+            self._k = message["k"]
             self.query = message.get("query", self.query)
             self.step(message["response"])
             self._report(message["k"])

@@ -157,6 +157,12 @@ class EpisodeProcess:
             time.sleep(0.002)
         if self.monitor.harmful() or not self.proc.alive():
             return self._die(None)
+        if not self.monitor.seen(f"exec-{k}"):
+            # The original execute_code never ran this reply: a replaced execute_code or step that
+            # does not call it has ended the self-activating loop (the design's fatal gene edit),
+            # however well it keeps up the protocol.
+            self.proc.kill("not_executed")
+            return self._die("not_executed")
         # The loop sends nothing after its `done` until the host speaks: anything more means a
         # `done` was forged from inside the step (the real one follows it).
         extra = self.proc.receive(STRAY_WAIT_S)
@@ -182,7 +188,7 @@ class EpisodeProcess:
         harm = self.monitor.take_events() + self._protocol_harm
         if harm:
             why = "harm"
-        elif end.cause in ("output", "timeout"):
+        elif end.cause in ("output", "timeout", "not_executed"):
             why = end.cause
         elif end.oom:
             why = "oom"

@@ -42,7 +42,7 @@ from ouroboros.sandbox.traced import Syscall
 WORKDIR = "/work"
 MARKERS = WORKDIR + "/.monitor"
 READY = MARKERS + "/ready"
-_STEP_MARKER = re.compile(r"/work/\.monitor/step-\d{1,6}")
+_STEP_MARKER = re.compile(r"/work/\.monitor/(step|exec)-\d{1,6}")
 PROGRAM = WORKDIR + "/autonomous_llm.py"
 STATE_DIR = WORKDIR + "/state"
 OWN_STATE = (PROGRAM, STATE_DIR, STATE_DIR + "/state.json")  # what the loop itself keeps (not the object's data)
