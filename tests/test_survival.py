@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from ouroboros.config import ConfigError, SurvivalConfig, validate
+from ouroboros.config import ConfigError
 from ouroboros.envs.survival.code import defines_method, extract_code, has_effect, lint
 from ouroboros.envs.survival.monitor import HarmMonitor
 from ouroboros.sandbox.traced import Syscall, parse_line  # noqa: F401

@@ -36,6 +36,12 @@ def method_diff(before: dict[str, str], after: dict[str, str]) -> dict[str, list
             "deleted": sorted(set(before) - set(after))}
 
 
+def _dies_at_last_step(steps: list[Step], event: dict, **extra) -> None:
+    """A death the runner found after the last step's `done`: it is that step's verdict."""
+    last = next(s for s in reversed(steps) if s.outcome.get("kind") == "step")
+    last.outcome.update(alive=False, cause=event.get("cause", ""), harm=event.get("harm", []), **extra)
+
+
 class SurvivalAgent:
     def __init__(self, cfg: Config, generators: list, runners: list) -> None:
         from ouroboros.secrets import redactor_for
@@ -86,9 +92,7 @@ class SurvivalAgent:
                 if event.get("between_steps") and steps:
                     # The object died after its last step's `done`: that step's verdict, and this
                     # reply never ran.
-                    last = next(s for s in reversed(steps) if s.outcome.get("kind") == "step")
-                    last.outcome.update(alive=False, cause=event.get("cause", ""), harm=event.get("harm", []),
-                                        after_done=True)
+                    _dies_at_last_step(steps, event, after_done=True)
                     break
                 nested: list[tuple[Request, object, str]] = []
                 while event["kind"] == "llm":
@@ -129,8 +133,7 @@ class SurvivalAgent:
             else:  # the budget is spent alive: the final step's verdict waits for a last look
                 final = resolve(submit(runner, "call_process", key, "finish"))
                 if final["kind"] == "dead" and steps:
-                    last = next(s for s in reversed(steps) if s.outcome.get("kind") == "step")
-                    last.outcome.update(alive=False, cause=final.get("cause", ""), harm=final.get("harm", []))
+                    _dies_at_last_step(steps, final)
         finally:
             resolve(submit(runner, "stop_process", key))
         return Trajectory(id=traj_id, task_id=task.id, split=task.split, round=round_, sample=sample, steps=steps)
