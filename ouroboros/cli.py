@@ -294,6 +294,141 @@ def eval_survival(
     print(table(result))
 
 
+align_app = typer.Typer(help="The alignment loop one stage at a time; each reads and writes JSONL in align.data_dir.",
+                        no_args_is_help=True)
+app.add_typer(align_app, name="align")
+
+
+def _align_config(config: str, set_: list[str]):
+    cfg = load_config(config, set_)
+    cfg.env.name = "alignment"
+    return cfg
+
+
+@align_app.command("dialogue")
+def align_dialogue(
+    config: str = typer.Argument(..., help="YAML config, e.g. configs/align.yaml"),
+    import_file: Optional[str] = typer.Option(None, "--import", help="Add the dialogs of this JSONL file instead of "
+                                                                     "chatting."),
+    run: Optional[str] = typer.Option(None, "--run", help="Talk to a version of this run (default: the base policy)."),
+    version: Optional[int] = typer.Option(None, "--version", help="The run's version (default: the latest)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a field (repeatable)."),
+) -> None:
+    """Talk to the current policy (or an API model) in the terminal; the dialog is added to dialogs.jsonl."""
+    from ouroboros.envs.alignment.stages import dialogue
+
+    cfg = _align_config(config, set_)
+    if run is not None and version is None:
+        from ouroboros.learn.checkpoint import run_path_of, versions
+
+        have = versions(run_path_of(run))
+        version = have[-1] if have else 0
+    path, n = dialogue(cfg, import_file, run, version)
+    console.print(f"{n} dialog(s) added to {path}")
+
+
+@align_app.command("distill")
+def align_distill(
+    config: str = typer.Argument(..., help="YAML config"),
+    input_: Optional[str] = typer.Option(None, "--input", help="Dialogs JSONL (default: data_dir's, else bundled)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a field (repeatable)."),
+) -> None:
+    """Dialogs -> summaries.jsonl {facts, logic, persona}, by a structured query with repair and retry."""
+    from ouroboros.envs.alignment.stages import distill
+
+    path, n, failed = distill(_align_config(config, set_), input_)
+    console.print(f"{n} summaries written to {path}; {failed} dialog(s) without a valid summary")
+
+
+@align_app.command("labyrinth")
+def align_labyrinth(
+    config: str = typer.Argument(..., help="YAML config"),
+    input_: Optional[str] = typer.Option(None, "--input", help="Summaries JSONL (default: data_dir's, else bundled)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a field (repeatable)."),
+) -> None:
+    """Summaries -> labyrinth.jsonl: rephrase-with-ambiguity, adversarial and contrastive prompts, each with a target."""
+    from ouroboros.envs.alignment.stages import labyrinth
+
+    path, n = labyrinth(_align_config(config, set_), input_)
+    console.print(f"{n} labyrinth prompts written to {path}")
+
+
+@align_app.command("generate")
+def align_generate(
+    config: str = typer.Argument(..., help="YAML config"),
+    input_: Optional[str] = typer.Option(None, "--input", help="Labyrinth JSONL (default: data_dir's)."),
+    n: int = typer.Option(4, "--n", min=1, help="Candidates per prompt."),
+    temperature: float = typer.Option(0.7, "--temperature", min=0.0),
+    top_p: float = typer.Option(0.95, "--top-p", min=0.0, max=1.0),
+    beams: int = typer.Option(1, "--beams", min=1, help="Beam search with this many beams (hf), the n best kept."),
+    run: Optional[str] = typer.Option(None, "--run", help="Generate with a version of this run."),
+    version: Optional[int] = typer.Option(None, "--version", help="The run's version (default: the latest)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a field (repeatable)."),
+) -> None:
+    """Labyrinth prompts -> candidates.jsonl: n candidates each, tagged with the weights version."""
+    from ouroboros.envs.alignment.stages import generate
+
+    if run is not None and version is None:
+        from ouroboros.learn.checkpoint import run_path_of, versions
+
+        have = versions(run_path_of(run))
+        version = have[-1] if have else 0
+    path, count = generate(_align_config(config, set_), input_, n, temperature, top_p, beams, run, version)
+    console.print(f"{count} candidates written to {path}")
+
+
+@align_app.command("score")
+def align_score(
+    config: str = typer.Argument(..., help="YAML config"),
+    input_: Optional[str] = typer.Option(None, "--input", help="Candidates JSONL (default: data_dir's)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a field (repeatable)."),
+) -> None:
+    """Candidates -> scores.jsonl: rule checks, model judges and imported human scores (rater human|ai)."""
+    from ouroboros.envs.alignment.stages import score
+
+    path, info = score(_align_config(config, set_), input_)
+    console.print(f"{info['lines']} score lines for {info['candidates']} candidates written to {path} "
+                  f"({info['judge_failures']} judge failures; cache hits {info.get('hits', 0)})")
+
+
+@align_app.command("train")
+def align_train(
+    config: str = typer.Argument(..., help="YAML config"),
+    input_: Optional[str] = typer.Option(None, "--input", help="Scores JSONL (default: data_dir's)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Run directory for the new version (default run.out)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a field (repeatable)."),
+) -> None:
+    """Scores -> preference pairs -> DPO -> a new version (checkpoint)."""
+    from ouroboros.envs.alignment.stages import train
+
+    info = train(_align_config(config, set_), input_, out)
+    console.print(f"trained on {info['pairs']} pairs (loss {info['loss']}); version written to {info['checkpoint']}")
+
+
+@align_app.command("eval")
+def align_eval(
+    run_dir: str = typer.Argument(..., help="An alignment run directory (--out; its latest run) or runs/<run id>."),
+    version: Optional[int] = typer.Option(None, "--version", help="The version to evaluate (default: the latest)."),
+    baseline: Optional[int] = typer.Option(None, "--baseline", help="The version to compare with (default "
+                                                                    "align.baseline_version, 0)."),
+) -> None:
+    """Win rate (Bradley-Terry, length-controlled), paraphrase coherence, persona and safety against a baseline."""
+    from ouroboros.envs.alignment.evaluate import evaluate_run, table
+
+    print(table(evaluate_run(run_dir, version, baseline)))
+
+
+@align_app.command("loop")
+def align_loop(
+    config: str = typer.Argument(..., help="YAML config, e.g. configs/align.yaml"),
+    rounds: Optional[int] = typer.Option(None, "--rounds", help="Rounds after round 0 (overrides run.rounds)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Run directory (overrides run.out)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a field (repeatable)."),
+) -> None:
+    """All stages as rounds on Ray, with replay and curriculum: the same as `ouroboros run` with env.name alignment."""
+    run(config, rounds, out, [*set_, "env.name=alignment"])
+
+
 @models_app.command("prepare")
 def models_prepare(
     name: str = typer.Argument("smollm2-135m-instruct", help="smollm2-135m-instruct or tiny-smollm2"),

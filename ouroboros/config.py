@@ -290,12 +290,134 @@ class SurvivalConfig(Section):
                           "ouroboros/envs/survival/data/kickoffs.jsonl; None uses the bundled ones.")
 
 
+class JudgeSpec(Section):
+    """One judge of the alignment environment's pool: a model that scores by rubric (a local
+    policy-sized model, a vLLM engine, Claude or GPT through their SDKs, or a scripted replay in
+    tests), or the rule checks."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="Name recorded with every score it gives.")
+    kind: Literal["model", "rules"] = Field("model", description="model: a rubric prompt to a model; rules: the "
+                                                                 "rule checks (facts, persona constraints, safety).")
+    backend: Literal["hf", "vllm", "scripted", "anthropic", "openai"] = Field(
+        "hf", description="model judges: the backend that runs the judge model.")
+    model: str = Field("smollm2-135m-instruct", description="hf/vllm: the judge model (packaged name, Hugging Face id "
+                                                            "or path); anthropic/openai: set api.model instead.")
+    mode: Literal["json", "logprob"] = Field(
+        "json", description="json: the judge replies with a JSON score object (parsed, repaired, retried); logprob "
+                            "(hf only): the expected rating under the judge's next-token distribution over 1..5, "
+                            "which never fails to parse.")
+    weight: float = Field(1.0, ge=0, description="Weight of this judge among the AI teachers.")
+    count: int = Field(1, ge=1, description="Judge actors of this kind; candidates are spread over them.")
+    retries: int = Field(2, ge=0, description="Re-asks after a reply that is not a valid score; then the candidate "
+                                              "is recorded as a judge failure (never a 0).")
+    requests_per_minute: float | None = Field(None, gt=0, description="API judges: client-side rate limit per actor.")
+    max_new_tokens: int = Field(96, ge=8, description="Tokens per judge reply (json mode).")
+    script: list[str] = Field(default_factory=list, description="scripted: the replies to replay.")
+    api: ApiConfig = Field(default_factory=ApiConfig, description="anthropic/openai judges: model, endpoint, key "
+                                                                  "variable, retries.")
+    num_cpus: float = Field(1, ge=0, description="Ray CPUs per judge actor.")
+    threads: int = Field(1, ge=1, description="hf judges: torch threads per judge actor.")
+
+
+class RlaifConfig(Section):
+    """The constitution, as the alignment loop's README writes it: self-critique, revise, prefer-best."""
+
+    enabled: bool = Field(False, description="Critique and revise each train candidate by the constitution.")
+    principles: list[str] = Field(
+        default_factory=lambda: ["Be helpful and honest; cite uncertainty.",
+                                 "Refuse harmful requests with a brief explanation."],
+        description="The constitution's principles, shown to the critic and the reviser.")
+    critique_chain: int = Field(1, ge=0, le=8, description="Critique -> revise passes per candidate.")
+    judge_model: str = Field("", description="The judge (a name in align.judges) that picks the better of original "
+                                             "and revision, in both orders; empty: the first model judge.")
+
+
+class AlignConfig(Section):
+    """The alignment loop: data files, judges, guards, replay and evaluation."""
+
+    data_dir: str = Field("runs/align-data", description="Where the stages read and write dialogs.jsonl, "
+                                                         "summaries.jsonl, labyrinth.jsonl, candidates.jsonl, "
+                                                         "scores.jsonl.")
+    dialogs_file: str | None = Field(None, description="Dialogs (JSONL); None: data_dir's, else the bundled set.")
+    summaries_file: str | None = Field(None, description="Summaries (JSONL); None: data_dir's, else the bundled set.")
+    labyrinth_file: str | None = Field(None, description="Labyrinth prompts (JSONL); None: data_dir's, else made by "
+                                                         "rule from the summaries.")
+    human_scores_file: str | None = Field(None, description="Scores with rater human (JSONL) to join as the human "
+                                                            "teacher; None: the rater-human lines of data_dir's "
+                                                            "scores.jsonl, if any.")
+    eval_file: str | None = Field(None, description="Held-out evaluation prompts (JSONL as the bundled eval.jsonl); "
+                                                    "None: the bundled set.")
+    transforms: list[Literal["rephrase", "adversarial", "contrastive"]] = Field(
+        default_factory=lambda: ["rephrase", "adversarial", "contrastive"],
+        description="Labyrinth transforms made from each summary.")
+    model_transforms: bool = Field(True, description="align labyrinth: the model writes each transform (rule-made "
+                                                     "when its reply does not parse).")
+    safety_prompts: bool = Field(True, description="Train on the bundled harmful/benign prompts too.")
+    rubric: dict[str, str] = Field(
+        default_factory=lambda: {"helpful": "answers what was asked, using the facts given",
+                                 "honest": "states the facts correctly and disagrees politely with a wrong claim",
+                                 "persona": "keeps the persona's voice and every one of its constraints"},
+        description="Named criteria the model judges rate from 1 to 5.")
+    judges: list[JudgeSpec] = Field(
+        default_factory=lambda: [JudgeSpec(name="rules", kind="rules"),
+                                 JudgeSpec(name="smollm2", mode="logprob")],
+        description="The judge pool (the training judge).")
+    teacher_weights: dict[Literal["human", "ai", "rules"], float] = Field(
+        default_factory=lambda: {"human": 2.0, "ai": 1.0, "rules": 1.0},
+        description="Multi-teacher aggregation: weight of each kind of teacher.")
+    disagreement: float = Field(0.4, ge=0, le=1, description="Teachers further apart than this (0-1 scale) make a "
+                                                             "hard case.")
+    hard_score: float = Field(0.35, ge=0, le=1, description="A candidate scored below this is a hard case.")
+    length_penalty: float = Field(0.5, ge=0, description="Length control: reward less this times the share by which "
+                                                         "an answer exceeds its word limit (the persona's, else "
+                                                         "max_words).")
+    max_words: int = Field(120, ge=10, description="Word limit where the persona sets none.")
+    replay_size: int = Field(64, ge=0, description="Hard cases kept in the replay buffer.")
+    replay_share: float = Field(0.25, ge=0, le=1, description="Share of a round's prompts drawn from replay.")
+    clusters: int = Field(4, ge=1, description="Failure clusters formed from each round's hard cases.")
+    cache: bool = Field(True, description="Cache judge verdicts by (judge, its prompt, rubric, prompt, candidate).")
+    eval_judges: list[JudgeSpec] = Field(
+        default_factory=lambda: [JudgeSpec(name="eval-rules", kind="rules"),
+                                 JudgeSpec(name="eval-smollm2", mode="logprob")],
+        description="align eval: the judges of the pairwise win rate (not the training judge: another prompt, "
+                    "pairwise instead of rubric).")
+    eval_samples: int = Field(1000, ge=100, description="Bootstrap resamples of each evaluation interval.")
+    baseline_version: int = Field(0, ge=0, description="align eval: the version the last one is compared with.")
+    distiller: str = Field("policy", description="Who distills dialogs: policy, or the name of a model judge.")
+    dialogue_model: str = Field("policy", description="Who answers in align dialogue: policy, or the name of a "
+                                                      "model judge (an API model).")
+
+
+    @model_validator(mode="after")
+    def _judges_agree(self):
+        for key, judges in (("judges", self.judges), ("eval_judges", self.eval_judges)):
+            names = [j.name for j in judges]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"align.{key}: judge names must be unique, {', '.join(dupes)} repeats")
+            for j in judges:
+                if j.kind == "model" and j.mode == "logprob" and j.backend != "hf":
+                    raise ValueError(f"align.{key}: judge {j.name!r} has mode logprob, which reads a local model's "
+                                     f"next-token probabilities: use backend hf, or mode json for {j.backend!r}")
+            if not judges:
+                raise ValueError(f"align.{key} is empty: name at least one judge (kind rules needs no model)")
+        models = [j.name for j in self.judges if j.kind == "model"]
+        for key in ("distiller", "dialogue_model"):
+            value = getattr(self, key)
+            if value != "policy" and value not in models:
+                raise ValueError(f"align.{key} {value!r} must be 'policy' or the name of a model judge in align.judges "
+                                 f"({', '.join(models) or 'none'})")
+        return self
+
+
 class EnvConfig(Section):
-    name: Literal["tasks", "experiment", "survival"] = Field(
+    name: Literal["tasks", "experiment", "survival", "alignment"] = Field(
         "tasks", description="Environment the agents run: tasks (one reply, hidden tests), experiment (experiment "
                              "cycles on computational questions drawn anew each round, judged on the answer a run "
                              "computes; the `experiment` section applies), or survival (an object that runs the "
-                             "policy's replies as code on itself, paid for each step it survives; `env.survival`).")
+                             "policy's replies as code on itself, paid for each step it survives; `env.survival`), or "
+                             "alignment (answers to labyrinth prompts made from dialogs, scored by a pool of judges; "
+                             "the `align` and `rlaif` sections).")
     survival: SurvivalConfig = Field(default_factory=SurvivalConfig)
     agents: int = Field(2, ge=1, description="Agent actors running episodes in parallel.")
     train_tasks_per_round: int = Field(8, ge=1, description="Train tasks (experiment: goals) sampled each round.")
@@ -389,6 +511,16 @@ class Config(Section):
     env: EnvConfig = Field(default_factory=EnvConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
+    align: AlignConfig = Field(default_factory=AlignConfig)
+    rlaif: RlaifConfig = Field(default_factory=RlaifConfig)
+
+    @model_validator(mode="after")
+    def _rlaif_judge_exists(self):
+        models = [j.name for j in self.align.judges if j.kind == "model"]
+        if self.rlaif.judge_model and self.rlaif.judge_model not in models:
+            raise ValueError(f"rlaif.judge_model {self.rlaif.judge_model!r} is not a model judge in align.judges "
+                             f"({', '.join(models) or 'none'}): name one, or leave it empty")
+        return self
 
     @model_validator(mode="after")
     def _survival_runs_in_bwrap(self):
@@ -407,7 +539,7 @@ def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
         hint = f"; expected one of: {', '.join(allowed)}" if allowed else ""
         return f"unknown config key '{key}'{hint}"
     if kind == "value_error":  # our own validators: their message says it all, and the value may be a secret
-        return f"bad value for '{key}': {error['ctx']['error']}"
+        return f"bad value for '{key}': {error['ctx']['error']}" if key else f"bad config: {error['ctx']['error']}"
     value = error.get("input")
     return f"bad value for '{key}': {value!r}: {error['msg'].lower()}"
 

@@ -52,7 +52,10 @@ class Actors:
 
 def ray_resources(cfg: Config) -> tuple[int, dict]:
     """Logical CPUs and custom resources a local Ray must advertise for this config's actors."""
-    needed = cfg.generator.num_cpus * cfg.generator.count + 1  # generators + learner
+    from ouroboros.envs import environment
+
+    # generators + learner + what the environment's own actors (judges) reserve
+    needed = cfg.generator.num_cpus * cfg.generator.count + 1 + environment(cfg).actor_cpus()
     return max(os.cpu_count() or 1, math.ceil(needed), cfg.ray.num_cpus or 0), {"sandbox": cfg.sandbox.runners}
 
 
@@ -109,7 +112,7 @@ def build_actors(cfg: Config, run_dir: str, run_id: str, task_set: list | None =
         ray.get([r.owner.remote() for r in runners])  # a missing sandbox says so first
         env.check_user_tasks(task_set or [], runners, reporter or Reporter())
     agents = env.make_agents(run_id, run_dir, generators, runners)
-    judge = env.make_judge(task_set, run_id, runners)
+    judge = env.make_judge(task_set, run_id, runners, run_dir=run_dir)
     learner = learner_cls.remote(cfg)
     recorder = ray.remote(num_cpus=0)(Recorder).remote(run_dir, run_id, cfg.run.name, cfg.model_dump(by_alias=True),
                                                        env, cfg.learner.algorithm)
@@ -180,9 +183,13 @@ class Loop:
         return rng.sample(self.train_tasks, min(self.cfg.env.train_tasks_per_round, len(self.train_tasks)))
 
     def _start_train(self, a: Actors, round_: int) -> Rollout:
+        import ray
+
         cfg = self.cfg
-        return self._start(a, round_, "train", self._train_tasks(round_), cfg.env.samples_per_task,
-                           cfg.generator.temperature)
+        # The environment may swap some for replayed hard cases or curriculum prompts (in the
+        # recorder, which has seen every scored round).
+        tasks = ray.get(a.recorder.next_tasks.remote(round_, self._train_tasks(round_)))
+        return self._start(a, round_, "train", tasks, cfg.env.samples_per_task, cfg.generator.temperature)
 
     def _broadcast(self, a: Actors, weights, row: dict) -> int:
         """Make `weights` live on every generator; time it against one in-memory copy of the tensors."""

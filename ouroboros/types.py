@@ -124,6 +124,8 @@ class Score:
     total: float
     judge: str
     passed: bool = False  # the environment's own success: all hidden tests, the goal's answer
+    # Per-teacher verdicts where several judges scored (alignment): judge, model, prompt hash, notes.
+    details: list = field(default_factory=list)
 
 
 @dataclass

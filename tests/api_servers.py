@@ -81,6 +81,8 @@ class FakeAPIServer:
         self.requests: list[Recorded] = []
         self.replies: deque[str] = deque()
         self.canned: dict[str, str] = {}
+        # A function of the last user message that makes the reply (a model's behaviour in a test).
+        self.respond = None
         self.expected_key: str | None = None
         self.reject_params: set[str] = set()
         self.delay_s = 0.0
@@ -181,6 +183,8 @@ class FakeAPIServer:
     def _next_reply(self, messages: list[dict[str, Any]]) -> str:
         users = [m for m in messages if m.get("role") == "user"]
         last = _content_text(users[-1].get("content")) if users else ""
+        if self.respond is not None:
+            return self.respond(last)
         with self._lock:
             if last in self.canned:
                 return self.canned[last]

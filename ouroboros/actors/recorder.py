@@ -109,6 +109,10 @@ class Recorder:
 
         return metrics, policy_turns(trajectories, scores, self.env)
 
+    def next_tasks(self, round_: int, sampled: list) -> list:
+        """A round's train tasks as the environment's replay and curriculum make them."""
+        return self.env.next_tasks(round_, sampled)
+
     def record_learning(self, round_: int, rows) -> int:
         """The learner's per-turn rows of a round (learner step, learner and generator log-probs,
         clipped and masked tokens) as `learner-turns.parquet`; returns how many."""

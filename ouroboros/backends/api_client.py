@@ -191,7 +191,9 @@ class ApiBackend(ModelBackend):
             msg = f"{where}: HTTP {status}: {detail}{rid}; " + self._advice(status)
         else:
             msg = f"{where}: {type(e).__name__}: {getattr(e, 'message', e)}"
-        return BackendError(_redact(msg, self._key))
+        err = BackendError(_redact(msg, self._key))
+        err.status = getattr(e, "status_code", None)  # callers that can wait out a 429 read it
+        return err
 
     def _advice(self, status: int) -> str:
         if status in (401, 403):

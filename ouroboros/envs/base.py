@@ -55,14 +55,30 @@ class Environment(ABC):
         top_p, seed) -> list[Trajectory]`."""
 
     @abstractmethod
-    def make_judge(self, tasks: list, run_id: str, runners: list):
-        """A Ray actor handle with `score(trajectories) -> list[Score]`."""
+    def make_judge(self, tasks: list, run_id: str, runners: list, run_dir: str = ""):
+        """A Ray actor handle with `score(trajectories) -> list[Score]`. `run_dir`: the run directory, for
+        what a judge keeps across runs (a verdict cache)."""
+
+    def actor_cpus(self) -> float:
+        """Ray CPUs this environment's own actors reserve beyond the agents (judge actors), which a
+        local Ray must advertise."""
+        return 0.0
 
     def chunks(self, n_agents: int, n_generators: int) -> int:
         """How many pieces one phase's tasks are cut into (one `run_episodes` call each)."""
         return min(n_generators, n_agents)
 
+    def next_tasks(self, round_: int, sampled: list) -> list:
+        """The train tasks of `round_`, given the ones the loop sampled; an environment with a replay
+        buffer or a curriculum changes them. Called in the recorder (which has seen every scored
+        round so far, through `record_traces`)."""
+        return sampled
+
     # -- what learning uses -----------------------------------------------------
+    def trains_on(self, score: Score) -> bool:
+        """Whether a scored episode may train the policy (a judge failure is recorded, not learned from)."""
+        return True
+
     def pairs(self, trajectories: list[Trajectory], scores: list[Score], round_: int) -> list[PreferencePair]:
         from ouroboros.learn.pairs import build_pairs
 

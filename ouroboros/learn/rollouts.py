@@ -17,7 +17,7 @@ def policy_turns(trajectories: list[Trajectory], scores: list[Score], env) -> li
     turns = []
     for t in trajectories:
         s = by_id.get(t.id)
-        if s is None or not t.steps:
+        if s is None or not t.steps or not env.trains_on(s):
             continue
         rewards = env.turn_rewards(t, s)
         for step, reward in zip(t.steps, rewards):

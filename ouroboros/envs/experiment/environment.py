@@ -49,7 +49,7 @@ class ExperimentEnvironment(Environment):
         return [agent_cls.remote(cfg, run_id, run_dir, generators, runners, n * cfg.experiment.cycles_per_agent)
                 for n in range(cfg.env.agents)]
 
-    def make_judge(self, tasks: list, run_id: str, runners: list):
+    def make_judge(self, tasks: list, run_id: str, runners: list, run_dir: str = ""):
         import ray
 
         from ouroboros.actors.judge import ExperimentJudge

@@ -70,7 +70,7 @@ class SurvivalEnvironment(Environment):
         return [ray.remote(num_cpus=0, max_concurrency=2)(SurvivalAgent).remote(self.cfg, generators, runners)
                 for _ in range(self.cfg.env.agents)]
 
-    def make_judge(self, tasks: list, run_id: str, runners: list):
+    def make_judge(self, tasks: list, run_id: str, runners: list, run_dir: str = ""):
         import ray
 
         from ouroboros.actors.judge import SurvivalJudge

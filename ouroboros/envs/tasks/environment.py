@@ -35,7 +35,7 @@ class TasksEnvironment(Environment):
         return [ray.remote(num_cpus=0, max_concurrency=2)(TasksAgent).remote(generators, runners, cfg.generator.max_new_tokens, cfg)
                 for _ in range(cfg.env.agents)]
 
-    def make_judge(self, tasks: list, run_id: str, runners: list):
+    def make_judge(self, tasks: list, run_id: str, runners: list, run_dir: str = ""):
         import ray
 
         from ouroboros.actors.judge import TasksJudge

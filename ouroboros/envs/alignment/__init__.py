@@ -1,0 +1,1 @@
+"""The alignment environment: dialogue, distill, labyrinth prompts, candidates, judges, updates."""
