@@ -69,6 +69,7 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=48)
     ap.add_argument("--latency", type=float, default=0.25, help="seconds the loopback API takes per request")
     ap.add_argument("--actors", default="1,2,4")
+    ap.add_argument("--kinds", default="local,api", help="which judges to measure (the file keeps the others')")
     ap.add_argument("--out", default="benchmarks/results/judge_throughput.json")
     args = ap.parse_args()
 
@@ -81,14 +82,19 @@ def main() -> None:
     cfg = Config()
     tasks, trajs = batch(args.candidates)
     counts = [int(x) for x in args.actors.split(",")]
+    kinds = args.kinds.split(",")
+    os.environ["BENCH_KEY"] = "sk-bench"  # before Ray starts, so the judge actors inherit it
     ray.init(num_cpus=max(counts) + 2, include_dashboard=False, log_to_driver=False)
-    result = {"cpus": os.cpu_count(), "candidates": len(trajs), "local": [], "api": []}
+    out = Path(args.out)
+    result = json.loads(out.read_text()) if out.is_file() else {}
+    result.update({"cpus": os.cpu_count(), "candidates": len(trajs)})
     with tempfile.TemporaryDirectory() as tmp:
         local = JudgeSpec(name="smollm2", backend="hf", mode="logprob", model=models.resolve("smollm2-135m-instruct"))
-        for n in counts:
-            result["local"].append(measure(cfg, tasks, trajs, local, n, tmp + "/l"))
-            print("local", result["local"][-1], flush=True)
-        os.environ["BENCH_KEY"] = "sk-bench"
+        if "local" in kinds:
+            result["local"] = []
+            for n in counts:
+                result["local"].append(measure(cfg, tasks, trajs, local, n, tmp + "/l"))
+                print("local", result["local"][-1], flush=True)
         with FakeOpenAIServer() as server:
             server.delay_s = args.latency
 
@@ -101,12 +107,14 @@ def main() -> None:
             server.respond = respond
             api = JudgeSpec(name="api", backend="openai", mode="json",
                             api=ApiConfig(model="gpt-test", base_url=server.base_url, api_key_env="BENCH_KEY"))
-            for n in counts:
-                result["api"].append(measure(cfg, tasks, trajs, api, n, tmp + "/a"))
-                print("api", result["api"][-1], flush=True)
-    result["latency_s"] = args.latency
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
+            if "api" in kinds:
+                result["api"] = []
+                result["latency_s"] = args.latency
+                for n in counts:
+                    result["api"].append(measure(cfg, tasks, trajs, api, n, tmp + "/a"))
+                    print("api", result["api"][-1], flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
     ray.shutdown()
 

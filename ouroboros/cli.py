@@ -411,11 +411,14 @@ def align_eval(
     version: Optional[int] = typer.Option(None, "--version", help="The version to evaluate (default: the latest)."),
     baseline: Optional[int] = typer.Option(None, "--baseline", help="The version to compare with (default "
                                                                     "align.baseline_version, 0)."),
+    prompts: Optional[int] = typer.Option(None, "--prompts", min=1, help="Evaluate on this many held-out prompts "
+                                                                         "(a fixed mix of every kind); default all."),
 ) -> None:
-    """Win rate (Bradley-Terry, length-controlled), paraphrase coherence, persona and safety against a baseline."""
+    """Win rate (Bradley-Terry, length-controlled), paraphrase coherence, persona and safety against a baseline
+    (also written to <run>/eval-align.json)."""
     from ouroboros.envs.alignment.evaluate import evaluate_run, table
 
-    print(table(evaluate_run(run_dir, version, baseline)))
+    print(table(evaluate_run(run_dir, version, baseline, prompts)))
 
 
 @align_app.command("loop")

@@ -318,3 +318,30 @@ def test_the_bundled_data_loads_and_its_own_answers_pass_the_integrity_gate():
             for turn in d.turns:
                 if turn.role == "assistant":
                     assert rules.integrity_flags(turn.text) == [], (d.dialog_id, turn.text)
+
+
+def test_dialogue_chats_and_saves_a_dialog_and_imports_others(tmp_path):
+    from ouroboros.envs.alignment.stages import dialogue
+
+    cfg = Config.model_validate({"align": {"data_dir": str(tmp_path), "dialogue_model": "d", "judges": [
+        {"name": "d", "backend": "scripted", "script": ["Hello, how can I help?", "It is 412 metres."]}]}})
+    said = iter(["hi", "how long is the bridge?", "/quit"])
+    shown = []
+    path, n = dialogue(cfg, None, None, None, read_line=lambda _: next(said), show=shown.append)
+    saved = read_jsonl(path, Dialog)
+    assert n == 1 and [t.text for t in saved[0].turns] == ["hi", "Hello, how can I help?", "how long is the bridge?",
+                                                           "It is 412 metres."]
+    other = tmp_path / "mine.jsonl"
+    other.write_text(json.dumps({"dialog_id": "mine-1", "turns": [{"role": "human", "text": "x"}]}) + "\n{oops\n")
+    path, n = dialogue(cfg, str(other), None, None)
+    assert n == 1 and [d.dialog_id for d in read_jsonl(path, Dialog)] == [saved[0].dialog_id, "mine-1"]
+
+
+def test_beam_search_returns_the_n_best_beams(tiny_model_path):
+    from ouroboros.backends.hf import HFBackend
+    from ouroboros.envs.alignment.stages import beam_search
+
+    backend = HFBackend(tiny_model_path, threads=1)
+    beams = beam_search(backend, [{"role": "user", "content": "How long is the bridge?"}], n=3, beams=4,
+                        max_new_tokens=8)
+    assert len(beams) == 3 and len(set(beams)) == 3  # distinct beams, best first

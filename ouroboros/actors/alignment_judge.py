@@ -122,7 +122,7 @@ class AlignmentJudge:
             rv = rule_checks.judge(it.candidate, it.check)
             rules_v = Verdict("rules", rv.criteria, rv.total, rv.notes, model="rules", prompt_hash=RULES_HASH)
             use_rules = any(s.kind == "rules" for s in a.judges)
-            ai = [(model[name][n], self.specs[name].weight) for name in model]
+            ai = [(model[name][n], self.specs[name].weight if name in self.specs else 1.0) for name in model]
             human_lines = self.human.get((str(task.dialog_id) if task else "None",
                                           str(task.prompt_id) if task else "None", candidate_hash(it.candidate)), [])
             human = [v for v in (human_value(h.score) for h in human_lines) if v is not None]
@@ -157,7 +157,9 @@ class AlignmentJudge:
         if isinstance(v, JudgeFailure):
             return {"judge": v.judge, "model": v.model, "prompt_hash": v.prompt_hash, "failed": v.reason,
                     "attempts": v.attempts, "rater": rater}
-        return {"judge": v.judge, "model": v.model, "prompt_hash": v.prompt_hash, "score": v.raw or v.criteria,
+        # scores.jsonl rates on the rubric's 1-5 scale, whoever rated: the rules' 0-1 criteria are mapped onto it.
+        score = v.raw or {k: round(1 + 4 * x, 4) for k, x in v.criteria.items()}
+        return {"judge": v.judge, "model": v.model, "prompt_hash": v.prompt_hash, "score": score,
                 "criteria": v.criteria, "total": v.total, "notes": v.notes, "attempts": v.attempts,
                 "cached": v.cached, "rater": rater}
 

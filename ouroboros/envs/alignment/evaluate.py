@@ -161,7 +161,8 @@ def training_agreement(cfg, tasks: list, base: dict, last: dict, rows: list[dict
             "training_reward_base": _m([total[f"{t.id}/base"] for t in tasks if f"{t.id}/base" in total])}
 
 
-def evaluate_run(run_dir: str, version: int | None = None, baseline: int | None = None) -> dict:
+def evaluate_run(run_dir: str, version: int | None = None, baseline: int | None = None,
+                 prompts: int | None = None) -> dict:
     from ouroboros.envs.alignment import stats
     from ouroboros.envs.alignment.tasks import load_tasks
     from ouroboros.learn.checkpoint import export, run_config, run_path_of, versions
@@ -174,6 +175,7 @@ def evaluate_run(run_dir: str, version: int | None = None, baseline: int | None 
     version = have[-1] if version is None else version
     baseline = cfg.align.baseline_version if baseline is None else baseline
     tasks = [t for t in load_tasks(cfg) if t.split == "heldout"]
+    tasks = tasks[:prompts] if prompts else tasks  # a stable shuffle of every kind (tasks.load_tasks)
     seed = cfg.run.seed * 1000 + 997
     with tempfile.TemporaryDirectory(prefix="ouroboros-align-eval-") as tmp:
         def model_of(v: int) -> str:

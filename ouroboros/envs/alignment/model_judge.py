@@ -296,21 +296,70 @@ class ModelJudge:
                 out.append([float(sum(row[i] for i in ids_of[o])) if ids_of[o] else 0.0 for o in opts])
         return out
 
+    def _criteria_probs(self, items: list[JudgeItem], options: list[str]) -> list[list[list[float]]]:
+        """P(each option) after each item's prompt for each criterion. The prompts of one item differ
+        only in their tail (the criterion asked), so the shared head is run once per item (batched,
+        left-padded) and its KV cache is repeated for the criteria's tails (right-padded; each tail's
+        last real token is read, and causal attention keeps the padding after it out): about one
+        prompt's cost per item instead of one per criterion."""
+        import torch
+
+        from ouroboros.backends.local_model import chat_prompt_ids
+
+        tok, model, dev = self.backend.tokenizer, self.backend.model, self.backend.device
+        criteria = list(self.rubric)
+        option_ids = [self._option_ids(o) for o in options]
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        out: list[list[list[float]]] = []
+        batch = 8
+        for start in range(0, len(items), batch):
+            chunk = items[start:start + batch]
+            heads, tails = [], []
+            for it in chunk:
+                nonce = self._nonce(it.key + "\0" + it.candidate)
+                full = [chat_prompt_ids(tok, self.criterion_messages(it, nonce, k)) for k in criteria]
+                n = 0
+                while all(len(f) > n + 1 for f in full) and len({f[n] for f in full}) == 1:
+                    n += 1
+                heads.append(full[0][:n])
+                tails.append([f[n:] for f in full])
+            width = max(len(h) for h in heads)
+            ids = torch.tensor([[pad] * (width - len(h)) + h for h in heads], device=dev)
+            mask = torch.tensor([[0] * (width - len(h)) + [1] * len(h) for h in heads], device=dev)
+            rows = [t for ts in tails for t in ts]
+            tail_width = max(len(t) for t in rows)
+            tail_ids = torch.tensor([t + [pad] * (tail_width - len(t)) for t in rows], device=dev)
+            k = len(criteria)
+            with torch.no_grad():
+                self.calls += 1
+                head = model(input_ids=ids, attention_mask=mask, use_cache=True)
+                cache = head.past_key_values
+                cache.batch_repeat_interleave(k)
+                full_mask = torch.cat([mask.repeat_interleave(k, dim=0),
+                                       torch.ones(len(rows), tail_width, dtype=mask.dtype, device=dev)], dim=1)
+                positions = torch.arange(width, width + tail_width, device=dev).unsqueeze(0).expand(len(rows), -1)
+                logits = model(input_ids=tail_ids, attention_mask=full_mask, past_key_values=cache,
+                               position_ids=positions).logits.float()
+            last = torch.tensor([len(t) - 1 for t in rows], device=dev)
+            probs = torch.softmax(logits[torch.arange(len(rows), device=dev), last], dim=-1)
+            for i in range(len(chunk)):
+                out.append([[float(sum(probs[i * k + j][x] for x in ids_)) if ids_ else 0.0 for ids_ in option_ids]
+                            for j in range(k)])
+        return out
+
+    def _option_ids(self, option: str) -> set[int]:
+        tok = self.backend.tokenizer
+        return {tok.convert_tokens_to_ids(tok.tokenize(v))[0] for v in (option, " " + option)
+                if len(tok.tokenize(v)) == 1}
+
     def _score_logprob(self, items: list[JudgeItem]) -> list:
         digits = [str(d) for d in range(LOW, HIGH + 1)]
         criteria = list(self.rubric)
-        convos, options = [], []
-        for it in items:
-            nonce = self._nonce(it.key + "\0" + it.candidate)
-            for k in criteria:
-                convos.append(self.criterion_messages(it, nonce, k))
-                options.append(digits)
-        probs = self._next_token_probs(convos, options)
+        probs = self._criteria_probs(items, digits)
         out = []
-        for n, it in enumerate(items):
+        for it, per_criterion in zip(items, probs):
             crit, raw = {}, {}
-            for j, k in enumerate(criteria):
-                p = probs[n * len(criteria) + j]
+            for k, p in zip(criteria, per_criterion):
                 mass = sum(p)
                 if mass <= 0:
                     out.append(JudgeFailure(self.name, "the model puts no probability on any rating digit", 1,

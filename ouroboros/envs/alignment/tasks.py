@@ -8,6 +8,7 @@ the persona's constraints.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,4 +151,6 @@ def load_tasks(cfg, warn=None) -> list[AlignTask]:
         heldout = from_eval(read_jsonl(eval_path, EvalPrompt, warn), {**summaries, **heldout_summaries}, "heldout")
     except ShardError as exc:
         raise ConfigError(f"alignment data: {exc}") from None
+    # A stable shuffle, so `env.heldout_tasks` takes every kind of evaluation prompt, not the first kind.
+    heldout.sort(key=lambda t: hashlib.sha256(t.id.encode()).hexdigest())
     return train + heldout
