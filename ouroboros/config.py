@@ -320,7 +320,7 @@ class JudgeSpec(Section):
 
 
 class RlaifConfig(Section):
-    """The constitution, as the alignment loop's README writes it: self-critique, revise, prefer-best."""
+    """The constitution (RLAIF): self-critique, revise, prefer-best, guided by written principles."""
 
     enabled: bool = Field(False, description="Critique and revise each train candidate by the constitution.")
     principles: list[str] = Field(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import os
 import re
 import threading
@@ -168,7 +169,8 @@ class ModelJudge:
             ratings = {}
             for k in self.rubric:
                 v = obj.get(k)
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v) or not LOW <= v <= HIGH:
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v != int(v) \
+                        or not LOW <= v <= HIGH:
                     return None, f'"{k}" must be an integer from {LOW} to {HIGH}, got {json.dumps(v)}'
                 ratings[k] = int(v)
             notes = obj.get("notes", "")

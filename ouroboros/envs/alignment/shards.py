@@ -1,4 +1,4 @@
-"""The alignment stages' JSONL shards, in the formats the loop's README gives them.
+"""The alignment stages' JSONL shards, in the formats of the alignment loop's data (README: The alignment loop).
 
 dialogs `{dialog_id, turns: [{role: human|assistant, text}]}`, summaries `{dialog_id, facts,
 logic, persona: {voice, constraints}}`, labyrinth prompts `{dialog_id, prompt, target}` and
@@ -30,6 +30,13 @@ class Turn(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["human", "assistant"]
     text: str
+
+    @field_validator("role", mode="before")
+    @classmethod
+    def _common_names(cls, role):
+        # Chat data from elsewhere names the speakers otherwise; they are read as the two roles here.
+        aliases = {"user": "human", "gpt": "assistant", "model": "assistant", "bot": "assistant", "ai": "assistant"}
+        return aliases.get(role.strip().lower(), role.strip().lower()) if isinstance(role, str) else role
 
 
 class Dialog(Record):
@@ -107,7 +114,7 @@ def read_jsonl(path: str | Path, model: type[BaseModel], warn=None) -> list:
     if not p.is_file():
         raise ShardError(f"{p}: no such file")
     records, problems = [], []
-    with p.open(encoding="utf-8", errors="replace") as fh:
+    with p.open(encoding="utf-8-sig", errors="replace") as fh:  # -sig: a byte-order mark is not a bad line
         for n, line in enumerate(fh, 1):
             if not line.strip():
                 continue
