@@ -305,6 +305,16 @@ def _align_config(config: str, set_: list[str]):
     return cfg
 
 
+def _version_of(run: str | None, version: int | None) -> int | None:
+    """The version a stage uses: the one asked for, else the run's latest checkpoint (0 if none)."""
+    if run is None or version is not None:
+        return version
+    from ouroboros.learn.checkpoint import run_path_of, versions
+
+    have = versions(run_path_of(run))
+    return have[-1] if have else 0
+
+
 @align_app.command("dialogue")
 def align_dialogue(
     config: str = typer.Argument(..., help="YAML config, e.g. configs/align.yaml"),
@@ -317,13 +327,7 @@ def align_dialogue(
     """Talk to the current policy (or an API model) in the terminal; the dialog is added to dialogs.jsonl."""
     from ouroboros.envs.alignment.stages import dialogue
 
-    cfg = _align_config(config, set_)
-    if run is not None and version is None:
-        from ouroboros.learn.checkpoint import run_path_of, versions
-
-        have = versions(run_path_of(run))
-        version = have[-1] if have else 0
-    path, n = dialogue(cfg, import_file, run, version)
+    path, n = dialogue(_align_config(config, set_), import_file, run, _version_of(run, version))
     console.print(f"{n} dialog(s) added to {path}")
 
 
@@ -368,12 +372,8 @@ def align_generate(
     """Labyrinth prompts -> candidates.jsonl: n candidates each, tagged with the weights version."""
     from ouroboros.envs.alignment.stages import generate
 
-    if run is not None and version is None:
-        from ouroboros.learn.checkpoint import run_path_of, versions
-
-        have = versions(run_path_of(run))
-        version = have[-1] if have else 0
-    path, count = generate(_align_config(config, set_), input_, n, temperature, top_p, beams, run, version)
+    path, count = generate(_align_config(config, set_), input_, n, temperature, top_p, beams, run,
+                           _version_of(run, version))
     console.print(f"{count} candidates written to {path}")
 
 

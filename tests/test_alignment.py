@@ -16,7 +16,7 @@ from ouroboros.envs.alignment.environment import AlignmentEnvironment
 from ouroboros.envs.alignment.judging import JudgeFailure, Verdict
 from ouroboros.envs.alignment.labyrinth import model_prompts, rule_prompts
 from ouroboros.envs.alignment.model_judge import ModelJudge
-from ouroboros.envs.alignment.shards import (Dialog, LabyrinthPrompt, ScoreLine, ShardError, Summary, read_jsonl,
+from ouroboros.envs.alignment.shards import (Dialog, ScoreLine, ShardError, Summary, read_jsonl,
                                              write_jsonl)
 from ouroboros.envs.alignment.structured import ask_json
 from ouroboros.envs.alignment.tasks import AlignTask, fact_terms, from_labyrinth

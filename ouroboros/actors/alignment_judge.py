@@ -116,12 +116,12 @@ class AlignmentJudge:
         items = [self.item(t) for t in trajs]
         model = self._model_verdicts(items)
         prefer = self._prefer_revisions(trajs, items)
+        use_rules = any(s.kind == "rules" for s in a.judges)
         scores = []
         for n, (t, it) in enumerate(zip(trajs, items)):
             task = self.task(t)
             rv = rule_checks.judge(it.candidate, it.check)
             rules_v = Verdict("rules", rv.criteria, rv.total, rv.notes, model="rules", prompt_hash=RULES_HASH)
-            use_rules = any(s.kind == "rules" for s in a.judges)
             ai = [(model[name][n], self.specs[name].weight if name in self.specs else 1.0) for name in model]
             human_lines = self.human.get((str(task.dialog_id) if task else "None",
                                           str(task.prompt_id) if task else "None", candidate_hash(it.candidate)), [])

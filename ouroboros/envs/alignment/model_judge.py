@@ -276,12 +276,7 @@ class ModelJudge:
         from ouroboros.backends.local_model import chat_prompt_ids
 
         tok, model = self.backend.tokenizer, self.backend.model
-        ids_of = {}
-        for opts in options:
-            for o in opts:
-                if o not in ids_of:
-                    ids_of[o] = {i for v in (o, " " + o) for i in [tok.convert_tokens_to_ids(tok.tokenize(v))[-1]]
-                                 if len(tok.tokenize(v)) == 1}
+        ids_of = {o: self._option_ids(o) for opts in options for o in opts}
         out = []
         batch = 8
         for start in range(0, len(convos), batch):

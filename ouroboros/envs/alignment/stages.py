@@ -271,9 +271,8 @@ def score(cfg: Config, inp: str | None) -> tuple[Path, dict]:
         for task in from_labyrinth(read(path, LabyrinthPrompt), summaries, warn):
             lab[(task.dialog_id, str(task.prompt_id))] = task
     tasks = []
-    for n, (c, r) in enumerate(zip(cands, records)):
-        task = lab.get((c.dialog_id, str(c.prompt_id))) or from_labyrinth([r], summaries)[0]
-        tasks.append(task)
+    for c, r in zip(cands, records):
+        tasks.append(lab.get((c.dialog_id, str(c.prompt_id))) or from_labyrinth([r], summaries)[0])
     human = human_scores(cfg)
     workers = {s.name: [JudgeWorker(s, a.rubric, cfg)] for s in a.judges if s.kind == "model"}
     pool = AlignmentJudge(cfg, [], "stage-score", workers, str(data_file(cfg, "judge-cache.db")), human)
