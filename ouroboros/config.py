@@ -390,6 +390,12 @@ class AlignConfig(Section):
 
     @model_validator(mode="after")
     def _judges_agree(self):
+        if not self.rubric:
+            raise ValueError("align.rubric is empty: name at least one criterion the model judges rate "
+                             "(for example helpful: answers what was asked)")
+        blank = [k for k in self.rubric if not str(k).strip()]
+        if blank:
+            raise ValueError("align.rubric: a criterion's name is blank; give each criterion a name")
         for key, judges in (("judges", self.judges), ("eval_judges", self.eval_judges)):
             names = [j.name for j in judges]
             dupes = sorted({n for n in names if names.count(n) > 1})

@@ -70,6 +70,16 @@ class AlignmentJudge:
                 self.human.setdefault(key, []).append(line)
         self.rlaif_judge = cfg.rlaif.judge_model or next(iter(self.workers), "")
 
+    def _human_lines(self, task, candidate: str) -> list:
+        """The human scores of this exact candidate to this exact prompt. Ids alone can name another
+        prompt (a labyrinth file made again numbers its prompts afresh), so a line that carries its
+        prompt's text (the score stage writes it) must carry this one's."""
+        if task is None:
+            return []
+        lines = self.human.get((str(task.dialog_id), str(task.prompt_id), candidate_hash(candidate)), [])
+        return [h for h in lines if not isinstance((h.model_extra or {}).get("prompt"), str)
+                or candidate_hash(h.model_extra["prompt"]) == candidate_hash(task.prompt)]
+
     # -- items ----------------------------------------------------------------------------
     def item(self, t: Trajectory) -> JudgeItem:
         task = self.task(t)
@@ -102,7 +112,14 @@ class AlignmentJudge:
             refs = [submit(w, "score", [items[i] for i in chunk]) for w, chunk in zip(workers, chunks) if chunk]
             fresh: dict[int, object] = {}
             for chunk, ref in zip([c for c in chunks if c], refs):
-                for i, v in zip(chunk, resolve(ref)):
+                try:
+                    got = list(resolve(ref))
+                    if len(got) != len(chunk):
+                        raise ValueError(f"{len(got)} verdicts for {len(chunk)} candidates")
+                except Exception as exc:  # noqa: BLE001 - a dead worker or a judge bug fails its chunk, not the run
+                    got = [JudgeFailure(name, f"judge worker failed: {type(exc).__name__}: {str(exc)[:300]}", 1)
+                           for _ in chunk]
+                for i, v in zip(chunk, got):
                     fresh[i] = v
             if self.cache:
                 self.cache.put({keys[i]: v for i, v in fresh.items() if isinstance(v, Verdict)})
@@ -112,7 +129,11 @@ class AlignmentJudge:
     # -- scoring --------------------------------------------------------------------------
     def score(self, trajectories: list[Trajectory]) -> list[Score]:
         a = self.cfg.align
-        trajs = [t for t in trajectories if t.steps]
+        # A candidate with no answer, or answering no prompt the run knows, cannot be judged: it is a
+        # judge failure (never the "nothing to check, so full marks" of an empty rule set).
+        unjudgeable = {t.id: ("no answer" if not t.steps else f"unknown prompt {t.task_id!r}")
+                       for t in trajectories if not t.steps or self.task(t) is None}
+        trajs = [t for t in trajectories if t.id not in unjudgeable]
         items = [self.item(t) for t in trajs]
         model = self._model_verdicts(items)
         prefer = self._prefer_revisions(trajs, items)
@@ -123,8 +144,7 @@ class AlignmentJudge:
             rv = rule_checks.judge(it.candidate, it.check)
             rules_v = Verdict("rules", rv.criteria, rv.total, rv.notes, model="rules", prompt_hash=RULES_HASH)
             ai = [(model[name][n], self.specs[name].weight if name in self.specs else 1.0) for name in model]
-            human_lines = self.human.get((str(task.dialog_id) if task else "None",
-                                          str(task.prompt_id) if task else "None", candidate_hash(it.candidate)), [])
+            human_lines = self._human_lines(task, it.candidate)
             human = [v for v in (human_value(h.score) for h in human_lines) if v is not None]
             agg = aggregate(rules_v if use_rules else None, rv.gates, ai, human, a.teacher_weights)
             words = rule_checks.words(it.candidate)
@@ -150,7 +170,11 @@ class AlignmentJudge:
             components["aggregate"] = agg.value
             total = round(agg.value - a.length_penalty * excess, 6)
             scores.append(Score(t.id, components, total, self.name, passed=agg.value >= 0.8, details=details))
-        return scores
+        by_id = {s.trajectory_id: s for s in scores}
+        for tid, why in unjudgeable.items():
+            by_id[tid] = Score(tid, {"judge_failed": 1.0}, 0.0, self.name, False,
+                               [{"judge": self.name, "failed": why, "rater": "ai", "attempts": 0}])
+        return [by_id[t.id] for t in trajectories]
 
     @staticmethod
     def _detail(v, it: JudgeItem, task, rater: str) -> dict:
@@ -172,8 +196,11 @@ class AlignmentJudge:
         if not pairs:
             return {}
         if self.rlaif_judge in self.workers:
-            prefs = resolve(submit(self.workers[self.rlaif_judge][0], "prefer", pairs))
-            return {p.a: p.result for p in prefs}
+            try:
+                prefs = resolve(submit(self.workers[self.rlaif_judge][0], "prefer", pairs))
+            except Exception:  # noqa: BLE001 - a dead judge decides no pair: no revision pair is made
+                return {}
+            return {p.a: p.result for p in prefs if not p.failed}
         # No model judge: the rules decide, by their totals.
         out = {}
         for rev, orig in pairs:

@@ -5,7 +5,10 @@ judges that gave a valid verdict, the mean of the human scores for that exact ca
 aggregate is their weighted mean over the kinds present (`align.teacher_weights`); the rules'
 gates (integrity, coherent) then multiply it, so an answer that addresses its scorer, or is
 empty or looping, earns nothing whatever a model judge or a forged score said. A candidate no
-teacher could score is a judge failure: recorded, never a reward.
+teacher could score is a judge failure: recorded, never a reward. So is a candidate on which
+any configured model judge failed: were the others' verdict used alone, an answer that breaks a
+judge (an unparseable reply, a crash) would be scored by the more lenient teachers that remain,
+and a policy would learn to break judges.
 """
 from __future__ import annotations
 
@@ -40,10 +43,10 @@ def aggregate(rules: Verdict | None, gates: dict[str, float], ai: list[tuple[Ver
     if human:
         teachers["human"] = sum(human) / len(human)
     present = {k: weights.get(k, 0.0) for k in teachers if weights.get(k, 0.0) > 0}
-    if not present:
-        return Aggregate(None, teachers, 0.0, gates, failures)
+    spread = round(max(teachers.values()) - min(teachers.values()), 6) if len(teachers) > 1 else 0.0
+    if not present or failures:
+        return Aggregate(None, teachers, spread, gates, failures)
     value = sum(teachers[k] * w for k, w in present.items()) / sum(present.values())
     for g in gates.values():
         value *= g
-    spread = max(teachers.values()) - min(teachers.values()) if len(teachers) > 1 else 0.0
-    return Aggregate(round(value, 6), teachers, round(spread, 6), gates, failures)
+    return Aggregate(round(value, 6), teachers, spread, gates, failures)

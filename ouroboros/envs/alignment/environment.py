@@ -195,7 +195,8 @@ class AlignmentEnvironment(Environment):
                                   "score": d["score"], "notes": d.get("notes", ""), "rater": d.get("rater", "ai"),
                                   "judge": d["judge"], "model": d.get("model", ""),
                                   "prompt_hash": d.get("prompt_hash", ""), "run_id": paths.run_id,
-                                  "trajectory_id": t.id, "weights_version": c.weights_version})
+                                  "trajectory_id": t.id, "weights_version": c.weights_version,
+                                  "prompt": task.prompt if task else t.steps[0].request.messages[-1]["content"]})
         db.conn.execute(SCORES_TABLE)
         db.upsert("align_scores", rows)
         folder = shard_path(paths.shards, round_, "x").parent

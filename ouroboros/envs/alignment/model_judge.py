@@ -56,7 +56,7 @@ def _objects(text: str):
             value, _ = decoder.raw_decode(text[start:])
             if isinstance(value, dict):
                 yield value
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # ValueError: bad JSON, or an int past Python's digit limit
             pass
         start = text.find("{", start + 1)
 
@@ -169,8 +169,9 @@ class ModelJudge:
             ratings = {}
             for k in self.rubric:
                 v = obj.get(k)
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v != int(v) \
-                        or not LOW <= v <= HIGH:
+                # The range first: math.isfinite(10**400) raises on an int that no float holds.
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not LOW <= v <= HIGH \
+                        or not math.isfinite(v) or v != int(v):
                     return None, f'"{k}" must be an integer from {LOW} to {HIGH}, got {json.dumps(v)}'
                 ratings[k] = int(v)
             notes = obj.get("notes", "")
@@ -226,9 +227,13 @@ class ModelJudge:
 
     # -- scoring -----------------------------------------------------------------------
     def score(self, items: list[JudgeItem]) -> list:
-        if self.spec.mode == "logprob":
-            return self._score_logprob(items)
-        return self._score_json(items)
+        """A Verdict or a JudgeFailure per item, whatever goes wrong inside (a backend's own bug, an
+        out-of-memory, a tokenizer error): a judge that raised would lose its whole batch's verdicts."""
+        try:
+            return self._score_logprob(items) if self.spec.mode == "logprob" else self._score_json(items)
+        except Exception as exc:  # noqa: BLE001 - turned into recorded failures, see above
+            reason = f"judge error: {type(exc).__name__}: {str(exc)[:300]}"
+            return [JudgeFailure(self.name, reason, 1, self.model, self.prompt_hash()) for _ in items]
 
     def _score_json(self, items: list[JudgeItem]) -> list:
         out: list = [None] * len(items)
@@ -373,9 +378,17 @@ class ModelJudge:
     # -- pairwise ----------------------------------------------------------------------
     def prefer(self, pairs: list[tuple[JudgeItem, JudgeItem]], margin: float = 0.05) -> list[Preference]:
         """Each (a, b) judged as A/B and as B/A; the verdicts are combined from a's side, so a judge
-        that always picks the first answer gives ties, not wins."""
+        that always picks the first answer gives ties, not wins. A judge error fails every pair (a
+        tie marked `failed`), it does not raise."""
         if not pairs:
             return []
+        try:
+            return self._prefer(pairs, margin)
+        except Exception as exc:  # noqa: BLE001
+            reason = f"judge error: {type(exc).__name__}: {str(exc)[:200]}"
+            return [Preference(self.name, a.key, b.key, 0.5, (), failed=reason) for a, b in pairs]
+
+    def _prefer(self, pairs: list[tuple[JudgeItem, JudgeItem]], margin: float) -> list[Preference]:
         firsts = [(a, b) for a, b in pairs] + [(b, a) for a, b in pairs]
         nonces = [self._nonce("pair\0" + x.key + "\0" + y.key + "\0" + x.candidate + "\0" + y.candidate)
                   for x, y in firsts]

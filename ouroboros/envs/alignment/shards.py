@@ -123,6 +123,9 @@ def read_jsonl(path: str | Path, model: type[BaseModel], warn=None) -> list:
             except json.JSONDecodeError as exc:
                 problems.append(f"{p}:{n}: not JSON ({exc.msg} at column {exc.colno})")
                 continue
+            except (ValueError, RecursionError) as exc:  # an int past Python's digit limit; nesting too deep
+                problems.append(f"{p}:{n}: not usable JSON ({type(exc).__name__}: {str(exc)[:120]})")
+                continue
             if not isinstance(value, dict):
                 problems.append(f"{p}:{n}: expected a JSON object, got {type(value).__name__}")
                 continue
@@ -132,6 +135,8 @@ def read_jsonl(path: str | Path, model: type[BaseModel], warn=None) -> list:
                 first = exc.errors()[0]
                 where = ".".join(str(x) for x in first["loc"]) or "line"
                 problems.append(f"{p}:{n}: {where}: {first['msg']}")
+            except (ValueError, RecursionError) as exc:
+                problems.append(f"{p}:{n}: {type(exc).__name__}: {str(exc)[:120]}")
     for problem in problems:
         if warn is not None:
             warn(problem)

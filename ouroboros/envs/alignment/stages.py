@@ -292,7 +292,8 @@ def score(cfg: Config, inp: str | None) -> tuple[Path, dict]:
             lines.append(ScoreLine(dialog_id=c.dialog_id, prompt_id=c.prompt_id, candidate=c.candidate,
                                    score=d["score"], notes=d.get("notes", ""), rater="ai", judge=d["judge"],
                                    model=d.get("model", ""), prompt_hash=d.get("prompt_hash", ""),
-                                   reward=s.total, weights_version=c.weights_version))
+                                   reward=s.total, weights_version=c.weights_version,
+                                   **({"prompt": c.prompt} if c.prompt else {})))
     out = write_jsonl(data_file(cfg, "scores.jsonl"), lines)
     return out, {"candidates": len(cands), "lines": len(lines), "judge_failures": failures, **pool.cache_stats()}
 

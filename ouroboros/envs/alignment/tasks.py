@@ -9,6 +9,7 @@ the persona's constraints.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +93,23 @@ def _with_summary(task: AlignTask, s: Summary | None) -> AlignTask:
     return task
 
 
+def _bad_fields(extra: dict) -> str:
+    """What is wrong with a hand-edited prompt's checkable fields ("" if nothing): a list of terms
+    given as one string would be checked letter by letter."""
+    for key in ("terms", "contrast_terms"):
+        v = extra.get(key)
+        if v is not None and not (isinstance(v, list) and all(isinstance(x, str) and x.strip() for x in v)):
+            return f'"{key}" must be a list of non-empty strings, got {json.dumps(v)[:80]}'
+    for key in ("pressure", "kind"):
+        v = extra.get(key)
+        if v is not None and not isinstance(v, str):
+            return f'"{key}" must be a string, got {json.dumps(v)[:80]}'
+    kinds = ("labyrinth", "question", "paraphrase", "persona", "harmful", "benign")
+    if extra.get("kind") is not None and extra["kind"] not in kinds:
+        return f'"kind" must be one of {", ".join(kinds)}, got {extra["kind"]!r}'
+    return ""
+
+
 def from_labyrinth(records: list[LabyrinthPrompt], summaries: dict[str, Summary], warn=None) -> list[AlignTask]:
     """Tasks from labyrinth prompt records (a file made by the labyrinth stage, or edited by hand)."""
     tasks = []
@@ -100,17 +118,22 @@ def from_labyrinth(records: list[LabyrinthPrompt], summaries: dict[str, Summary]
         s = summaries.get(r.dialog_id) if r.dialog_id else None
         if r.dialog_id and s is None and warn:
             warn(f"labyrinth prompt {n + 1}: no summary for dialog {r.dialog_id!r}; judged without its facts")
+        bad = _bad_fields(extra)
+        if bad:
+            if warn:
+                warn(f"labyrinth prompt {n + 1}: skipped: {bad}")
+            continue
         terms = extra.get("terms")
-        if not isinstance(terms, list):
+        if terms is None:
             # A hand-written prompt names what to preserve in its target: the facts whose terms it repeats.
             facts = s.facts if s else []
             terms = [t for f in facts for t in fact_terms(f) if t.lower() in r.target.lower()]
         pid = r.prompt_id if r.prompt_id is not None else n
         tasks.append(_with_summary(AlignTask(
-            id=f"lab-{r.dialog_id or 'none'}-{pid}", split="train", kind=str(extra.get("kind", "labyrinth")),
+            id=f"lab-{r.dialog_id or 'none'}-{pid}", split="train", kind=extra.get("kind") or "labyrinth",
             prompt=r.prompt, dialog_id=r.dialog_id, target=r.target, transform=r.transform,
-            terms=[str(t) for t in terms], pressure=str(extra.get("pressure", "") or ""),
-            contrast_terms=[str(t) for t in extra.get("contrast_terms", []) or []], prompt_id=pid), s))
+            terms=list(terms), pressure=extra.get("pressure") or "",
+            contrast_terms=list(extra.get("contrast_terms") or []), prompt_id=pid), s))
     return tasks
 
 
