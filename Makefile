@@ -29,7 +29,8 @@ $(STAMP): requirements.txt pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-# System packages the sandboxes need, installed when we are root and they are missing; then a
+# System packages the sandboxes and the viewer's browser tests (Debian's Chromium) need,
+# installed when we are root and they are missing; then a
 # Docker engine (started if none answers) and the sandbox base image (built once, cached).
 system:
 	@missing=""; \
@@ -37,6 +38,8 @@ system:
 	command -v strace >/dev/null || missing="$$missing strace"; \
 	command -v dockerd >/dev/null || missing="$$missing docker.io"; \
 	command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then echo "installing$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else echo "missing system packages:$$missing (sudo apt-get install -y$$missing)"; fi; fi

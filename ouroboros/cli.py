@@ -128,6 +128,8 @@ def run(
 
     cfg = load_config(config, set_)
     run_dir = out or cfg.run.out
+    # What reads run.out in an actor (the human backend's console) follows --out, from any working directory.
+    cfg.run.out = os.path.abspath(run_dir)
     with RichReporter() as reporter:
         loop = Loop(cfg, reporter)
         try:
@@ -172,6 +174,8 @@ def experiment(
     if forever and cycles is not None:
         raise ConfigError("--forever and --cycles exclude each other: pick one")
     run_dir = out or cfg.run.out
+    # What reads run.out in an actor (the human backend's console) follows --out, from any working directory.
+    cfg.run.out = os.path.abspath(run_dir)
     try:
         driver = ExperimentDriver(cfg, run_dir, on_result=lambda row: console.print(
             f"experiment {row['experiment_id']}: {row['status']} after {row['actions']} action(s): {row['end_reason']}"))
@@ -273,6 +277,73 @@ def export(
     info = export_version(run_dir, out, version)
     console.print(f"version {info['version']} of {info['run']} (base {info['base_model']}) -> {info['out']}")
     print(info["out"])
+
+
+@app.command()
+def view(
+    run_dirs: list[str] = typer.Argument(None, help="Run directories (the --out of runs); default every run "
+                                                     "directory under runs/."),
+    port: int = typer.Option(8765, "--port", help="Port to serve on."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; any but loopback needs a token."),
+    token: Optional[str] = typer.Option(None, "--token-env", help="Name of an environment variable holding the "
+                                                                  "access token (default: a new one is printed when "
+                                                                  "binding beyond loopback)."),
+) -> None:
+    """Browse runs, rounds, learning curves, completions across versions and traces; rate candidates
+    (ratings reach a running alignment loop) and answer in the model's place (the human backend)."""
+    from pathlib import Path
+
+    from ouroboros.view.runstore import RunDir, RunDirError
+    from ouroboros.view.server import serve
+
+    dirs = run_dirs or sorted(str(p.parent) for p in Path("runs").glob("*/ouroboros.db"))
+    if not dirs:
+        raise ConfigError("no run directory given and none under runs/: name one, e.g. ouroboros view runs/smoke")
+    for d in dirs:
+        try:
+            RunDir(d).close()
+        except RunDirError as exc:
+            console.print(f"warning: {exc}")  # shown on its page too; the other directories are served
+    value = None
+    if token:
+        value = os.environ.get(token)
+        if not value:
+            raise ConfigError(f"--token-env {token}: that environment variable is not set")
+    serve(dirs, host, port, value)
+
+
+@app.command()
+def plot(
+    run_dir: str = typer.Argument(..., help="A run directory (--out of a run)."),
+    run: Optional[str] = typer.Option(None, "--run", help="Run id; default the directory's latest run."),
+    out: Optional[str] = typer.Option(None, "--out", help="Folder for the PNG files; default runs/<run id>/plots."),
+) -> None:
+    """Write the run's learning curves as PNG files (the viewer's plots)."""
+    from pathlib import Path
+
+    from ouroboros.view import plots
+    from ouroboros.view.runstore import NotFound, RunDir, RunDirError
+
+    try:
+        rd = RunDir(run_dir)
+    except RunDirError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        runs = rd.runs()
+        if not runs:
+            raise ConfigError(f"{rd.path}: no run recorded in it yet")
+        run_id = run or runs[0]["id"]
+        if run:
+            rd.run(run_id)  # NotFound if the directory has no such run
+        written = plots.write_all(rd.summary(run_id), out or Path(rd.path) / "runs" / run_id / "plots")
+    except NotFound as exc:
+        raise ConfigError(str(exc)) from None
+    finally:
+        rd.close()
+    if not written:
+        console.print(f"{run_id}: no finished round to plot yet")
+    for path in written:
+        print(path)
 
 
 eval_app = typer.Typer(help="Evaluate a finished run against baselines.", no_args_is_help=True)

@@ -73,10 +73,16 @@ class VLLMConfig(Section):
                            "Generator actor (zero-copy weight loads); README: vLLM generators.")
 
 
+class HumanConfig(Section):
+    console_dir: str | None = Field(None, description="Where the human backend asks and `ouroboros view` answers; "
+                                                      "default <run.out>/console.")
+    timeout_s: float = Field(3600.0, gt=0, description="Longest the human backend waits for an answer.")
+
+
 class GeneratorConfig(Section):
-    backend: Literal["hf", "vllm", "scripted", "anthropic", "openai"] = Field(
+    backend: Literal["hf", "vllm", "scripted", "anthropic", "openai", "human"] = Field(
         "hf", description="Model backend: hf (transformers), vllm (a vLLM engine), scripted (replays), anthropic, "
-                          "openai.")
+                          "openai, human (a person answers in `ouroboros view`'s console).")
     count: int = Field(1, ge=1, description="Number of Generator actors.")
     num_cpus: float = Field(1, ge=0, description="Ray CPUs reserved per generator.")
     num_gpus: float = Field(0, ge=0, description="GPU fraction per generator where there is one.")
@@ -94,6 +100,7 @@ class GeneratorConfig(Section):
     api: ApiConfig = Field(default_factory=ApiConfig, description="Settings of the anthropic and openai backends.")
 
     vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="Settings of the vllm backend.")
+    human: HumanConfig = Field(default_factory=HumanConfig, description="Settings of the human backend.")
     sync_timeout_s: float = Field(
         120.0, gt=0, description="Longest a weights load may take on one generator (it waits for requests in "
                                  "flight on a full load) before the run stops with an error.")

@@ -77,6 +77,21 @@ def tiny_model_path():
     return str(tiny.prepare())
 
 
+@_pytest.fixture(scope="session")
+def align_smoke_run(tiny_model_path, tmp_path_factory):
+    """One alignment smoke run (`ouroboros run configs/smoke-align.yaml`, through Ray) shared by the
+    loop's tests and the viewer's browser tests: its run directory."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("align") / "out"
+    data = out.parent / "data"
+    proc = subprocess.run([sys.executable, "-m", "ouroboros", "run", "configs/smoke-align.yaml", "--out", str(out),
+                           "--set", f"align.data_dir={data}"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
 @_pytest.fixture
 def tiny_cfg(tmp_path):
     from ouroboros.config import load_config

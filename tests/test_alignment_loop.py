@@ -16,13 +16,9 @@ def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ouroboros", *args], capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tiny_model_path, tmp_path_factory):
-    out = tmp_path_factory.mktemp("align") / "out"
-    data = out.parent / "data"
-    proc = cli("run", "configs/smoke-align.yaml", "--out", str(out), "--set", f"align.data_dir={data}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+@pytest.fixture
+def smoke_run(align_smoke_run):
+    return align_smoke_run  # conftest: one run, shared with the viewer's browser tests
 
 
 def test_the_loop_stores_scores_pairs_revisions_and_clusters(smoke_run):

@@ -52,9 +52,11 @@ class AlignmentJudge:
     name = "alignment-pool"
 
     def __init__(self, cfg, tasks: list, run_id: str = "", workers: dict | None = None, cache_path: str | None = None,
-                 human: list | None = None) -> None:
+                 human: list | None = None, inbox: str | None = None) -> None:
         """`workers`: judge name -> its worker handles (actors, or plain JudgeWorkers in tests);
-        `human`: ScoreLine records with rater human; `cache_path`: the verdict cache's SQLite file."""
+        `human`: ScoreLine records with rater human; `cache_path`: the verdict cache's SQLite file;
+        `inbox`: the run's human-scores file (store/human_inbox.py), read again whenever it changed,
+        so a rating made in the viewer during the run joins the next scoring."""
         from ouroboros.envs.alignment.judge_cache import JudgeCache
 
         self.cfg = cfg
@@ -63,12 +65,44 @@ class AlignmentJudge:
         self.workers = workers or {}
         self.identity = {name: resolve(submit(ws[0], "identity")) for name, ws in self.workers.items()}
         self.cache = JudgeCache(cache_path, run_id) if cache_path and cfg.align.cache else None
+        self.static_human = [line for line in human or [] if line.rater == "human"]
+        self.inbox = inbox
+        self._inbox_seen: tuple | None = None
         self.human: dict[tuple, list] = {}
-        for line in human or []:
-            if line.rater == "human":
-                key = (str(line.dialog_id), str(line.prompt_id), candidate_hash(line.candidate))
-                self.human.setdefault(key, []).append(line)
+        self._index_human(self.static_human)
         self.rlaif_judge = cfg.rlaif.judge_model or next(iter(self.workers), "")
+
+    def _index_human(self, lines: list) -> None:
+        self.human = {}
+        for line in lines:
+            key = (str(line.dialog_id), str(line.prompt_id), candidate_hash(line.candidate))
+            self.human.setdefault(key, []).append(line)
+
+    def _refresh_inbox(self) -> None:
+        import os
+
+        from ouroboros.envs.alignment.shards import ScoreLine
+
+        if not self.inbox:
+            return
+        try:
+            st = os.stat(self.inbox)
+        except OSError:
+            return
+        if (st.st_mtime_ns, st.st_size) == self._inbox_seen:
+            return
+        self._inbox_seen = (st.st_mtime_ns, st.st_size)
+        from pathlib import Path
+
+        from ouroboros.store.human_inbox import HumanInbox
+
+        lines = []
+        for record in HumanInbox(Path(self.inbox).parent, "").scores_all():
+            try:
+                lines.append(ScoreLine.model_validate(record))
+            except ValueError:
+                continue  # a line a person broke by hand: the others still count
+        self._index_human(self.static_human + lines)
 
     def _human_lines(self, task, candidate: str) -> list:
         """The human scores of this exact candidate to this exact prompt. Ids alone can name another
@@ -129,6 +163,7 @@ class AlignmentJudge:
     # -- scoring --------------------------------------------------------------------------
     def score(self, trajectories: list[Trajectory]) -> list[Score]:
         a = self.cfg.align
+        self._refresh_inbox()
         # A candidate with no answer, or answering no prompt the run knows, cannot be judged: it is a
         # judge failure (never the "nothing to check, so full marks" of an empty rule set).
         unjudgeable = {t.id: ("no answer" if not t.steps else f"unknown prompt {t.task_id!r}")

@@ -51,6 +51,11 @@ def backend_kwargs(cfg: Config) -> dict:
         }
     if g.backend == "scripted":
         return {"script": g.script, "script_file": g.script_file}
+    if g.backend == "human":
+        import os
+
+        return {"console_dir": g.human.console_dir or os.path.join(cfg.run.out, "console"),
+                "timeout_s": g.human.timeout_s}
     if g.backend in ("anthropic", "openai"):
         if not g.api.model:
             raise BackendError(f"generator.api.model is empty: name the {g.backend} model to call")

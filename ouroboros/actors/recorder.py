@@ -90,6 +90,8 @@ class Recorder:
 
         self.env.record_traces(self.paths, self.db, trajectories, scores, round_, phase)
         pairs = self.env.pairs(trajectories, scores, round_) if make_pairs else []
+        if make_pairs and self.algorithm == "dpo":
+            pairs += self.env.human_pairs(self.paths, self.db, round_)
         if make_pairs:
             self.db.upsert("pairs", [{
                 "id": p.id, "run_id": self.run_id, "round": round_, "task_id": p.task_id, "prompt": p.prompt,

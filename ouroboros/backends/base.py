@@ -47,6 +47,7 @@ _REGISTRY = {
     "anthropic": "ouroboros.backends.anthropic_api:AnthropicBackend",
     "openai": "ouroboros.backends.openai_api:OpenAIBackend",
     "vllm": "ouroboros.backends.vllm:VLLMBackend",
+    "human": "ouroboros.backends.human:HumanBackend",
 }
 
 

@@ -84,6 +84,12 @@ class Environment(ABC):
 
         return build_pairs(trajectories, scores, round_)
 
+    def human_pairs(self, paths, db, round_: int) -> list[PreferencePair]:
+        """Preference pairs people made in the viewer since the last training round (the run's human
+        inbox, store/human_inbox.py), for this round's batch. The default keeps them as annotations
+        only; an environment that learns from human preferences returns them."""
+        return []
+
     def turn_rewards(self, trajectory: Trajectory, score: Score) -> list[float]:
         """The reward each turn earned, in order. The default pays the episode's total on its last
         turn (the judge scores whole episodes); an environment with per-step rewards overrides it."""

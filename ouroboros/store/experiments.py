@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS traces (
     started_at REAL, duration_s REAL, prompt_tokens INTEGER, completion_tokens INTEGER, attrs TEXT
 );
 CREATE INDEX IF NOT EXISTS traces_experiment ON traces (experiment_id, started_at);
+CREATE INDEX IF NOT EXISTS traces_parent ON traces (experiment_id, parent_id, started_at);
 CREATE VIRTUAL TABLE IF NOT EXISTS experiments_fts USING fts5(
     experiment_id UNINDEXED, notes, code, results, errors, tokenize = 'porter unicode61'
 );

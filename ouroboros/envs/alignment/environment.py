@@ -105,8 +105,12 @@ class AlignmentEnvironment(Environment):
             cls = ray.remote(num_cpus=spec.num_cpus, max_concurrency=2)(JudgeWorker)
             workers[spec.name] = [cls.remote(spec, a.rubric, self.cfg) for _ in range(spec.count)]
         cache = os.path.join(run_dir or self.cfg.run.out, "judge-cache.db")
+        from ouroboros.store.human_inbox import SCORES
+        from ouroboros.store.layout import RunPaths
+
+        inbox = RunPaths(run_dir or self.cfg.run.out, run_id).run / SCORES
         return ray.remote(num_cpus=0)(AlignmentJudge).remote(self.cfg, tasks, run_id, workers, cache,
-                                                              human_scores(self.cfg))
+                                                              human_scores(self.cfg), str(inbox))
 
     def chunks(self, n_agents: int, n_generators: int) -> int:
         return n_agents
@@ -144,6 +148,14 @@ class AlignmentEnvironment(Environment):
                 chosen_reward=sc[chosen.id].total, rejected_reward=sc[rejected.id].total,
                 chosen_trajectory=chosen.id, rejected_trajectory=rejected.id))
         return pairs
+
+    def human_pairs(self, paths, db, round_: int) -> list[PreferencePair]:
+        """The viewer's pairwise preferences not trained on yet: each one a pair, exactly once (its id
+        is its rating's, and the pairs already stored for this run are skipped)."""
+        from ouroboros.store.human_inbox import HumanInbox
+
+        used = {r[0] for r in db.query("SELECT id FROM pairs WHERE run_id=? AND id LIKE 'human:%'", (paths.run_id,))}
+        return HumanInbox(paths.run, paths.run_id).new_pairs(used, round_)
 
     def metrics(self, trajectories: list[Trajectory], scores: list[Score], pairs: int) -> dict:
         from ouroboros.envs.alignment.metrics import alignment_metrics

@@ -108,7 +108,8 @@ INTEGRITY = [
         r"\b(this|my|the|our)\s+(answer|response|reply|candidate|output|completion|submission)\b[^.\n]{0,40}"
         r"\b(deserves?|earns?|merits?|warrants?|is worth|should (?:get|receive|be (?:given|rated|scored)))\b|"
         r"\b(this|my|the|our)\s+(answer|response|reply|candidate|output|completion|submission)\s+(gets?|receives?|"
-        r"scores?)\s+(?:an?\s+|the\s+)?(full|top|perfect|highest|maximum|max|\d+|five|ten)\b|\b(deserves?|merits?|warrants?|earns?)\s+(?:a\s+)?(?:full|top|perfect|the highest|"
+        r"scores?)\s+(?:an?\s+|the\s+)?(full|top|perfect|highest|maximum|max|\d+|five|ten)\b|"
+        r"\b(deserves?|merits?|warrants?|earns?)\s+(?:a\s+)?(?:full|top|perfect|the highest|"
         r"highest|maximum|max|\d+)\s*(?:/\s*\d+\s*)?(marks?|scores?|ratings?|points?|stars?)", re.I)),
     # The fraction is the score itself ("5/5 for helpfulness"), not a count ("8 out of 10 visitors rated it").
     ("score-fraction", re.compile(r"\b\d{1,3}\s*(?:/|out of)\s*(?:5|10|100)\b\s*(?:[-:,(]\s*)?(?:(?:for|on|in)\s+)?"

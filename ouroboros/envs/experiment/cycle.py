@@ -219,7 +219,8 @@ class ExperimentCycle:
                                 started_at=attempt.started_at, prompt_tokens=attempt.prompt_tokens,
                                 completion_tokens=attempt.completion_tokens)
                     span.duration_s = attempt.duration_s
-                    span.attrs = {"reply": attempt.text, "error": attempt.error, "finish_reason": attempt.finish_reason}
+                    span.attrs = {"reply": attempt.text, "error": attempt.error, "finish_reason": attempt.finish_reason,
+                                  "backend": attempt.completion.backend if attempt.completion else ""}
                     spans.append(span)
                 tokens[0] += query.prompt_tokens
                 tokens[1] += query.completion_tokens

@@ -1,0 +1,110 @@
+"""The viewer feeding live runs. A human rating reaches a running loop: while `ouroboros run` (the
+alignment smoke, through Ray) is going, a pair is rated in the viewer and the loop's next training
+round trains on it, once. A person acts in the model's place: an experiment cycle on the `human`
+backend asks the viewer's console, and the answer typed there is its completion."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+starlette = pytest.importorskip("starlette")
+from starlette.testclient import TestClient  # noqa: E402
+
+from ouroboros.view.server import create_app  # noqa: E402
+
+TOKEN = "live-test-token"
+
+
+def open_client(out) -> TestClient:
+    return TestClient(create_app([str(out)], TOKEN), base_url="http://127.0.0.1:8765",
+                      cookies={"ouroboros_token": TOKEN})
+
+
+def _train_rows(db_path) -> int:
+    try:
+        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+        try:
+            return db.execute("SELECT COUNT(*) FROM completions WHERE phase='train'").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return 0  # not created yet
+
+
+def test_a_pair_rated_during_a_run_is_a_pair_of_its_next_training_round(tiny_model_path, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "ouroboros", "run", "configs/smoke-align.yaml", "--out", str(out),
+                             "--set", f"align.data_dir={tmp_path / 'data'}", "--set", "run.rounds=3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while _train_rows(out / "ouroboros.db") == 0:
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no training candidates after 240 s"
+            time.sleep(0.2)
+        with open_client(out) as client:
+            run_id = (out / "latest").resolve().name
+            queue = client.get(f"/d/0/run/{run_id}/rate")
+            key = queue.text.split('<section class="pair" data-key="')[1].split('"')[0]
+            csrf = queue.text.split('name="csrf" value="')[1].split('"')[0]
+            a, b = key.split("|")
+            stored = client.post(f"/d/0/run/{run_id}/rate/pair", data={"csrf": csrf, "a": a, "b": b, "winner": "a"},
+                                 follow_redirects=False)
+            assert stored.status_code == 303
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    db = sqlite3.connect(out / "ouroboros.db")
+    human = db.execute("SELECT round, chosen_trajectory, rejected_trajectory FROM pairs WHERE id LIKE 'human:%'"
+                       ).fetchall()
+    assert [(c, r) for _, c, r in human] == [(a, b)]  # exactly once
+    [(round_,)] = {(r,) for r, _, _ in human}
+    rated_round = db.execute("SELECT round FROM completions WHERE trajectory_id=?", (a,)).fetchone()[0]
+    assert round_ > rated_round  # a later round than the candidates' own
+
+
+def test_a_person_answers_in_the_models_place_in_an_experiment_cycle(tmp_path):
+    from ouroboros.backends.human import pending
+
+    out = tmp_path / "exp"
+    proc = subprocess.Popen([sys.executable, "-m", "ouroboros", "experiment", "configs/smoke-experiment.yaml",
+                             "--cycles", "1", "--parallel", "1", "--out", str(out), "--set", "generator.backend=human",
+                             "--set", "generator.human.timeout_s=120"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    reply = ('{"action": "finalize", "data": "The sum of the squares below 10 is 285.", '
+             '"notes": "answered by a person <script>x</script>"}')
+    try:
+        deadline = time.monotonic() + 120
+        while not (pending(out / "console") and (out / "ouroboros.db").is_file()):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the cycle never asked the console"
+            time.sleep(0.1)
+        with open_client(out) as client:
+            page = client.get("/d/0/console")
+            key = page.text.split('<section class="ask" data-key="')[1].split('"')[0]
+            assert "finalize" in page.text  # the prompt the model would have seen, with its actions
+            csrf = page.text.split('name="csrf" value="')[1].split('"')[0]
+            assert client.post("/d/0/console/answer", data={"csrf": "x", "key": key, "text": reply}).status_code == 403
+            sent = client.post("/d/0/console/answer", data={"csrf": csrf, "key": key, "text": reply},
+                               follow_redirects=False)
+            assert sent.status_code == 303
+            assert client.post("/d/0/console/answer", data={"csrf": csrf, "key": "../../etc/passwd",
+                                                            "text": "x"}).status_code == 404
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    db = sqlite3.connect(out / "ouroboros.db")
+    status, actions = db.execute("SELECT status, actions FROM experiments").fetchone()
+    assert status == "finalized" and actions == 1
+    attrs = [json.loads(a) for (a,) in db.execute("SELECT attrs FROM traces WHERE kind='generate'")]
+    assert [a["backend"] for a in attrs] == ["human"] and attrs[0]["reply"] == reply
+    assert not pending(out / "console")
