@@ -65,7 +65,7 @@ def test_a_pair_rated_during_a_run_is_a_pair_of_its_next_training_round(tiny_mod
     human = db.execute("SELECT round, chosen_trajectory, rejected_trajectory FROM pairs WHERE id LIKE 'human:%'"
                        ).fetchall()
     assert [(c, r) for _, c, r in human] == [(a, b)]  # exactly once
-    [(round_,)] = {(r,) for r, _, _ in human}
+    [round_] = {r for r, _, _ in human}
     rated_round = db.execute("SELECT round FROM completions WHERE trajectory_id=?", (a,)).fetchone()[0]
     assert round_ > rated_round  # a later round than the candidates' own
 

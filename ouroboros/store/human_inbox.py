@@ -124,7 +124,7 @@ class HumanInbox:
             r.get("chosen"), str) and isinstance(r.get("rejected"), str) and r.get("rating_id")]
 
     def scores(self) -> list[dict]:
-        return [r for r in _lines(self.scores_path) if r.get("run_id") == self.run_id and r.get("rater") == "human"]
+        return [r for r in self.scores_all() if r.get("run_id") == self.run_id]
 
     def scores_all(self) -> list[dict]:
         """Every human rubric line in the file, whichever run it names (the judge reads the file of

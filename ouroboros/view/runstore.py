@@ -44,11 +44,6 @@ class Page:
         return max(0, self.offset - self.size) if self.offset > 0 else None
 
 
-def _preview(text: str | None, n: int = PREVIEW) -> str:
-    text = text or ""
-    return text if len(text) <= n else text[:n] + f"… ({len(text)} characters)"
-
-
 def _like(text: str) -> str:
     """`text` as a LIKE pattern that matches it literally anywhere (with ESCAPE '\\')."""
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
@@ -104,6 +99,13 @@ class RunDir:
 
     def _count(self, sql: str, args: tuple = ()) -> int:
         return int(self._rows(sql, args)[0]["n"])
+
+    def _page(self, columns: str, source: str, args: tuple, order: str, offset: int, size: int) -> Page:
+        """One page of `SELECT columns source ORDER BY order` (`source`: FROM, joins and WHERE), with
+        the count of all its rows."""
+        total = self._count(f"SELECT COUNT(*) AS n {source}", args)
+        rows = self._rows(f"SELECT {columns} {source} ORDER BY {order} LIMIT ? OFFSET ?", (*args, size, offset))
+        return Page(rows, total, offset, size)
 
     # -- runs and rounds -----------------------------------------------------------------------
     def runs(self) -> list[dict]:
@@ -166,18 +168,16 @@ class RunDir:
         if max_reward is not None:
             where.append("s.total <= ?")
             args.append(max_reward)
-        clause = " AND ".join(where)
         base = (f"FROM completions c LEFT JOIN scores s ON s.run_id = c.run_id AND s.trajectory_id = c.trajectory_id "
-                f"WHERE {clause}")
-        total = self._count(f"SELECT COUNT(*) AS n {base}", tuple(args))
-        rows = self._rows(f"SELECT c.trajectory_id, c.round, c.phase, c.task_id, c.split, c.sample, "
-                          f"c.weights_version, substr(c.text, 1, {PREVIEW + 1}) AS preview, length(c.text) AS chars, "
-                          f"c.completion_tokens, s.total AS reward {base} "
-                          f"ORDER BY c.round DESC, c.phase, c.task_id, c.sample LIMIT ? OFFSET ?",
-                          (*args, size, offset))
-        for r in rows:
-            r["preview"] = _preview(r["preview"]) if r["chars"] <= PREVIEW else r["preview"][:PREVIEW] + "…"
-        return Page(rows, total, offset, size)
+                f"WHERE {' AND '.join(where)}")
+        pg = self._page(f"c.trajectory_id, c.round, c.phase, c.task_id, c.split, c.sample, c.weights_version, "
+                        f"substr(c.text, 1, {PREVIEW}) AS preview, length(c.text) AS chars, c.completion_tokens, "
+                        f"s.total AS reward", base, tuple(args), "c.round DESC, c.phase, c.task_id, c.sample",
+                        offset, size)
+        for r in pg.rows:
+            if r["chars"] > PREVIEW:
+                r["preview"] += "…"
+        return pg
 
     def completion(self, run_id: str, trajectory_id: str, light: bool = False) -> dict:
         """One completion with its score; unless `light`, also every judge's verdict, its episode's
@@ -313,13 +313,9 @@ class RunDir:
         if text:
             where.append("(goal LIKE ? ESCAPE '\\' OR notes LIKE ? ESCAPE '\\')")
             args += [_like(text), _like(text)]
-        clause = " AND ".join(where)
-        total = self._count(f"SELECT COUNT(*) AS n FROM experiments WHERE {clause}", tuple(args))
-        rows = self._rows(f"SELECT id, run_id, cycle, status, end_reason, started_at, finished_at, actions, errors, "
-                          f"prompt_tokens, completion_tokens, cost_usd, git_commit, substr(goal, 1, {PREVIEW}) AS goal "
-                          f"FROM experiments WHERE {clause} ORDER BY id DESC LIMIT ? OFFSET ?",
-                          (*args, size, offset))
-        return Page(rows, total, offset, size)
+        return self._page(f"id, run_id, cycle, status, end_reason, started_at, finished_at, actions, errors, "
+                          f"prompt_tokens, completion_tokens, cost_usd, git_commit, substr(goal, 1, {PREVIEW}) AS goal",
+                          f"FROM experiments WHERE {' AND '.join(where)}", tuple(args), "id DESC", offset, size)
 
     def experiment(self, experiment_id: int) -> dict:
         if "experiments" not in self.tables:
@@ -340,14 +336,10 @@ class RunDir:
         if text:
             where.append("(t.name LIKE ? ESCAPE '\\' OR t.attrs LIKE ? ESCAPE '\\')")
             args += [_like(text), _like(text)]
-        clause = " AND ".join(where)
-        total = self._count(f"SELECT COUNT(*) AS n FROM traces t WHERE {clause}", tuple(args))
-        rows = self._rows(f"SELECT t.id, t.parent_id, t.kind, t.name, t.started_at, t.duration_s, t.prompt_tokens, "
-                          f"t.completion_tokens, length(t.attrs) AS attrs_chars, "
-                          f"(SELECT COUNT(*) FROM traces k WHERE k.experiment_id = t.experiment_id AND k.parent_id = t.id) AS children "
-                          f"FROM traces t WHERE {clause} ORDER BY t.started_at LIMIT ? OFFSET ?",
-                          (*args, size, offset))
-        return Page(rows, total, offset, size)
+        return self._page("t.id, t.parent_id, t.kind, t.name, t.started_at, t.duration_s, t.prompt_tokens, "
+                          "t.completion_tokens, length(t.attrs) AS attrs_chars, (SELECT COUNT(*) FROM traces k "
+                          "WHERE k.experiment_id = t.experiment_id AND k.parent_id = t.id) AS children",
+                          f"FROM traces t WHERE {' AND '.join(where)}", tuple(args), "t.started_at", offset, size)
 
     def span(self, span_id: str) -> dict:
         if "traces" not in self.tables:
