@@ -394,11 +394,30 @@ def align_dialogue(
     run: Optional[str] = typer.Option(None, "--run", help="Talk to a version of this run (default: the base policy)."),
     version: Optional[int] = typer.Option(None, "--version", help="The run's version (default: the latest)."),
     set_: list[str] = typer.Option([], "--set", help="Override a field (repeatable)."),
+    web: bool = typer.Option(False, "--web", help="Chat in the browser instead of the terminal (the viewer's "
+                                                 "security: a token, loopback by default)."),
+    port: int = typer.Option(8766, "--port", help="--web: port to serve on."),
+    host: str = typer.Option("127.0.0.1", "--host", help="--web: address to bind."),
 ) -> None:
-    """Talk to the current policy (or an API model) in the terminal; the dialog is added to dialogs.jsonl."""
+    """Talk to the current policy (or an API model) in the terminal or the browser; each dialog is
+    added to dialogs.jsonl."""
     from ouroboros.envs.alignment.stages import dialogue
 
-    path, n = dialogue(_align_config(config, set_), import_file, run, _version_of(run, version))
+    cfg = _align_config(config, set_)
+    if web and not import_file:
+        from pathlib import Path
+
+        from ouroboros.envs.alignment.stages import TextModel, append_dialogs
+        from ouroboros.view.chat import ChatDesk
+        from ouroboros.view.server import serve
+
+        model = TextModel(cfg, cfg.align.dialogue_model, run, _version_of(run, version))
+        desk = ChatDesk(model, lambda dialogs: append_dialogs(cfg, dialogs), model.label)
+        # The run directory's pages are served beside the chat when it has runs.
+        dirs = [cfg.run.out] if (Path(cfg.run.out) / "ouroboros.db").is_file() else []
+        serve(dirs, host, port, None, chat=desk)
+        return
+    path, n = dialogue(cfg, import_file, run, _version_of(run, version))
     console.print(f"{n} dialog(s) added to {path}")
 
 

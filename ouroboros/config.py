@@ -442,6 +442,10 @@ class EnvConfig(Section):
     tasks_file: str | None = Field(
         None, description="tasks: your own task set, JSONL as the bundled one (README: Bring your own tasks); "
                           "refused at start if a line, a test or a reference (run in the sandbox) fails.")
+    human_ratings: Literal["annotate", "pairs"] = Field(
+        "annotate", description="What the viewer's ratings of this run's answers do: annotate (stored in the run's "
+                                "human inbox beside the run, for reading) or pairs (each pairwise preference also "
+                                "joins the next round's DPO batch, once). The alignment environment always uses them.")
     goals_file: str | None = Field(
         None, description="experiment: a JSONL file of your own research goals, in the bundled format "
                           "(ouroboros/envs/experiment/data/goals.jsonl); each reference is run in the sandbox before "
@@ -458,7 +462,9 @@ class EnvConfig(Section):
 
 
 class RayConfig(Section):
-    address: str | None = Field(None, description="Cluster address; None starts a local Ray.")
+    address: str | None = Field(None, description="Cluster address (host:port, or auto); None joins the cluster in "
+                                                  "RAY_ADDRESS (as `ray job submit` sets it), else starts a Ray of "
+                                                  "this run's own.")
     num_cpus: int | None = Field(None, ge=1, description="CPUs a local Ray advertises; None lets Ray count.")
 
 

@@ -233,6 +233,7 @@ LEARNER_TURN_SCHEMA = pa.schema(
         ("reward", pa.float32()),  # as paid, after the reward guards
         ("raw_reward", pa.float32()),
         ("advantage", pa.float32()),
+        ("tokens", pa.list_(pa.string())),  # each sampled token decoded alone, for the overlay
         ("generator_logprobs", pa.list_(pa.float32())),
         ("learner_logprobs", pa.list_(pa.float32())),
         ("clipped", pa.list_(pa.bool_())),  # tokens whose gradient the clip removed

@@ -68,6 +68,7 @@ def test_grpo_raises_the_rewarded_samples_and_stores_what_a_viewer_needs(sampled
     assert len(rows) == 12
     for row, t in zip(sorted(rows, key=lambda r: r["turn_id"]), sorted(turns, key=lambda t: t.id)):
         assert row["turn_id"] == t.id and len(row["learner_logprobs"]) == len(t.token_ids) == len(row["clipped"])
+        assert row["tokens"] == [learner.tokenizer.decode([i]) for i in t.token_ids]
         assert row["generator_logprobs"] == pytest.approx(row["learner_logprobs"], abs=1e-3)
         assert 1 <= row["learner_step"] <= 6 and row["staleness"] == 0 and not any(row["masked"])
         assert row["advantage"] > 0 if t.reward == 1.0 else row["advantage"] < 0

@@ -43,9 +43,9 @@ def write_round(rec: Recorder, round_: int, version: int, texts: list[str], publ
     scores = [Score(t.id, {"aggregate": 0.9 - 0.3 * i, "judge_failed": 0.0}, 0.9 - 0.3 * i, "alignment-pool",
                     details=[{"judge": "rules", "rater": "ai", "score": {"facts": 5 - 2 * i}, "notes": ""}])
               for i, t in enumerate(ts)]
-    held = [traj(f"r{round_}-h1", "h1", f"held-out answer of v{version}", version, 0, "heldout")]
+    held = [traj(f"r{round_}-h1", "h1", f"held-out answer of v{version}", version, 0, "eval")]
     rec.record(round_, "train", ts, scores, make_pairs=True)
-    rec.record(round_, "heldout", held, [Score(held[0].id, {"judge_failed": 0.0}, 0.5 + 0.1 * round_, "p")])
+    rec.record(round_, "eval", held, [Score(held[0].id, {"judge_failed": 0.0}, 0.5 + 0.1 * round_, "p")])
     rec.finish_round({"round": round_, "weights_version": published, "heldout_reward_mean": 0.5 + 0.1 * round_,
                       "heldout_reward_ci95": [0.4 + 0.1 * round_, 0.6 + 0.1 * round_], "heldout_samples": 40,
                       "train_reward_mean": 0.6, "loss": 0.69 - 0.05 * round_, "seconds": 12.5})
@@ -97,6 +97,11 @@ def test_completions_are_paged_and_filtered(client, run_dir):
                                                         params={"text": "412 metres long"}).text
     high = client.get("/d/0/run/align-test-1/completions", params={"min_reward": 0.8, "phase": "train"})
     assert '<span class="total">2</span>' in high.text
+    # The phase filter offers the phases the run stored (the loop's held-out pass is "eval").
+    options = page.text.split('name="phase"')[1].split("</select>")[0]
+    assert ">eval</option>" in options and ">train</option>" in options and "heldout" not in options
+    held = client.get("/d/0/run/align-test-1/completions", params={"phase": "eval"})
+    assert '<span class="total">2</span>' in held.text and "held-out answer of v1" in held.text
 
 
 def test_a_completion_shows_its_version_lineage_and_one_prompt_across_versions(client):
@@ -164,6 +169,34 @@ def test_a_pair_rated_in_the_viewer_reaches_the_next_round_once(client, run_dir)
     assert len(human) == 1 and human[0].chosen == "Maybe 600 m." and human[0].rejected == "The bridge is 412 metres long."
     _, again = rec.record(2, "train", ts, scores, make_pairs=True)
     assert not [p for p in again if p.id.startswith("human:")]
+    rec.close("done")
+
+
+@pytest.mark.parametrize("human_ratings", ["annotate", "pairs"])
+def test_a_tasks_run_keeps_ratings_as_annotations_unless_it_opts_in(tmp_path, human_ratings):
+    from ouroboros.envs.tasks.environment import TasksEnvironment
+
+    cfg = Config.model_validate({"env": {"name": "tasks", "human_ratings": human_ratings}})
+    rec = Recorder(str(tmp_path / "out"), "tasks-1", "tasks", cfg.model_dump(), env=TasksEnvironment(cfg))
+    write_round(rec, 0, 0, ["def f(): return 1", "def f(): return 2"], published=0)
+    with open_client([tmp_path / "out"]) as c:
+        rate = c.get("/d/0/run/tasks-1/rate")
+        # The page says what the rating will do before anyone rates.
+        assert ("next training round takes each preference" in rate.text) == (human_ratings == "pairs")
+        assert ("keeps them as annotations" in rate.text) == (human_ratings == "annotate")
+        csrf = rate.text.split('name="csrf" value="')[1].split('"')[0]
+        stored = c.post("/d/0/run/tasks-1/rate/pair", data={"csrf": csrf, "a": "r0-t1-s0", "b": "r0-t1-s1",
+                                                            "winner": "b"}, follow_redirects=False)
+        assert stored.status_code == 303
+    assert len(HumanInbox(tmp_path / "out" / "runs" / "tasks-1", "tasks-1").preferences()) == 1
+    rec.start_round(1, 0)
+    ts = [traj("r1-t1-s0", "t1", "def f(): return 3", 0, 0), traj("r1-t1-s1", "t1", "def f(): return 4", 0, 1)]
+    _, batch = rec.record(1, "train", ts, [Score(t.id, {}, 0.2 * i, "p") for i, t in enumerate(ts)],
+                          make_pairs=True)
+    human = [p for p in batch if p.id.startswith("human:")]
+    assert len(human) == (1 if human_ratings == "pairs" else 0)
+    if human:
+        assert human[0].chosen == "def f(): return 2" and human[0].rejected == "def f(): return 1"
     rec.close("done")
 
 
@@ -283,7 +316,8 @@ def test_the_generator_and_learner_log_probs_are_overlaid_per_token(client, run_
     shards = run_dir / "runs" / "align-test-1" / "shards"
     turn = {"run_id": "align-test-1", "turn_id": "r0-t1-s0:0", "trajectory_id": "r0-t1-s0", "step": 0, "round": 0,
             "learner_step": 3, "learner_version": 0, "weights_version": 0, "staleness": 0, "reward": 0.9,
-            "raw_reward": 0.9, "advantage": 0.4, "generator_logprobs": [-0.5, -1.0, -2.0],
+            "raw_reward": 0.9, "advantage": 0.4, "tokens": [" Paris", "\n", "<b>"],
+            "generator_logprobs": [-0.5, -1.0, -2.0],
             "learner_logprobs": [-0.5, -1.5, -2.01], "clipped": [False, True, False], "masked": [False, False, True]}
     other = {**turn, "turn_id": "x:0", "trajectory_id": "r0-t1-s1"}
     write_shard(shards, 0, "learner-turns", [turn, other], LEARNER_TURN_SCHEMA)
@@ -293,4 +327,53 @@ def test_the_generator_and_learner_log_probs_are_overlaid_per_token(client, run_
     assert len(rows) == 3
     assert 'class="mismatch clipped"' in "<tr" + rows[1] and "0.5" in rows[1]
     assert 'class=" masked"' in "<tr" + rows[2] and "mismatch" not in rows[0]
+    # Each token's own text beside its numbers: a space and a newline made visible, markup escaped.
+    assert "·Paris" in rows[0] and "\\n" in rows[1] and "&lt;b&gt;" in rows[2] and "<b>" not in rows[2]
     assert 'id="tokens"' not in client.get("/d/0/run/align-test-1/c/r1-t1-s0").text
+
+
+def test_the_dialogue_stage_in_the_browser_saves_what_the_terminal_chat_saves(tmp_path):
+    from ouroboros.envs.alignment.shards import Dialog, read_jsonl
+    from ouroboros.envs.alignment.stages import append_dialogs
+    from ouroboros.view.chat import ChatDesk
+
+    cfg = Config.model_validate({"env": {"name": "alignment"}, "align": {"data_dir": str(tmp_path / "data")}})
+    heard: list[list[dict]] = []
+    failing = {"now": False}
+
+    def model(messages, temperature=0.0, max_new_tokens=None):
+        heard.append(messages)
+        if failing["now"]:
+            raise RuntimeError("engine stopped")
+        return f"<script>alert(1)</script> reply {len(heard)}"
+
+    desk = ChatDesk(model, lambda dialogs: append_dialogs(cfg, dialogs), "policy (tiny, v0)")
+    app = create_app([], TOKEN, chat=desk)
+    with TestClient(app, base_url="http://127.0.0.1:8766", cookies={"ouroboros_token": TOKEN}) as c:
+        first = c.get("/chat")
+        assert first.status_code == 200 and 'id="empty"' in first.text
+        assert 'href="/chat"' in c.get("/").text
+        csrf = first.text.split('name="csrf" value="')[1].split('"')[0]
+        assert c.post("/chat/say", data={"csrf": "forged", "text": "hi"}).status_code == 403
+        for text in ("How long is the bridge?", "Are you sure?"):
+            assert c.post("/chat/say", data={"csrf": csrf, "text": text}, follow_redirects=False).status_code == 303
+        page = c.get("/chat").text
+        assert "&lt;script&gt;alert(1)&lt;/script&gt; reply 2" in page and "<script>alert(1)" not in page
+        # The model saw the whole conversation so far, as chat messages.
+        assert [m["role"] for m in heard[-1]] == ["system", "user", "assistant", "user"]
+        # A failed model call says so; the person's text stays in the box and no turn is half-kept.
+        failing["now"] = True
+        broken = c.post("/chat/say", data={"csrf": csrf, "text": "third question"})
+        assert broken.status_code == 400 and "engine stopped" in broken.text and ">third question</textarea>" in broken.text
+        assert c.post("/chat/say", data={"csrf": csrf, "text": "   "}).status_code == 400
+        assert c.post("/chat/say", data={"csrf": csrf, "text": "x" * 5000}).status_code == 400
+        saved = c.post("/chat/save", data={"csrf": csrf})
+        assert saved.status_code == 200 and 'id="saved"' in saved.text and 'id="empty"' in saved.text
+        # Another browser session has its own conversation: nothing to save there.
+        with TestClient(app, base_url="http://127.0.0.1:8766", cookies={"ouroboros_token": TOKEN}) as other:
+            csrf2 = other.get("/chat").text.split('name="csrf" value="')[1].split('"')[0]
+            assert "nothing was said" in other.post("/chat/save", data={"csrf": csrf2}).text
+    [dialog] = read_jsonl(tmp_path / "data" / "dialogs.jsonl", Dialog, print)
+    assert [(t.role, t.text) for t in dialog.turns] == [
+        ("human", "How long is the bridge?"), ("assistant", "<script>alert(1)</script> reply 1"),
+        ("human", "Are you sure?"), ("assistant", "<script>alert(1)</script> reply 2")]

@@ -86,9 +86,20 @@ class Environment(ABC):
 
     def human_pairs(self, paths, db, round_: int) -> list[PreferencePair]:
         """Preference pairs people made in the viewer since the last training round (the run's human
-        inbox, store/human_inbox.py), for this round's batch. The default keeps them as annotations
-        only; an environment that learns from human preferences returns them."""
-        return []
+        inbox, store/human_inbox.py), for this round's batch, each exactly once (its id is its
+        rating's, and the pairs already stored for this run are skipped). Ratings stay annotations
+        unless the environment learns from people (`learns_from_people`)."""
+        if not self.learns_from_people():
+            return []
+        from ouroboros.store.human_inbox import HumanInbox
+
+        used = {r[0] for r in db.query("SELECT id FROM pairs WHERE run_id=? AND id LIKE 'human:%'", (paths.run_id,))}
+        return HumanInbox(paths.run, paths.run_id).new_pairs(used, round_)
+
+    def learns_from_people(self) -> bool:
+        """Whether the viewer's pairwise ratings join the DPO batches: an opt-in here
+        (`env.human_ratings: pairs`); the alignment environment always does."""
+        return self.cfg.env.human_ratings == "pairs"
 
     def turn_rewards(self, trajectory: Trajectory, score: Score) -> list[float]:
         """The reward each turn earned, in order. The default pays the episode's total on its last

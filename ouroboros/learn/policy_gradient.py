@@ -264,6 +264,7 @@ class PolicyGradient:
                          "weights_version": e.turn.weights_version, "staleness": version - e.turn.weights_version,
                          "reward": e.reward, "raw_reward": e.raw_reward,
                          "advantage": float(advantages[i].float().mean()),
+                         "tokens": self._token_texts(e.turn.token_ids),
                          "generator_logprobs": list(e.turn.logprobs) if gen_known else None,
                          "learner_logprobs": learner, "clipped": clipped_at[i], "masked": masked})
         steps = step - first_step
@@ -280,6 +281,14 @@ class PolicyGradient:
         })
         metrics["tokens_per_s"] = total_tokens * l.epochs / metrics["seconds"]
         return metrics, rows
+
+    def _token_texts(self, ids: list[int]) -> list[str]:
+        """Each token decoded on its own (a byte-fallback piece may be a lone replacement char):
+        what the viewer prints beside each token's log-probs."""
+        try:
+            return self.tokenizer.batch_decode([[int(i)] for i in ids])
+        except Exception:  # noqa: BLE001 - a tokenizer without batch_decode: the viewer shows positions
+            return []
 
     def _remember(self, encoded, idx, old, needs_values, needs_ref):
         batch = [encoded[i] for i in idx]

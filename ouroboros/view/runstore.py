@@ -146,6 +146,14 @@ class RunDir:
                           "ORDER BY version", (run_id,))
 
     # -- completions ---------------------------------------------------------------------------
+    def phases(self, run_id: str) -> list[str]:
+        """The phases this run's completions carry (train, eval, ...), for the filter: read, not
+        assumed, since each environment names its own."""
+        if "completions" not in self.tables:
+            return []
+        return [r["phase"] for r in self._rows("SELECT DISTINCT phase FROM completions WHERE run_id=? "
+                                                "ORDER BY phase LIMIT 20", (run_id,)) if r["phase"]]
+
     def completions(self, run_id: str, offset: int = 0, size: int = PAGE, text: str = "", version: int | None = None,
                     phase: str = "", min_reward: float | None = None, max_reward: float | None = None,
                     task_id: str = "") -> Page:
@@ -257,10 +265,12 @@ class RunDir:
             for turn in table.to_pylist():
                 gen, lrn = turn.get("generator_logprobs") or [], turn.get("learner_logprobs") or []
                 clipped, masked = turn.get("clipped") or [], turn.get("masked") or []
+                texts = turn.get("tokens") or []  # absent from shards written before it was recorded
                 for i in range(max(len(gen), len(lrn))):
                     g = gen[i] if i < len(gen) else None
                     x = lrn[i] if i < len(lrn) else None
                     rows.append({"step": turn.get("step"), "learner_step": turn.get("learner_step"), "index": i,
+                                 "text": texts[i] if i < len(texts) and isinstance(texts[i], str) else None,
                                  "generator": g, "learner": x,
                                  "gap": abs(g - x) if g is not None and x is not None else None,
                                  "clipped": bool(clipped[i]) if i < len(clipped) else False,

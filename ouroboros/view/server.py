@@ -88,15 +88,23 @@ def _finite(value):
     return value
 
 
+def _token_text(text: str) -> str:
+    """A token's text made visible: whitespace and control characters as escapes (a token of
+    one space or a newline would otherwise print as nothing), clipped to a short piece."""
+    shown = "".join(ch if ch.isprintable() and ch != " " else ("·" if ch == " " else repr(ch)[1:-1]) for ch in text)
+    return shown[:40]
+
+
 def _same(given, expected: str) -> bool:
     return hmac.compare_digest(str(given or "").encode(), expected.encode())
 
 
-def create_app(run_dirs: list[str | Path], token: str, hosts: list[str] | None = None):
+def create_app(run_dirs: list[str | Path], token: str, hosts: list[str] | None = None, chat=None):
     """The app over `run_dirs`. Every request must carry `token` (a local process, a sandboxed
     program with network, or a web page that rebinds a name to 127.0.0.1 would otherwise read runs
     and forge human ratings, which become training pairs); `hosts` are the Host names accepted
-    (loopback names by default, plus the bound address)."""
+    (loopback names by default, plus the bound address). `chat`: a ChatDesk (view/chat.py) when
+    the dialogue stage is served too, at /chat."""
     from jinja2 import Environment, FileSystemLoader, select_autoescape
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
@@ -113,7 +121,7 @@ def create_app(run_dirs: list[str | Path], token: str, hosts: list[str] | None =
     viewer = Viewer(run_dirs, token)
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True))
     # `q`: one path segment, with "/" encoded too (an id must not turn a link into another path).
-    env.filters.update(clip=_clip, when=_when, q=lambda v: quote(str(v), safe=""))
+    env.filters.update(clip=_clip, when=_when, q=lambda v: quote(str(v), safe=""), tok=_token_text)
 
     def session_of(request: Request) -> str:
         return request.cookies.get("ouroboros_session") or ""
@@ -185,7 +193,7 @@ def create_app(run_dirs: list[str | Path], token: str, hosts: list[str] | None =
                 entries.append({"d": d, "path": str(path), "error": str(exc), "runs": []})
             finally:
                 rd.close()
-        return page(request, "index.html", entries=entries)
+        return page(request, "index.html", entries=entries, chat=chat is not None)
 
     async def index(request: Request):
         return await run_in_threadpool(index_sync, request)
@@ -236,7 +244,7 @@ def create_app(run_dirs: list[str | Path], token: str, hosts: list[str] | None =
                    "min_reward": _float(q.get("min_reward")), "max_reward": _float(q.get("max_reward")),
                    "task_id": q.get("task_id", "")}
         pg = rd.completions(run_id, offset=max(0, _int(q.get("offset"), 0)), size=PAGE, **filters)
-        return page(request, "completions.html", d=d, run_id=run_id, pg=pg, filters=filters,
+        return page(request, "completions.html", d=d, run_id=run_id, pg=pg, filters=filters, phases=rd.phases(run_id),
                     query={k: v for k, v in q.items() if k != "offset"})
 
     @with_dir
@@ -294,7 +302,8 @@ def create_app(run_dirs: list[str | Path], token: str, hosts: list[str] | None =
     def fate_of(run: dict) -> str:
         """What the run will do with a rating made now (the rate page says it before anyone rates)."""
         cfg = run["config"]
-        learns = ((cfg.get("env") or {}).get("name") == "alignment"
+        env = cfg.get("env") or {}
+        learns = ((env.get("name") == "alignment" or env.get("human_ratings") == "pairs")
                   and (cfg.get("learner") or {}).get("algorithm", "dpo") == "dpo")
         if run["status"] != "running":
             return "finished"
@@ -307,6 +316,7 @@ def create_app(run_dirs: list[str | Path], token: str, hosts: list[str] | None =
         inbox = inbox_of(rd, run_id)
         return page(request, "rate.html", d=d, run_id=run_id, queue=rd.rating_queue(run_id, inbox.rated_pairs()),
                     rubric=rubric_of(run), fate=fate_of(run),
+                    alignment=(run["config"].get("env") or {}).get("name") == "alignment",
                     stored=len(inbox.preferences()) + len(inbox.scores()),
                     saved=request.query_params.get("saved", ""))
 
@@ -367,6 +377,35 @@ def create_app(run_dirs: list[str | Path], token: str, hosts: list[str] | None =
                 continue
         return problem(request, 404, "Not answered", f"no pending request {key!r} (answered already, or timed out)")
 
+    # -- the dialogue stage's web console (only when served with a ChatDesk) ----------------------
+    async def chat_page(request: Request):
+        q = request.query_params
+        return page(request, "chat.html", label=chat.label, turns=chat.turns(session_of(request)),
+                    saved=q.get("saved", "")[:200], file=q.get("file", "")[:500])
+
+    async def chat_post(request: Request):
+        from ouroboros.view.chat import ChatError
+
+        form = await request.form()
+        refused = refused_form(request, form)
+        if refused is not None:
+            return refused
+        key, action = session_of(request), request.path_params["action"]
+        try:
+            if action == "say":
+                await run_in_threadpool(chat.say, key, str(form.get("text", "")))
+                return RedirectResponse("/chat#last", status_code=303)
+            if action == "save":
+                path, dialog_id = await run_in_threadpool(chat.save, key)
+                return RedirectResponse(f"/chat?saved={quote(dialog_id)}&file={quote(str(path))}", status_code=303)
+            if action == "new":
+                chat.discard(key)
+                return RedirectResponse("/chat", status_code=303)
+        except ChatError as exc:
+            return page(request, "chat.html", status=400, label=chat.label, turns=chat.turns(key), error=str(exc),
+                        text=str(form.get("text", ""))[:8000])
+        return problem(request, 404, "Not found", f"no chat action {action!r}")
+
     async def not_found(request: Request, exc):
         return problem(request, 404, "Not found", f"nothing at {request.url.path}")
 
@@ -414,6 +453,8 @@ def create_app(run_dirs: list[str | Path], token: str, hosts: list[str] | None =
         Route("/d/{d:int}/span/{sid:path}", span),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
+    if chat is not None:
+        routes[1:1] = [Route("/chat", chat_page), Route("/chat/{action}", chat_post, methods=["POST"])]
     allowed = list(hosts or []) + ["127.0.0.1", "localhost", "::1", "[::1]"]
     # The Host check refuses a page whose name was rebound to this machine (DNS rebinding).
     app = Starlette(routes=routes, middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=allowed),
@@ -449,11 +490,12 @@ def _align_ids(rd: RunDir, run_id: str, trajectory_id: str) -> dict:
     return {"dialog_id": rows[0]["dialog_id"], "prompt_id": None if prompt_id in (None, "None") else prompt_id}
 
 
-def serve(run_dirs: list[str], host: str = "127.0.0.1", port: int = 8765, token: str | None = None) -> None:
+def serve(run_dirs: list[str], host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
+          chat=None) -> None:
     import uvicorn
 
     token = token or secrets.token_urlsafe(24)
-    app = create_app(run_dirs, token, hosts=[host] if host not in ("0.0.0.0", "::") else None)
-    shown = f"http://{host}:{port}/?token={token}"
+    app = create_app(run_dirs, token, hosts=[host] if host not in ("0.0.0.0", "::") else None, chat=chat)
+    shown = f"http://{host}:{port}/{'chat' if chat is not None else ''}?token={token}"
     print(f"ouroboros view: {shown}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sys
 
+from ouroboros import placement
 from ouroboros.envs.base import Environment
 from ouroboros.types import PreferencePair, Score, Trajectory
 
@@ -83,17 +84,14 @@ class AlignmentEnvironment(Environment):
 
     # -- actors ---------------------------------------------------------------------------
     def make_agents(self, run_id: str, run_dir: str, generators: list, runners: list) -> list:
-        import ray
-
         from ouroboros.actors.alignment_agent import AlignmentAgent
 
-        return [ray.remote(num_cpus=0, max_concurrency=2)(AlignmentAgent).remote(self.cfg, generators)
+        return [placement.actor(AlignmentAgent, "agent", num_cpus=0, max_concurrency=2).remote(self.cfg, generators)
                 for _ in range(self.cfg.env.agents)]
 
     def make_judge(self, tasks: list, run_id: str, runners: list, run_dir: str = ""):
         import os
 
-        import ray
 
         from ouroboros.actors.alignment_judge import AlignmentJudge, JudgeWorker
 
@@ -102,15 +100,16 @@ class AlignmentEnvironment(Environment):
         for spec in a.judges:
             if spec.kind != "model":
                 continue
-            cls = ray.remote(num_cpus=spec.num_cpus, max_concurrency=2)(JudgeWorker)
+            cls = placement.actor(JudgeWorker, "judge", num_cpus=spec.num_cpus, max_concurrency=2)
             workers[spec.name] = [cls.remote(spec, a.rubric, self.cfg) for _ in range(spec.count)]
         cache = os.path.join(run_dir or self.cfg.run.out, "judge-cache.db")
         from ouroboros.store.human_inbox import SCORES
         from ouroboros.store.layout import RunPaths
 
         inbox = RunPaths(run_dir or self.cfg.run.out, run_id).run / SCORES
-        return ray.remote(num_cpus=0)(AlignmentJudge).remote(self.cfg, tasks, run_id, workers, cache,
-                                                              human_scores(self.cfg), str(inbox))
+        # It keeps its verdict cache in the run directory and reads the run's human inbox there.
+        return placement.actor(AlignmentJudge, "run-dir-writer", num_cpus=0).remote(
+            self.cfg, tasks, run_id, workers, cache, human_scores(self.cfg), str(inbox))
 
     def chunks(self, n_agents: int, n_generators: int) -> int:
         return n_agents
@@ -149,13 +148,8 @@ class AlignmentEnvironment(Environment):
                 chosen_trajectory=chosen.id, rejected_trajectory=rejected.id))
         return pairs
 
-    def human_pairs(self, paths, db, round_: int) -> list[PreferencePair]:
-        """The viewer's pairwise preferences not trained on yet: each one a pair, exactly once (its id
-        is its rating's, and the pairs already stored for this run are skipped)."""
-        from ouroboros.store.human_inbox import HumanInbox
-
-        used = {r[0] for r in db.query("SELECT id FROM pairs WHERE run_id=? AND id LIKE 'human:%'", (paths.run_id,))}
-        return HumanInbox(paths.run, paths.run_id).new_pairs(used, round_)
+    def learns_from_people(self) -> bool:
+        return True  # the loop is human-led: the viewer's preferences are pairs of the next round
 
     def metrics(self, trajectories: list[Trajectory], scores: list[Score], pairs: int) -> dict:
         from ouroboros.envs.alignment.metrics import alignment_metrics
