@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/default.yaml
 PYTEST_ARGS ?=
+# Two pytest workers: whole runs on one, the rest on the other (tests/conftest.py says why).
+TEST_WORKERS ?= 2
 
 .PHONY: venv system models run test smoke bench clean
 
@@ -55,7 +57,7 @@ run: venv system models
 
 test: venv system
 	$(VENV)/bin/ouroboros models prepare tiny-smollm2
-	$(PY) -m pytest -q -rs $(PYTEST_ARGS)
+	$(PY) -m pytest -q -rs -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 smoke: venv system
 	$(VENV)/bin/ouroboros run configs/smoke.yaml

@@ -124,3 +124,31 @@ def processes_tagged(tag: str) -> list[int]:
         except (OSError, IndexError):
             pass
     return pids
+
+
+# --- two workers on a 2-core machine (`make test`: pytest-xdist, -n 2 --dist loadgroup) ---------
+# A whole run (Ray, sandboxes, a model) leaves a core idle about a quarter of the time (process
+# starts, sandbox and engine waits), which the other worker fills. Tests are spread one by one,
+# except those sharing an expensive session fixture: they go to one worker, so it is built once.
+# Tests of a run's processes find them by a tag in their environment, never by looking at the
+# whole host, since the other worker's runs and sandboxes are there too.
+SHARED_FIXTURE_GROUPS = {"align_smoke_run": "align-smoke-run"}
+
+
+@_pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for fixture, group in SHARED_FIXTURE_GROUPS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(_pytest.mark.xdist_group(group))
+
+
+def pytest_collection_finish(session):
+    """Refuse to run with the groups silently ignored (pytest-xdist and pytest out of step: the
+    shared fixtures would be built once per worker)."""
+    grouped = [i for i in session.items if any(True for _ in i.iter_markers("xdist_group"))]
+    if grouped and _os.environ.get("PYTEST_XDIST_WORKER") and session.config.getvalue("loadgroup") \
+            and "@" not in grouped[0].nodeid:
+        raise _pytest.UsageError("pytest-xdist ignored the xdist_group marks: install the pytest and pytest-xdist "
+                                 "versions requirements.txt pins")
+

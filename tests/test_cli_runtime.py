@@ -26,23 +26,23 @@ def test_doctor_reports_components_and_key_names_only(monkeypatch):
     assert "sk-secret" not in proc.stdout + proc.stderr
 
 
-def _ray_processes() -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid,stat,args"], capture_output=True, text=True).stdout
-    return [l for l in out.splitlines()[1:]
-            if any(k in l for k in ("raylet", "gcs_server", "ray::", "default_worker.py", "bwrap --"))
-            and " Z" not in l]
+def tagged_env(tag: str) -> dict:
+    """The environment of a run under test: Ray's GCS, raylet and workers inherit `tag`, so this
+    test finds its own run's processes (and no other test's, when tests run side by side)."""
+    return dict(os.environ, OUROBOROS_TEST_TAG=tag)
 
 
-def wait_for_ray_to_go(seconds: float = 30) -> None:
-    """Give Ray processes (this test's, or an earlier test's still shutting down) time to exit."""
+def wait_for_none_tagged(tag: str, seconds: float = 30) -> list[int]:
     deadline = time.monotonic() + seconds
-    while _ray_processes() and time.monotonic() < deadline:
+    while processes_tagged(tag) and time.monotonic() < deadline:
         time.sleep(0.5)
+    return processes_tagged(tag)
 
 
 def interrupt_and_check(proc, db_path, tag: str) -> None:
     """Ctrl-C a running experiment process: it exits 130, no experiment row is left `running`,
-    the run is `interrupted`, and no sandboxed process (marked with `tag`) or Ray process lives on."""
+    the run is `interrupted`, and no sandboxed process or Ray process of the run (both carry
+    `tag`) lives on."""
     assert proc.poll() is None, proc.stderr.read()[-2000:]
     os.killpg(proc.pid, signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
@@ -51,27 +51,22 @@ def interrupt_and_check(proc, db_path, tag: str) -> None:
     statuses = [s for (s,) in db.execute("SELECT status FROM experiments")]
     assert statuses and "running" not in statuses, statuses
     assert db.execute("SELECT status FROM runs").fetchone()[0] == "interrupted"
-    deadline = time.monotonic() + 30
-    while (_ray_processes() or processes_tagged(tag)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not processes_tagged(tag), "a sandboxed process outlived Ctrl-C"
-    assert not _ray_processes()
+    assert not wait_for_none_tagged(tag), "a sandboxed or Ray process outlived Ctrl-C"
 
 
 @pytest.mark.slow
 def test_ctrl_c_keeps_finished_rounds_and_leaves_nothing_behind(tiny_model_path, tmp_path):
     require_bwrap()
-    wait_for_ray_to_go()  # an earlier test's Ray may still be shutting down
-    assert not _ray_processes(), "another Ray is running; this test needs the host to itself"
     out = tmp_path / "run"
+    tag = f"ctrlc-rounds-{os.getpid()}-{time.time_ns()}"
     proc = subprocess.Popen([sys.executable, "-m", "ouroboros", "run", "configs/smoke.yaml", "--rounds", "6",
                              "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, env=tagged_env(tag))
     summary = out / "latest" / "summary.json"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
-        if summary.exists() and len(json.loads(summary.read_text())["rounds"]) >= 2:
-            break
+        if summary.exists() and json.loads(summary.read_text())["rounds"]:
+            break  # round 0 is stored; round 1 is under way
         time.sleep(0.5)
     assert proc.poll() is None, proc.stderr.read()[-2000:]
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
@@ -80,22 +75,20 @@ def test_ctrl_c_keeps_finished_rounds_and_leaves_nothing_behind(tiny_model_path,
     assert "interrupted" in stderr
 
     rounds = json.loads(summary.read_text())["rounds"]
-    assert len(rounds) >= 2 and [r["round"] for r in rounds] == list(range(len(rounds)))
+    assert rounds and [r["round"] for r in rounds] == list(range(len(rounds)))
     db = sqlite3.connect(out / "ouroboros.db")
     assert db.execute("SELECT status FROM runs").fetchone()[0] == "interrupted"
     statuses = dict(db.execute("SELECT round, status FROM rounds"))
     assert all(statuses[r["round"]] == "done" for r in rounds)
     assert set(statuses.values()) <= {"done", "interrupted"}
-    wait_for_ray_to_go()
-    assert not _ray_processes()
+    assert not wait_for_none_tagged(tag), "a Ray process outlived Ctrl-C"
 
 
 @pytest.mark.slow
 def test_ctrl_c_during_experiments_marks_rows_and_leaves_no_sandbox(tmp_path):
     require_bwrap()
-    wait_for_ray_to_go()
     out = tmp_path / "run"
-    tag = f"ctrlc-{os.getpid()}-{time.time_ns()}"  # marks this run's sandboxed processes
+    tag = f"ctrlc-{os.getpid()}-{time.time_ns()}"  # marks this run's sandboxed and Ray processes
     sleeper = json.dumps({"action": "run", "data": "import time\nprint('working', flush=True)\ntime.sleep(20)",
                           "notes": "long"})
     proc = subprocess.Popen(
@@ -103,7 +96,7 @@ def test_ctrl_c_during_experiments_marks_rows_and_leaves_no_sandbox(tmp_path):
          "--parallel", "2", "--out", str(out), "--set", f"generator.script=[{json.dumps(sleeper)}]",
          "--set", "sandbox.timeout_s=60", "--set", "generator.count=2",
          "--set", f"sandbox.env={{OUROBOROS_TAG: {tag}}}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=tagged_env(tag))
     db_path = out / "ouroboros.db"
     deadline = time.monotonic() + 120
     log = out / "latest" / "experiments.log"
@@ -124,7 +117,6 @@ def test_ctrl_c_during_experiments_marks_rows_and_leaves_no_sandbox(tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_in_a_run_on_the_experiment_environment_marks_rows_and_leaves_no_sandbox(tiny_model_path, tmp_path):
     require_bwrap()
-    wait_for_ray_to_go()
     out = tmp_path / "run"
     tag = f"ctrlc-run-{os.getpid()}-{time.time_ns()}"
     sleeper = json.dumps({"action": "run", "data": "import time\nprint('working', flush=True)\ntime.sleep(30)",
@@ -134,7 +126,7 @@ def test_ctrl_c_in_a_run_on_the_experiment_environment_marks_rows_and_leaves_no_
          "--set", "generator.backend=scripted", "--set", f"generator.script=[{json.dumps(sleeper)}]",
          "--set", "experiment.max_new_tokens=512", "--set", "sandbox.timeout_s=60",
          "--set", f"sandbox.env={{OUROBOROS_TAG: {tag}}}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=tagged_env(tag))
     log = out / "latest" / "experiments.log"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None:  # both held-out cycles of round 0 started
@@ -148,12 +140,11 @@ def test_ctrl_c_in_a_run_on_the_experiment_environment_marks_rows_and_leaves_no_
 @pytest.mark.slow
 def test_a_killed_actor_is_one_clear_error_and_finished_rounds_stay(tiny_model_path, tmp_path):
     require_bwrap()
-    wait_for_ray_to_go()
     out = tmp_path / "run"
     tag = f"killed-actor-{os.getpid()}-{time.time_ns()}"  # Ray's workers inherit it: this run's, no other
     proc = subprocess.Popen([sys.executable, "-m", "ouroboros", "run", "configs/smoke.yaml", "--rounds", "3",
                              "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, env=dict(os.environ, OUROBOROS_TEST_TAG=tag))
+                            start_new_session=True, env=tagged_env(tag))
     summary = out / "latest" / "summary.json"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None and not summary.exists():
@@ -175,5 +166,4 @@ def test_a_killed_actor_is_one_clear_error_and_finished_rounds_stay(tiny_model_p
     db = sqlite3.connect(out / "ouroboros.db")
     assert db.execute("SELECT status FROM runs").fetchone()[0] == "failed"
     assert db.execute("SELECT status FROM rounds WHERE round=0").fetchone()[0] == "done"
-    wait_for_ray_to_go()
-    assert not _ray_processes()
+    assert not wait_for_none_tagged(tag), "a Ray process outlived the failed run"

