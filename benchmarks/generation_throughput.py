@@ -89,7 +89,7 @@ def vllm_pool(cfg, groups, sizes, bucket) -> dict:
 
     out = {}
     for size in sizes:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         c = cfg.model_copy(deep=True)
         c.generator.threads = max(1, 2 // size)
         gens = [ray.remote(num_cpus=2 / size, max_concurrency=64)(Generator).remote(c) for _ in range(size)]

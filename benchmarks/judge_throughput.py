@@ -84,7 +84,7 @@ def main() -> None:
     counts = [int(x) for x in args.actors.split(",")]
     kinds = args.kinds.split(",")
     os.environ["BENCH_KEY"] = "sk-bench"  # before Ray starts, so the judge actors inherit it
-    ray.init(num_cpus=max(counts) + 2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=max(counts) + 2, include_dashboard=False, log_to_driver=False)
     out = Path(args.out)
     result = json.loads(out.read_text()) if out.is_file() else {}
     result.update({"cpus": os.cpu_count(), "candidates": len(trajs)})

@@ -157,7 +157,7 @@ def bench_throughput(backends: list[str], counts: list[int], execs: int, settle_
 
     most = max(counts)
     out: dict = {}
-    ray.init(num_cpus=2, resources={"sandbox": most}, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, resources={"sandbox": most}, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
     try:
         runner_cls = ray.remote(num_cpus=0, resources={"sandbox": 1})(SandboxRunner)

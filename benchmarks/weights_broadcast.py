@@ -46,7 +46,7 @@ def main() -> None:
                                                "generator.vllm.kv_cache_gb=1",
                                                f"generator.vllm.multiprocess={str(args.multiprocess).lower()}",
                                                f"generator.vllm.lora_sync={args.lora_sync}"])
-    ray.init(num_cpus=args.generators + 1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.generators + 1, include_dashboard=False, log_to_driver=False)
     learner = ray.remote(num_cpus=1)(Learner).remote(cfg)
     gens = [ray.remote(num_cpus=1)(Generator).remote(cfg) for _ in range(args.generators)]
     ray.get([g.weights_version.remote() for g in gens] + [learner.weights_version.remote()])

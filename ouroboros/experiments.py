@@ -15,6 +15,7 @@ import logging
 import time
 from typing import Callable
 
+from ouroboros import placement
 from ouroboros.config import Config
 from ouroboros.store.layout import RunPaths, new_run_id
 
@@ -51,7 +52,7 @@ class ExperimentDriver:
         runners = sandbox_runners(cfg, self.run_id, sessions=True)
         per_agent = cfg.experiment.cycles_per_agent
         # One thread more than its slots, so `flush` gets through while cycles run.
-        agent_cls = ray.remote(num_cpus=0, max_concurrency=per_agent + 1)(ExperimentAgent)
+        agent_cls = placement.actor(ExperimentAgent, "run-dir-writer", num_cpus=0, max_concurrency=per_agent + 1)
         agents = [agent_cls.remote(cfg, self.run_id, self.run_dir, generators, runners, n * per_agent)
                   for n in range(math.ceil(parallel / per_agent))]
         self.handles = [*agents, *runners, *generators]

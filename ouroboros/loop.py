@@ -26,6 +26,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
+from ouroboros import placement
 from ouroboros.config import Config, ConfigError
 from ouroboros.store.layout import new_run_id
 
@@ -64,11 +65,15 @@ def init_ray(cfg: Config) -> None:
 
     if ray.is_initialized():
         return
-    if cfg.ray.address:
-        ray.init(address=cfg.ray.address, log_to_driver=False)
+    # A job sent with `ray job submit` runs with RAY_ADDRESS set: it joins that cluster.
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        ray.init(address=address, log_to_driver=False)
         return
     num_cpus, resources = ray_resources(cfg)
-    ray.init(num_cpus=num_cpus, resources=resources, include_dashboard=False, log_to_driver=False,
+    # "local": a Ray of our own, always. Without it Ray joins whatever cluster `ray start` last
+    # started on this host (another user's, another test's), with other resources.
+    ray.init(address="local", num_cpus=num_cpus, resources=resources, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
 
 
@@ -76,16 +81,14 @@ def sandbox_runners(cfg: Config, run_id: str, sessions: bool = False) -> list:
     """`sandbox.runners` SandboxRunner actors, each running up to `sandbox.concurrency` execs at
     once (threads: a runner mostly waits on its sandboxed children). `sessions`: they serve
     experiment sessions, so they start their spare sandboxes at once."""
-    import ray
-
     from ouroboros.actors.sandbox_runner import SandboxRunner
 
     # A docker runner that passes GPUs into its containers holds them in Ray's accounting too.
     runner_gpus = max(cfg.sandbox.gpus, 0) if cfg.sandbox.backend == "docker" else 0
     # A few threads beyond the execs, so opening and closing sessions never queue behind them
     # (the runner itself holds execs to `sandbox.concurrency`).
-    runner_cls = ray.remote(num_cpus=0, num_gpus=runner_gpus, resources={"sandbox": 1},
-                            max_concurrency=cfg.sandbox.concurrency + 4)(SandboxRunner)
+    runner_cls = placement.actor(SandboxRunner, "runner", num_cpus=0, num_gpus=runner_gpus, resources={"sandbox": 1},
+                                 max_concurrency=cfg.sandbox.concurrency + 4)
     return [runner_cls.remote(cfg.sandbox, run_id, sessions) for _ in range(cfg.sandbox.runners)]
 
 
@@ -103,9 +106,10 @@ def build_actors(cfg: Config, run_dir: str, run_id: str, task_set: list | None =
     from ouroboros.envs import environment
 
     env = env or environment(cfg)
-    # Resource needs sit here, next to where each actor is made; placement is Ray's.
+    # Resource needs sit here, next to where each actor is made; where each kind runs on a
+    # cluster is ouroboros/placement.py's.
     gen_cls = generator_actor(cfg)
-    learner_cls = ray.remote(num_cpus=1, num_gpus=cfg.learner.num_gpus)(Learner)
+    learner_cls = placement.actor(Learner, "learner", num_cpus=1, num_gpus=cfg.learner.num_gpus)
     generators = [gen_cls.remote(cfg) for _ in range(cfg.generator.count)]
     runners = sandbox_runners(cfg, run_id, sessions=env.sandbox_sessions)
     if env.uses_user_file():
@@ -114,8 +118,8 @@ def build_actors(cfg: Config, run_dir: str, run_id: str, task_set: list | None =
     agents = env.make_agents(run_id, run_dir, generators, runners)
     judge = env.make_judge(task_set, run_id, runners, run_dir=run_dir)
     learner = learner_cls.remote(cfg)
-    recorder = ray.remote(num_cpus=0)(Recorder).remote(run_dir, run_id, cfg.run.name, cfg.model_dump(by_alias=True),
-                                                       env, cfg.learner.algorithm)
+    recorder = placement.actor(Recorder, "recorder", num_cpus=0).remote(
+        run_dir, run_id, cfg.run.name, cfg.model_dump(by_alias=True), env, cfg.learner.algorithm)
     everything = [*generators, *runners, *agents, judge, learner, recorder]
     # Surface construction errors (a missing model, a missing bwrap) now, with their own message.
     ray.get([g.weights_version.remote() for g in generators] + [r.owner.remote() for r in runners]

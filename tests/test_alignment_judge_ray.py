@@ -20,7 +20,7 @@ def traj(i: int, text: str) -> Trajectory:
 
 
 def test_a_dead_judge_actor_fails_its_candidates_and_scoring_goes_on():
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         cfg = Config.model_validate({"align": {"judges": [
             {"name": "rules", "kind": "rules"},

@@ -37,7 +37,7 @@ def _available(backend: str) -> None:
 def ray_session():
     import ray
 
-    ray.init(num_cpus=2, resources={"sandbox": 2}, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, resources={"sandbox": 2}, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
     yield ray
     ray.shutdown()

@@ -81,10 +81,10 @@ COALESCED = ("hf",)
 def generator_actor(cfg: Config):
     """The Generator class as a Ray actor with its resources: threaded, so concurrent calls
     (many experiment cycles) meet in one batch, or run side by side on an API."""
-    import ray
+    from ouroboros import placement
 
-    return ray.remote(num_cpus=cfg.generator.num_cpus, num_gpus=cfg.generator.num_gpus,
-                      max_concurrency=cfg.generator.concurrency)(Generator)
+    return placement.actor(Generator, "generator", num_cpus=cfg.generator.num_cpus, num_gpus=cfg.generator.num_gpus,
+                           max_concurrency=cfg.generator.concurrency)
 
 
 class Generator:

@@ -4,6 +4,7 @@ they conclude. Pairs come from where two cycles of one goal first differ; every 
 is a policy turn, and the cycle's score is paid on its last turn (discounted back by the learner)."""
 from __future__ import annotations
 
+from ouroboros import placement
 from ouroboros.envs.base import Environment
 
 
@@ -38,25 +39,22 @@ class ExperimentEnvironment(Environment):
             raise GoalsError(f"{self.source()}: {len(refused)} goal(s) refused: " + "; ".join(refused))
 
     def make_agents(self, run_id: str, run_dir: str, generators: list, runners: list) -> list:
-        import ray
-
         from ouroboros.actors.experiment_agent import ExperimentAgent
 
         cfg = self.cfg
         # run_episodes runs its cycles on the agent's own threads; the second actor thread
         # serves `flush` while they run.
-        agent_cls = ray.remote(num_cpus=0, max_concurrency=2)(ExperimentAgent)
+        agent_cls = placement.actor(ExperimentAgent, "run-dir-writer", num_cpus=0, max_concurrency=2)
         return [agent_cls.remote(cfg, run_id, run_dir, generators, runners, n * cfg.experiment.cycles_per_agent)
                 for n in range(cfg.env.agents)]
 
     def make_judge(self, tasks: list, run_id: str, runners: list, run_dir: str = ""):
-        import ray
-
         from ouroboros.actors.judge import ExperimentJudge
 
         # The judge computes each instance's answer by running the goal's reference program in
         # the sandbox, on the run's runners (scratch execs, apart from every experiment's session).
-        return ray.remote(num_cpus=0)(ExperimentJudge).remote(self.cfg.judge.experiment, tasks, run_id, runners)
+        return placement.actor(ExperimentJudge, "judge", num_cpus=0).remote(self.cfg.judge.experiment, tasks, run_id,
+                                                                            runners)
 
     def chunks(self, n_agents: int, n_generators: int) -> int:
         # One chunk per agent, which runs its cycles side by side; their turns meet in the

@@ -9,6 +9,7 @@ import json
 
 import pyarrow as pa
 
+from ouroboros import placement
 from ouroboros.envs.base import Environment
 from ouroboros.types import PreferencePair, Score, Trajectory
 
@@ -62,20 +63,17 @@ class SurvivalEnvironment(Environment):
                                      f"is not installed: {STRACE_HINT}")
 
     def make_agents(self, run_id: str, run_dir: str, generators: list, runners: list) -> list:
-        import ray
-
         from ouroboros.actors.survival_agent import SurvivalAgent
 
         # Two calls at once: with run.async a round's evaluation runs beside the next round's rollout.
-        return [ray.remote(num_cpus=0, max_concurrency=2)(SurvivalAgent).remote(self.cfg, generators, runners)
+        return [placement.actor(SurvivalAgent, "agent", num_cpus=0, max_concurrency=2).remote(self.cfg, generators,
+                                                                                              runners)
                 for _ in range(self.cfg.env.agents)]
 
     def make_judge(self, tasks: list, run_id: str, runners: list, run_dir: str = ""):
-        import ray
-
         from ouroboros.actors.judge import SurvivalJudge
 
-        return ray.remote(num_cpus=0)(SurvivalJudge).remote(self.survival)
+        return placement.actor(SurvivalJudge, "judge", num_cpus=0).remote(self.survival)
 
     def chunks(self, n_agents: int, n_generators: int) -> int:
         return n_agents  # each agent runs its chunk's episodes side by side

@@ -2,6 +2,7 @@
 reply's code called in the sandbox, hidden tests decided on the host."""
 from __future__ import annotations
 
+from ouroboros import placement
 from ouroboros.envs.base import Environment
 
 
@@ -26,21 +27,18 @@ class TasksEnvironment(Environment):
         check_references(tasks, runners, self.cfg.sandbox, self.source())
 
     def make_agents(self, run_id: str, run_dir: str, generators: list, runners: list) -> list:
-        import ray
-
         from ouroboros.actors.agent import TasksAgent
 
         cfg = self.cfg
         # Two calls at once: with run.async a round's evaluation runs beside the next round's rollout.
-        return [ray.remote(num_cpus=0, max_concurrency=2)(TasksAgent).remote(generators, runners, cfg.generator.max_new_tokens, cfg)
+        return [placement.actor(TasksAgent, "agent", num_cpus=0, max_concurrency=2).remote(
+                generators, runners, cfg.generator.max_new_tokens, cfg)
                 for _ in range(cfg.env.agents)]
 
     def make_judge(self, tasks: list, run_id: str, runners: list, run_dir: str = ""):
-        import ray
-
         from ouroboros.actors.judge import TasksJudge
 
-        return ray.remote(num_cpus=0)(TasksJudge).remote(self.cfg.judge, tasks)
+        return placement.actor(TasksJudge, "judge", num_cpus=0).remote(self.cfg.judge, tasks)
 
     def chunks(self, n_agents: int, n_generators: int) -> int:
         # One chunk per generator: generation dominates a round, and a generator is fastest on one

@@ -1,0 +1,71 @@
+"""A real multi-node Ray cluster on this machine (cluster/local_cluster.py): a head and two worker
+nodes, each its own raylet with its own resources, all on loopback. The main job goes to it with
+`ray job submit`, as on a cloud cluster, and its actors land where ouroboros/placement.py says."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import processes_tagged, require_bwrap
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_the_main_job_runs_on_a_three_node_cluster_with_its_actors_placed(tiny_model_path, tmp_path):
+    require_bwrap()
+    from ray.util.state import list_actors, list_nodes
+
+    tag = f"local-cluster-{os.getpid()}-{time.time_ns()}"  # every process of this cluster, and its jobs
+    info = tmp_path / "cluster.json"
+    cluster = subprocess.Popen([sys.executable, str(REPO / "cluster" / "local_cluster.py"), "--workers", "2",
+                                "--fake-gpus", "1", "--dashboard-port", "0", "--info", str(info)],
+                               env=dict(os.environ, OUROBOROS_TEST_TAG=tag), start_new_session=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not info.exists():
+            assert cluster.poll() is None, cluster.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the cluster did not come up in 180 s"
+            time.sleep(0.5)
+        meta = json.loads(info.read_text())
+        head, workers = meta["head_node_id"], [w["node_id"] for w in meta["workers"]]
+        nodes = {n.node_id: n for n in list_nodes(address=meta["dashboard"], detail=True)}
+        assert set(nodes) == {head, *workers} and all(n.node_ip == "127.0.0.1" for n in nodes.values())
+        assert nodes[head].resources_total.get("CPU", 0) == 0  # the head runs drivers, no actor needs it
+        assert all(nodes[w].resources_total.get("sandbox") == 2 for w in workers)
+        assert [nodes[w].resources_total.get("GPU", 0) for w in workers] == [0, 1]  # the fake GPU
+
+        out = tmp_path / "run"
+        ray_cli = Path(sys.executable).with_name("ray")
+        job = subprocess.run([str(ray_cli), "job", "submit", "--address", meta["dashboard"], "--submission-id",
+                              f"test-{tag}", "--", "bash", str(REPO / "cluster" / "job.sh"), "configs/smoke.yaml",
+                              "--rounds", "1", "--out", str(out)], capture_output=True, text=True, timeout=600)
+        assert job.returncode == 0 and "succeeded" in job.stdout + job.stderr, (job.stdout + job.stderr)[-3000:]
+        rows = json.loads((out / "latest" / "summary.json").read_text())["rounds"]
+        assert [r["weights_version"] for r in rows] == [0, 1] and rows[1]["pairs"] > 0
+
+        actors = [a for a in list_actors(address=meta["dashboard"], detail=True, limit=1000,
+                                         raise_on_missing_output=False) if a.class_name != "JobSupervisor"]
+        where: dict[str, list[str]] = {}
+        for a in actors:
+            where.setdefault(a.class_name, []).append(a.node_id)
+        # The job's driver runs on the head: the recorder, the run directory's one writer, is
+        # pinned there; the sandbox runners are spread over both sandbox nodes.
+        assert where["Recorder"] == [head]
+        assert sorted(where["SandboxRunner"]) == sorted(workers)
+        assert set(where["Generator"]) <= set(workers) and set(where["Learner"]) <= set(workers)
+    finally:
+        os.killpg(cluster.pid, signal.SIGTERM)  # the script stops its own nodes
+        cluster.communicate(timeout=120)
+    deadline = time.monotonic() + 30
+    while processes_tagged(tag) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not processes_tagged(tag), "a process of the cluster outlived it"
