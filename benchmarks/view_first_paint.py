@@ -59,13 +59,14 @@ def build(root: Path, completions: int = 50_000, spans: int = 100_000) -> dict:
     eid = store.start(run_id, 0, "agent-0", "FROM python", goal="a long experiment")
     children = 1_000
     grandchildren = spans // children - 1
-    batch = [{"id": "root", "experiment_id": eid, "parent_id": None, "kind": "cycle", "name": "cycle",
-              "started_at": 0.0, "duration_s": 1.0, "prompt_tokens": 0, "completion_tokens": 0, "attrs": "{}"}]
+    root = {"id": "root", "experiment_id": eid, "parent_id": None, "kind": "cycle", "name": "cycle",
+            "started_at": 0.0, "duration_s": 1.0, "prompt_tokens": 0, "completion_tokens": 0, "attrs": "{}"}
+    batch = [root]
     for c in range(children):
-        batch.append({**batch[0], "id": f"c{c}", "parent_id": "root", "kind": "action", "name": f"action {c}",
+        batch.append({**root, "id": f"c{c}", "parent_id": "root", "kind": "action", "name": f"action {c}",
                       "started_at": 1.0 + c})
         for g in range(grandchildren):
-            batch.append({**batch[0], "id": f"c{c}-g{g}", "parent_id": f"c{c}", "kind": "query",
+            batch.append({**root, "id": f"c{c}-g{g}", "parent_id": f"c{c}", "kind": "query",
                           "name": f"query {g}", "started_at": 1.0 + c + g / 1000,
                           "attrs": json.dumps({"prompt": "p" * 200, "reply": "r" * 200})})
         if len(batch) > 20_000:
