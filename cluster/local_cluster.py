@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fake-gpus", type=int, default=0, help="GPUs the last worker node advertises")
     ap.add_argument("--dashboard-port", type=int, default=8265, help="the job server's port (0: any free one)")
     ap.add_argument("--info", default="", help="write the addresses here as JSON once every node is up")
+    ap.add_argument("--wait-s", type=float, default=120.0, help="how long the head's job server may take to answer")
     args = ap.parse_args(argv)
     if args.workers < 1:
         ap.error("--workers must be at least 1")
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                                     resources={"sandbox": args.sandbox}, object_store_memory=200 * 1024 * 1024)
             nodes.append({"node_id": node.node_id, "cpus": args.cpus, "sandbox": args.sandbox, "gpus": gpus})
         cluster.wait_for_nodes()
-        _wait_for_job_server(port)
+        _wait_for_job_server(port, args.wait_s)
         info = {"address": cluster.address, "dashboard": f"http://127.0.0.1:{port}",
                 "head_node_id": cluster.head_node.node_id, "workers": nodes,
                 "started_s": round(time.monotonic() - started, 1)}

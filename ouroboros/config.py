@@ -461,6 +461,23 @@ class EnvConfig(Section):
         return self
 
 
+class WandbConfig(Section):
+    enabled: bool = Field(False, description="Log each round's metrics to Weights & Biases.")
+    project: str = Field("ouroboros", description="W&B project.")
+    entity: str | None = Field(None, description="W&B entity (team or user); None: the key's default.")
+    mode: Literal["offline", "online"] = Field(
+        "offline", description="offline: files under runs/<run id>/wandb, sent later with `wandb sync`; online: "
+                               "sent as the run goes (needs the API key).")
+    api_key_env: str = Field("WANDB_API_KEY", description="Environment variable holding the W&B API key (online "
+                                                          "mode); the key itself is never stored.")
+
+
+class TrackingConfig(Section):
+    tensorboard: bool = Field(False, description="Write each round's metrics as TensorBoard event files under "
+                                                 "runs/<run id>/tensorboard (tensorboard --logdir RUN_DIR/runs).")
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+
+
 class RayConfig(Section):
     address: str | None = Field(None, description="Cluster address (host:port, or auto); None joins the cluster in "
                                                   "RAY_ADDRESS (as `ray job submit` sets it), else starts a Ray of "
@@ -529,6 +546,7 @@ class Config(Section):
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     env: EnvConfig = Field(default_factory=EnvConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
     align: AlignConfig = Field(default_factory=AlignConfig)
     rlaif: RlaifConfig = Field(default_factory=RlaifConfig)

@@ -364,8 +364,13 @@ def preflight_secrets(cfg: Config) -> None:
     """A credential the config names but this host lacks is one clear line now, not an actor
     that dies at start-up. The values read here are dropped at once."""
     from ouroboros.secrets import resolve
+    from ouroboros.store.trackers import TrackerError, check
 
     resolve(cfg.sandbox.env_from)
+    try:
+        check(cfg.tracking.model_dump())
+    except TrackerError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def shutdown(a: Actors | None) -> None:

@@ -29,7 +29,7 @@ import json
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -40,6 +40,7 @@ class Recorded:
     path: str
     headers: dict[str, str]  # names lower-cased
     body: Any
+    at: float = field(default_factory=time.monotonic)  # when the server read it
 
 
 def _words(text: str) -> int:

@@ -7,7 +7,6 @@ and the `loopback_only` fixture fails any connection elsewhere. Error replies ca
 from __future__ import annotations
 
 import socket
-import time
 
 import pytest
 
@@ -150,11 +149,12 @@ def test_anthropic_key_from_custom_env_var(anthropic_server, anthropic_backend, 
 def test_anthropic_retries_through_429_and_500(anthropic_server, anthropic_backend):
     anthropic_server.fail_next(2, 429)
     anthropic_server.fail_next(1, 500)
-    t0 = time.monotonic()
     (c,) = anthropic_backend(max_retries=3).generate([_req("a", "retry me")])
     assert c.text == "em yrter"
-    assert len(anthropic_server.posts) == 4
-    assert time.monotonic() - t0 < 2.0  # retry-after-ms: 1 was honoured
+    posts = anthropic_server.posts
+    assert len(posts) == 4
+    # retry-after-ms: 1 was honoured: the SDK's own backoff would wait at least 0.375 + 0.75 + 1.5 s.
+    assert posts[-1].at - posts[0].at < 1.0
 
 
 def test_anthropic_always_500_raises_clear_error(anthropic_server, anthropic_backend):
@@ -222,13 +222,10 @@ def test_anthropic_out_of_range_temperature_is_an_error(anthropic_server, anthro
 def test_anthropic_concurrency_and_order(anthropic_server, anthropic_backend):
     anthropic_server.delay_s = 0.1
     reqs = [_req(f"r{i}", f"msg{i}") for i in range(8)]
-    t0 = time.monotonic()
     out = anthropic_backend(concurrency=4).generate(reqs)
-    elapsed = time.monotonic() - t0
     assert [c.request_id for c in out] == [r.id for r in reqs]
     assert [c.text for c in out] == [f"msg{i}"[::-1] for i in range(8)]
-    assert 2 <= anthropic_server.max_in_flight <= 4
-    assert elapsed < 0.8 * 0.1 * 8  # clearly faster than one at a time
+    assert 2 <= anthropic_server.max_in_flight <= 4  # requests overlapped at the server, at most 4 at once
 
 
 def _closed_port() -> int:
@@ -321,11 +318,11 @@ def test_openai_max_tokens_param_choice_and_fallback(openai_server, openai_backe
 def test_openai_retries_through_429_and_500(openai_server, openai_backend):
     openai_server.fail_next(1, 429)
     openai_server.fail_next(2, 500)
-    t0 = time.monotonic()
     (c,) = openai_backend(max_retries=3).generate([_req("a", "again")])
     assert c.text == "niaga"
-    assert len(openai_server.posts) == 4
-    assert time.monotonic() - t0 < 2.0
+    posts = openai_server.posts
+    assert len(posts) == 4
+    assert posts[-1].at - posts[0].at < 1.0  # the server's retry-after was honoured, not the SDK's backoff
 
 
 def test_openai_always_500_raises_clear_error(openai_server, openai_backend):

@@ -39,6 +39,11 @@ class Recorder:
         self.db = RunDB(self.paths.db)
         self.db.start_run(run_id, name, config)
         self.summary = Summary(self.paths.summary, run_id)
+        self.trackers = None
+        if (config or {}).get("tracking"):
+            from ouroboros.store.trackers import Trackers
+
+            self.trackers = Trackers(config["tracking"], self.paths.run, run_id, config)
 
     def start_round(self, round_: int, weights_version: int) -> None:
         self.db.upsert("rounds", [{"run_id": self.run_id, "round": round_, "weights_version": weights_version,
@@ -141,6 +146,8 @@ class Recorder:
                 "UPDATE rounds SET status='done', metrics=?, finished_at=? WHERE run_id=? AND round=?",
                 (json.dumps(row), time.time(), self.run_id, row["round"]))
         self.summary.add_round(row)
+        if self.trackers is not None:
+            self.trackers.log(row)
 
     def close(self, status: str) -> None:
         with self.db.conn:
@@ -148,3 +155,5 @@ class Recorder:
                                  (self.run_id,))
         self.db.finish_run(self.run_id, status)
         self.db.close()
+        if self.trackers is not None:
+            self.trackers.close(status)
