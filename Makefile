@@ -57,7 +57,10 @@ run: venv system models
 
 test: venv system
 	$(VENV)/bin/ouroboros models prepare tiny-smollm2
-	$(PY) -m pytest -q -rs -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest -q -rs -n $(TEST_WORKERS) --dist loadgroup -m "not cluster" $(PYTEST_ARGS)
+	# The multi-node cluster test alone: beside the other worker's runs its head's job server
+	# sometimes did not come up on 2 cores (2 of 3 full runs); alone it did every time.
+	$(PY) -m pytest -q -rs -m cluster $(PYTEST_ARGS)
 
 smoke: venv system
 	$(VENV)/bin/ouroboros run configs/smoke.yaml

@@ -54,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     # Every node on loopback: the cluster is reachable from this machine only.
     cluster = Cluster(initialize_head=True, head_node_args={
         "node_ip_address": "127.0.0.1", "num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1",
-        "dashboard_port": port, "object_store_memory": 200 * 1024 * 1024})
+        "dashboard_port": port, "object_store_memory": 200 * 1024 * 1024,
+        # Ray's fixed default (52365) is held by any other Ray on the host (a laptop run, another
+        # test): the head's agent, which runs submitted jobs, would not start, and no job would.
+        "dashboard_agent_listen_port": _free_port()})
     try:
         nodes = []
         for i in range(args.workers):

@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
+@pytest.mark.cluster
 def test_the_main_job_runs_on_a_three_node_cluster_with_its_actors_placed(tiny_model_path, tmp_path):
     require_bwrap()
     from ray.util.state import list_actors, list_nodes

@@ -327,13 +327,16 @@ class RunDir:
                           f"prompt_tokens, completion_tokens, cost_usd, git_commit, substr(goal, 1, {PREVIEW}) AS goal",
                           f"FROM experiments WHERE {' AND '.join(where)}", tuple(args), "id DESC", offset, size)
 
-    def experiment(self, experiment_id: int) -> dict:
-        if "experiments" not in self.tables:
-            raise NotFound(f"no experiment {experiment_id}")
-        rows = self._rows("SELECT * FROM experiments WHERE id=?", (experiment_id,))
+    def _one(self, table: str, sql: str, args: tuple, missing: str) -> dict:
+        """The one row `sql` finds, or NotFound(`missing`) (also when the run has no such table)."""
+        rows = self._rows(sql, args) if table in self.tables else []
         if not rows:
-            raise NotFound(f"no experiment {experiment_id}")
+            raise NotFound(missing)
         return rows[0]
+
+    def experiment(self, experiment_id: int) -> dict:
+        return self._one("experiments", "SELECT * FROM experiments WHERE id=?", (experiment_id,),
+                         f"no experiment {experiment_id}")
 
     def spans(self, experiment_id: int, parent_id: str | None = None, offset: int = 0, size: int = PAGE,
               text: str = "") -> Page:
@@ -352,12 +355,7 @@ class RunDir:
                           f"FROM traces t WHERE {' AND '.join(where)}", tuple(args), "t.started_at", offset, size)
 
     def span(self, span_id: str) -> dict:
-        if "traces" not in self.tables:
-            raise NotFound(f"no span {span_id!r}")
-        rows = self._rows("SELECT * FROM traces WHERE id=?", (span_id,))
-        if not rows:
-            raise NotFound(f"no span {span_id!r}")
-        row = rows[0]
+        row = self._one("traces", "SELECT * FROM traces WHERE id=?", (span_id,), f"no span {span_id!r}")
         row["attrs"] = _json(row["attrs"], row["attrs"])
         return row
 
