@@ -118,25 +118,42 @@ def rounds_table(rows: list[dict]) -> Table:
 
 @app.command()
 def run(
-    config: str = typer.Argument(..., help="YAML config, e.g. configs/default.yaml"),
+    config: Optional[str] = typer.Argument(None, help="YAML config, e.g. configs/default.yaml (with --resume: "
+                                                      "optional, and it must match the run's saved config)"),
     rounds: Optional[int] = typer.Option(None, "--rounds", help="Rounds after round 0 (overrides run.rounds)."),
     out: Optional[str] = typer.Option(None, "--out", help="Run directory (overrides run.out)."),
     set_: list[str] = typer.Option([], "--set", help="Override a field: --set learner.beta=0.2 (repeatable)."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Carry on a stopped run from its last finished round: "
+                                                                "its run directory, or one of its runs/<run id>/."),
 ) -> None:
     """Run the whole self-improvement loop."""
     from ouroboros.loop import Loop
 
-    cfg = load_config(config, set_)
-    run_dir = out or cfg.run.out
+    point = None
+    if resume is not None:
+        from ouroboros import resume as resuming
+
+        if out is not None:
+            raise ConfigError("--out and --resume both name a run directory: a resumed run stays in its own; "
+                              "drop --out")
+        point = resuming.find(resume)
+        cfg = resuming.resumed_config(point, load_config(config, set_) if config else None, [] if config else set_)
+        run_dir = str(point.root)
+    elif config is None:
+        raise ConfigError("ouroboros run needs a CONFIG (e.g. configs/default.yaml), or --resume RUN_DIR")
+    else:
+        cfg = load_config(config, set_)
+        run_dir = out or cfg.run.out
     # What reads run.out in an actor (the human backend's console) follows --out, from any working directory.
     cfg.run.out = os.path.abspath(run_dir)
     with RichReporter() as reporter:
-        loop = Loop(cfg, reporter)
+        loop = Loop(cfg, reporter, resume=point)
         try:
             rows = loop.run(rounds=rounds, run_dir=run_dir)
         except KeyboardInterrupt:
             reporter.progress.stop()
-            console.print(f"[yellow]interrupted: {len(loop.rows)} finished round(s) kept in {run_dir}")
+            console.print(f"[yellow]interrupted: {len(loop.rows)} finished round(s) kept in {run_dir}; "
+                          f"carry the run on with `ouroboros run --resume {run_dir}/runs/{loop.run_id}`")
             raise typer.Exit(130)
         except Exception as exc:
             # A config the run refuses (before anything starts, or a user's tasks or goals whose
@@ -148,11 +165,53 @@ def run(
             if message is None:
                 raise
             reporter.progress.stop()
-            sys.stderr.write(f"error: {message}. {len(loop.rows)} finished round(s) kept in {run_dir}\n")
+            sys.stderr.write(f"error: {message}. {len(loop.rows)} finished round(s) kept in {run_dir}; "
+                             f"carry the run on with `ouroboros run --resume {run_dir}/runs/{loop.run_id}`\n")
             raise typer.Exit(1)
     console.print(rounds_table(rows))
     console.print(f"run {loop.run_id}: {run_dir}/runs/{loop.run_id} (summary.json, shards/); "
                   f"every run's rows are in {run_dir}/ouroboros.db")
+
+
+@app.command()
+def tune(
+    config: str = typer.Argument(..., help="YAML config of each trial's run, e.g. configs/smoke.yaml"),
+    grid: list[str] = typer.Option([], "--grid", help="A swept key and its values: --grid learner.beta=0.05,0.1 "
+                                                      "(repeatable; trials are every combination)."),
+    scheduler: str = typer.Option("fifo", "--scheduler", help="fifo: every trial runs to the end; asha: Ray Tune's "
+                                                              "ASHA stops poor trials after a round."),
+    metric: str = typer.Option("heldout_reward_mean", "--metric", help="The held-out metric trials are compared on."),
+    mode: str = typer.Option("max", "--mode", help="max or min of --metric."),
+    rounds: Optional[int] = typer.Option(None, "--rounds", help="Rounds per trial (overrides run.rounds)."),
+    parallel: int = typer.Option(1, "--parallel", min=1, help="Trials at once (each a whole run)."),
+    samples: int = typer.Option(1, "--samples", min=1, help="Repeats of the grid (different trial seeds are yours "
+                                                             "to sweep: --grid run.seed=0,1)."),
+    out: str = typer.Option("runs/tune", "--out", help="Folder for the trials' run directories and the results."),
+    set_: list[str] = typer.Option([], "--set", help="Override a field of every trial (repeatable)."),
+) -> None:
+    """Sweep whole runs as Ray Tune trials; writes results.csv, results.json and curves.png."""
+    from ouroboros.sweep import Sweep, parse_grid
+
+    if scheduler not in ("fifo", "asha"):
+        raise ConfigError(f"--scheduler {scheduler!r}: use fifo or asha")
+    if mode not in ("max", "min"):
+        raise ConfigError(f"--mode {mode!r}: use max or min")
+    sweep = Sweep(config, set_, parse_grid(grid), out, metric=metric, mode=mode, scheduler=scheduler, rounds=rounds,
+                  parallel=parallel, samples=samples)
+    rows = sweep.run()
+    table = Table(title=f"trials ({metric}, {mode})")
+    params = [c for c in (rows[0] if rows else {}) if c.startswith("param.")]
+    for col in [p[6:] for p in params] + ["rounds", f"final", "best", "run directory"]:
+        table.add_column(col)
+    fmt = lambda v: "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))  # noqa: E731
+    for r in rows:
+        table.add_row(*[fmt(r[p]) for p in params], str(r["rounds_done"]) + (" (stopped)" if r["stopped_early"] else "")
+                      + (" (error)" if r["error"] else ""), fmt(r[f"final.{metric}"]), fmt(r[f"best.{metric}"]),
+                      str(r["run_dir"]))
+    console.print(table)
+    console.print(f"results: {sweep.out}/results.csv, results.json, curves.png; each trial's run under {sweep.out}/trials/")
+    if any(r["error"] for r in rows):
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -483,6 +483,10 @@ class RayConfig(Section):
                                                   "RAY_ADDRESS (as `ray job submit` sets it), else starts a Ray of "
                                                   "this run's own.")
     num_cpus: int | None = Field(None, ge=1, description="CPUs a local Ray advertises; None lets Ray count.")
+    max_restarts: int = Field(5, ge=0, description="Times Ray restarts a dead generator, sandbox runner, judge or "
+                                                   "agent (its calls are retried on the new one); 0: an actor's death "
+                                                   "ends the run. The learner and the recorder are not restarted: a "
+                                                   "run they fail resumes with `ouroboros run --resume`.")
 
 
 class ResearchConfig(Section):

@@ -47,6 +47,7 @@ class ExperimentDriver:
         from ouroboros.loop import sandbox_runners
 
         cfg = self.cfg
+        placement.configure(cfg.ray.max_restarts)
         gen_cls = generator_actor(cfg)
         generators = [gen_cls.remote(cfg) for _ in range(cfg.generator.count)]
         runners = sandbox_runners(cfg, self.run_id, sessions=True)

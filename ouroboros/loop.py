@@ -26,7 +26,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from ouroboros import placement
+from ouroboros import faults, placement
 from ouroboros.config import Config, ConfigError
 from ouroboros.store.layout import new_run_id
 
@@ -49,6 +49,7 @@ class Actors:
     learner: object
     recorder: object
     all: list = field(default_factory=list)
+    live: object = None  # LiveWeights: the version a restarted generator loads
 
 
 def ray_resources(cfg: Config) -> tuple[int, dict]:
@@ -60,21 +61,24 @@ def ray_resources(cfg: Config) -> tuple[int, dict]:
     return max(os.cpu_count() or 1, math.ceil(needed), cfg.ray.num_cpus or 0), {"sandbox": cfg.sandbox.runners}
 
 
-def init_ray(cfg: Config) -> None:
+def init_ray(cfg: Config) -> bool:
+    """Start or join Ray for this config; False if this process was in Ray already (a Tune trial,
+    a test), whose Ray the run then leaves up when it ends."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     # A job sent with `ray job submit` runs with RAY_ADDRESS set: it joins that cluster.
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
     if address:
         ray.init(address=address, log_to_driver=False)
-        return
+        return True
     num_cpus, resources = ray_resources(cfg)
     # "local": a Ray of our own, always. Without it Ray joins whatever cluster `ray start` last
     # started on this host (another user's, another test's), with other resources.
     ray.init(address="local", num_cpus=num_cpus, resources=resources, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
+    return True
 
 
 def sandbox_runners(cfg: Config, run_id: str, sessions: bool = False) -> list:
@@ -93,8 +97,10 @@ def sandbox_runners(cfg: Config, run_id: str, sessions: bool = False) -> list:
 
 
 def build_actors(cfg: Config, run_dir: str, run_id: str, task_set: list | None = None,
-                 reporter: Reporter | None = None, env=None) -> Actors:
+                 reporter: Reporter | None = None, env=None, learns: bool = True) -> Actors:
     """The run's actors. `task_set`: the environment's tasks (the judge scores against them).
+    `learns`: False for a run that only evaluates (no learning round to do), which then has no
+    learner actor: building one (torch, PEFT and TRL imported, the model loaded) is seconds of CPU.
     A user's set (`env.tasks_file`, `env.goals_file`) has its references run on the runners
     first, before the recorder exists, so a refused set leaves no run behind; the bundled sets
     are checked by CI (tests/test_task_dataset.py, tests/test_experiment_env.py), not again here."""
@@ -102,29 +108,32 @@ def build_actors(cfg: Config, run_dir: str, run_id: str, task_set: list | None =
 
     from ouroboros.actors.generator import generator_actor
     from ouroboros.actors.learner import Learner
+    from ouroboros.actors.live_weights import LiveWeights
     from ouroboros.actors.recorder import Recorder
     from ouroboros.envs import environment
 
     env = env or environment(cfg)
     # Resource needs sit here, next to where each actor is made; where each kind runs on a
     # cluster is ouroboros/placement.py's.
+    placement.configure(cfg.ray.max_restarts)
+    live = placement.actor(LiveWeights, "live-weights", num_cpus=0, max_concurrency=8).remote()
     gen_cls = generator_actor(cfg)
     learner_cls = placement.actor(Learner, "learner", num_cpus=1, num_gpus=cfg.learner.num_gpus)
-    generators = [gen_cls.remote(cfg) for _ in range(cfg.generator.count)]
+    generators = [gen_cls.remote(cfg, live) for _ in range(cfg.generator.count)]
     runners = sandbox_runners(cfg, run_id, sessions=env.sandbox_sessions)
     if env.uses_user_file():
         ray.get([r.owner.remote() for r in runners])  # a missing sandbox says so first
         env.check_user_tasks(task_set or [], runners, reporter or Reporter())
     agents = env.make_agents(run_id, run_dir, generators, runners)
     judge = env.make_judge(task_set, run_id, runners, run_dir=run_dir)
-    learner = learner_cls.remote(cfg)
+    learner = learner_cls.remote(cfg) if learns else None
     recorder = placement.actor(Recorder, "recorder", num_cpus=0).remote(
         run_dir, run_id, cfg.run.name, cfg.model_dump(by_alias=True), env, cfg.learner.algorithm)
-    everything = [*generators, *runners, *agents, judge, learner, recorder]
+    everything = [*generators, *runners, *agents, judge, recorder, live] + ([learner] if learns else [])
     # Surface construction errors (a missing model, a missing bwrap) now, with their own message.
     ray.get([g.weights_version.remote() for g in generators] + [r.owner.remote() for r in runners]
-            + [learner.weights_version.remote()])
-    return Actors(generators, runners, agents, judge, learner, recorder, everything)
+            + ([learner.weights_version.remote()] if learns else []))
+    return Actors(generators, runners, agents, judge, learner, recorder, everything, live)
 
 
 @dataclass
@@ -140,19 +149,21 @@ class Rollout:
 
 
 class Loop:
-    def __init__(self, cfg: Config, reporter: Reporter | None = None) -> None:
+    def __init__(self, cfg: Config, reporter: Reporter | None = None, resume=None) -> None:
+        """`resume`: a ResumePoint (ouroboros/resume.py): carry that run on from its last finished round."""
         from ouroboros.envs import environment
 
         self.cfg = cfg
         self.reporter = reporter or Reporter()
-        self.run_id = new_run_id(cfg.run.name)
+        self.resume = resume
+        self.run_id = resume.run_id if resume is not None else new_run_id(cfg.run.name)
         self.env = environment(cfg)
         # A user's task set is read (and its tests compiled) here, before Ray starts.
         self.tasks = self.env.load_tasks()
         self.train_tasks = [t for t in self.tasks if t.split == "train"]
         heldout = [t for t in self.tasks if t.split == "heldout"]
         self.heldout = heldout[: cfg.env.heldout_tasks] if cfg.env.heldout_tasks else heldout
-        self.rows: list[dict] = []
+        self.rows: list[dict] = list(resume.rounds) if resume is not None else []
 
     # -- phases ------------------------------------------------------------------
     def _start(self, a: Actors, round_: int, phase: str, tasks, samples: int, temperature: float) -> Rollout:
@@ -204,8 +215,12 @@ class Loop:
         # Each generator bounds its own load (generator.sync_timeout_s); this bounds a generator
         # that does not answer at all, so a stuck sync is an error, never a hang.
         limit = self.cfg.generator.sync_timeout_s + 60
+        # Set first: a generator restarted during or after this broadcast loads this version.
+        ray.get(a.live.set.remote(weights))
         try:
-            loads = ray.get([g.load_weights.remote(weights) for g in a.generators], timeout=limit)
+            pending = [g.load_weights.remote(weights) for g in a.generators]
+            faults.point(row["round"], "broadcast")
+            loads = ray.get(pending, timeout=limit)
         except ray.exceptions.GetTimeoutError:
             from ouroboros.backends import BackendError
 
@@ -229,6 +244,7 @@ class Loop:
         t = time.monotonic()
         self.reporter.phase(round_, "learn", 1)
         learn_ref, rows_ref = a.learner.train.options(num_returns=2).remote(batch_ref)
+        faults.point(round_, "learn")
         learn = ray.get(learn_ref)
         row["learner"] = learn
         row["loss"] = learn.get("loss")
@@ -250,6 +266,22 @@ class Loop:
         row["seconds"]["learn"] = time.monotonic() - t
         return self._broadcast(a, weights, row)
 
+    def _restore(self, a: Actors) -> int:
+        """A resumed run: drop the interrupted round, bring the learner back from its checkpoint,
+        and make that version live on every generator. Returns the version."""
+        import ray
+
+        point = self.resume
+        last = point.next_round - 1
+        ray.get(a.recorder.rewind.remote(last, point.version))
+        if not point.version or a.learner is None:  # nothing learned yet, or nothing left to learn
+            return point.version
+        restored = ray.get(a.learner.restore.remote(ray.put(point.checkpoint)))
+        weights = ray.get(a.learner.publish.remote(new_version=False))
+        version = self._broadcast(a, weights, {"round": point.next_round, "seconds": {}})
+        self.reporter.message(f"resuming run {self.run_id} at round {point.next_round} on weights v{restored}")
+        return version
+
     def _evaluate(self, a: Actors, round_: int) -> dict:
         metrics, _ = self._finish(a, self._start(a, round_, "eval", self.heldout, self.cfg.env.heldout_samples,
                                                  self.cfg.generator.eval_temperature))
@@ -269,20 +301,24 @@ class Loop:
         if rounds > 0 and not self.train_tasks:
             raise ConfigError(f"{self.env.source()} has nothing of split \"train\", so there is nothing to train on: "
                               "add some, or run with --rounds 0")
-        init_ray(cfg)
+        own_ray = init_ray(cfg)
         a = None
         status = "failed"
         overlap = cfg.run.async_
         try:
             self.reporter.message(f"starting actors (run {self.run_id})")
-            a = build_actors(cfg, run_dir, self.run_id, self.tasks, self.reporter, self.env)
-            version = 0
+            first = self.resume.next_round if self.resume is not None else 0
+            a = build_actors(cfg, run_dir, self.run_id, self.tasks, self.reporter, self.env, learns=rounds >= max(first, 1))
+            version = self._restore(a) if self.resume is not None else 0
+            if first > rounds:
+                self.reporter.message(f"run {self.run_id} has finished all {rounds} round(s) already: "
+                                      "pass --rounds N to carry it on")
             ahead: Rollout | None = None  # run.async: the next round's rollout, already running
             run_started = time.monotonic()
-            for round_ in range(rounds + 1):
+            for round_ in range(first, rounds + 1):
                 started = time.monotonic()
                 budget = cfg.run.time_budget_s
-                if round_ > 0 and budget is not None and started - run_started > budget:
+                if round_ > first and budget is not None and started - run_started > budget:
                     self.reporter.message(f"run.time_budget_s ({budget:g} s) spent after round {round_ - 1}; "
                                           "stopping with every finished round kept")
                     break
@@ -293,6 +329,7 @@ class Loop:
                 if round_ > 0:
                     t = time.monotonic()
                     rollout = ahead or self._start_train(a, round_)
+                    faults.point(round_, "rollout")
                     train, batch_ref = self._finish(a, rollout)
                     row["seconds"]["rollout"] = time.monotonic() - t
                     row["seconds"]["rollout_overlapped"] = t - rollout.started
@@ -321,6 +358,7 @@ class Loop:
                 ray.get(a.recorder.finish_round.remote(row))
                 self.rows.append(row)
                 self.reporter.round_done(row)
+                faults.point(round_, "between")
             status = "done"
             return self.rows
         except KeyboardInterrupt:
@@ -333,7 +371,7 @@ class Loop:
                     ray.get(a.recorder.close.remote(status), timeout=30)
                 except Exception:  # the store keeps every finished round whatever happens here
                     pass
-            shutdown(a)
+            stop_actors(a.all if a is not None else [], shutdown_ray=own_ray)
             if a is not None:
                 self.env.after_shutdown(run_dir, self.run_id)
 
@@ -373,13 +411,9 @@ def preflight_secrets(cfg: Config) -> None:
         raise ConfigError(str(exc)) from None
 
 
-def shutdown(a: Actors | None) -> None:
-    """Stop every actor and Ray itself; sandboxes die with their runner (bwrap --die-with-parent)."""
-    stop_actors(a.all if a is not None else [])
-
-
-def stop_actors(handles: list) -> None:
-    """Kill `handles`, then shut Ray down. A dead runner's janitor removes its sandboxes."""
+def stop_actors(handles: list, shutdown_ray: bool = True) -> None:
+    """Kill `handles`, then shut Ray down (unless this process was in Ray before the run). A dead
+    runner's sandboxes die with it (bwrap --die-with-parent) or are removed by its janitor."""
     import ray
 
     for handle in handles:
@@ -387,5 +421,5 @@ def stop_actors(handles: list) -> None:
             ray.kill(handle)
         except Exception:
             pass
-    if ray.is_initialized():
+    if shutdown_ray and ray.is_initialized():
         ray.shutdown()

@@ -5,12 +5,22 @@
   share of them, not all. A runner also needs a `sandbox` slot, which only nodes set up for
   sandboxes advertise (cluster/setup_node.sh; cluster/local_cluster.py).
 - **the recorder, and actors that write the run directory themselves** (the experiment
-  environment's agents keep each cycle's SQLite rows and git commits): on the driver's node,
-  pinned. The run directory is on the driver's disk; nothing assumes another node has it.
+  environment's agents keep each cycle's SQLite rows and git commits), and the live-weights
+  record restarted generators read: on the driver's node, pinned. The run directory is on the driver's disk; nothing assumes another node has it.
 - **the learner and the other agents**: wherever their resources fit (Ray's default).
 
 On one machine every strategy lands on the one node, so a laptop run and a cluster run are the
 same code with only `ray.address` changed.
+
+Which actors survive their own death is decided here too. Generators, sandbox runners, judges
+and agents are restarted by Ray (`ray.max_restarts` times) and the calls they had in flight are
+retried on the new instance. That is safe because their calls are idempotent: a call's requests,
+seeds and ids come with it, and its results go back by reference to the one writer (the
+recorder), which keys every row by id. A restarted generator first loads the live weights
+version (actors/live_weights.py). Actors whose calls write the run directory themselves (the
+experiment agents' cycle rows and git commits) are not restarted, since a retried call would write
+its cycle twice, and neither are the learner (its optimizer state) and the recorder (the writer).
+Their death ends the run, and `ouroboros run --resume` carries on from the last finished round.
 """
 from __future__ import annotations
 
@@ -24,9 +34,30 @@ ROLES = {
     "judge": SPREAD,
     "recorder": DRIVER_NODE,
     "run-dir-writer": DRIVER_NODE,
+    "live-weights": DRIVER_NODE,  # small, and lost only with the driver's node
     "learner": ANYWHERE,
     "agent": ANYWHERE,
 }
+
+
+# Roles whose actors Ray restarts, their in-flight calls retried (the docstring says why).
+RESTARTED = ("generator", "runner", "judge", "agent")
+_max_restarts = 5
+
+
+def configure(max_restarts: int) -> None:
+    """The run's `ray.max_restarts`, set by the driver before it makes any actor."""
+    global _max_restarts
+    _max_restarts = max_restarts
+
+
+def restarts(role: str, restartable: bool | None = None) -> dict:
+    """Ray's restart options for an actor of `role`; `restartable` overrides the role's default
+    for an actor whose own writes are idempotent (a judge keeping a content-keyed cache)."""
+    if not (role in RESTARTED if restartable is None else restartable) or _max_restarts <= 0:
+        return {}
+    # -1: retry a call for as long as the actor can still be restarted.
+    return {"max_restarts": _max_restarts, "max_task_retries": -1}
 
 
 def strategy(role: str) -> dict:
@@ -42,11 +73,13 @@ def strategy(role: str) -> dict:
         # the run's files on another machine's disk.
         return {"scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
                                                                       soft=False)}
-    return {}
+    # Named, not left out: a run inside a Ray Tune trial would otherwise put these actors in the
+    # trial's placement group (Tune captures child actors), where their resources do not fit.
+    return {"scheduling_strategy": "DEFAULT"}
 
 
-def actor(cls, role: str, **options):
-    """`cls` as a Ray actor class with its resource `options` and its role's placement."""
+def actor(cls, role: str, restartable: bool | None = None, **options):
+    """`cls` as a Ray actor class with its resource `options`, its role's placement and restarts."""
     import ray
 
-    return ray.remote(**options, **strategy(role))(cls)
+    return ray.remote(**options, **strategy(role), **restarts(role, restartable))(cls)

@@ -107,6 +107,20 @@ def require_bwrap():
         _pytest.skip("bwrap is not installed (apt-get install -y bubblewrap)")
 
 
+def interruptible_popen(args, **kwargs):
+    """Start a child as a terminal would: in its own process group, with SIGINT at its default.
+    A shell that starts jobs in the background without job control leaves SIGINT ignored in
+    them, and an ignored disposition is inherited across exec: the child would never see the
+    test's Ctrl-C, and the test would hang."""
+    import signal
+    import subprocess
+
+    def default_sigint():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    return subprocess.Popen(args, start_new_session=True, preexec_fn=default_sigint, **kwargs)
+
+
 def processes_tagged(tag: str) -> list[int]:
     """Live host processes whose environment carries `tag`: how sandbox tests find what a
     sandboxed program left running (docker's programs are host processes too)."""

@@ -47,6 +47,23 @@ def test_hf_greedy_is_deterministic_and_seeded_sampling_repeats(hf_generator):
     assert [c.token_ids for c in s1] == [c.token_ids for c in s2]
 
 
+def test_a_seeded_request_samples_the_same_tokens_whatever_shares_its_batch(hf_generator):
+    """The coalescer batches calls as they arrive: a request's sample must not depend on that."""
+    tasks = load_tasks("train")[:4]
+    mine = Request(id="mine", messages=build_messages(tasks[0]), max_new_tokens=24, temperature=1.0, top_p=0.9,
+                   seed=11)
+    others = [Request(id=f"o{i}", messages=build_messages(t), max_new_tokens=24, temperature=1.0, top_p=0.9, seed=11)
+              for i, t in enumerate(tasks[1:])]
+    alone = hf_generator.generate([mine])[0]
+    first = hf_generator.generate([mine, *others])[0]
+    last = hf_generator.generate([*reversed(others), mine])[-1]
+    assert alone.token_ids == first.token_ids == last.token_ids
+    # One seed, different ids: different streams (two samples of a prompt are not one sample twice).
+    twin = hf_generator.generate([Request(id="twin", messages=mine.messages, max_new_tokens=24, temperature=1.0,
+                                          top_p=0.9, seed=11)])[0]
+    assert twin.token_ids != alone.token_ids
+
+
 def test_lora_weights_load_changes_outputs_and_tags_version(tiny_model_path):
     cfg = load_config("configs/smoke.yaml")
     gen = Generator(cfg)

@@ -88,10 +88,19 @@ def generator_actor(cfg: Config):
 
 
 class Generator:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, live=None) -> None:
+        """`live`: the run's LiveWeights (actors/live_weights.py). Ray restarts a dead generator by
+        calling this again; it then loads the version its peers serve before it takes a call."""
+        from ouroboros.actors.handles import resolve, submit
+
         self.backend = backend_class(cfg.generator.backend)(**backend_kwargs(cfg))
         self.coalescer = Coalescer(self.backend.generate, cfg.generator.max_batch) \
             if cfg.generator.backend in COALESCED else None
+        self.restored_version = None
+        weights = resolve(submit(live, "get")) if live is not None else None
+        if weights is not None and weights.version != self.backend.weights_version:
+            self.load_weights(weights)
+            self.restored_version = weights.version
 
     def generate(self, requests: list[Request]) -> list[Completion]:
         if self.coalescer is not None:

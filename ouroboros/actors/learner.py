@@ -116,9 +116,10 @@ class Learner:
         return [(n.replace(".base_layer", ""), p) for n, p in self.model.get_base_model().named_parameters()
                 if "lora_" not in n]
 
-    def publish(self, kind: str | None = None) -> WeightsRef:
+    def publish(self, kind: str | None = None, new_version: bool = True) -> WeightsRef:
         """A new policy version: its tensors packed once into one bucket and put in the object store
-        (or kept as the buffer itself, for a learner used without Ray)."""
+        (or kept as the buffer itself, for a learner used without Ray). `new_version=False`
+        publishes the version it holds again (a resumed run's generators load it)."""
         kind = kind or self.cfg.learner.publish
         if kind == "full":
             self.model.merge_adapter()
@@ -127,7 +128,8 @@ class Learner:
         finally:
             if kind == "full":
                 self.model.unmerge_adapter()
-        self.version += 1
+        if new_version:
+            self.version += 1
         self._last_published = bucket.flat
         ref = _put(bucket.flat)
         return WeightsRef(version=self.version, kind=kind, ref=ref, checksum=checksum(bucket.flat, bucket.index),
@@ -140,6 +142,19 @@ class Learner:
         extra = {"reference_return": getattr(self.update, "reference_return", {})}
         return snapshot(self.model, self.optimizer, self.value_head, self.version, self.steps,
                         self.cfg.model_dump(by_alias=True), self.base_model, extra)
+
+    def restore(self, files) -> int:
+        """Come back from a version's checkpoint (learn/checkpoint.py, `files` as the recorder
+        wrote them): adapter, optimizer, value head, counters and RNG states, so the next update
+        is the one an uninterrupted learner would make. Returns the restored version."""
+        from ouroboros.actors.handles import resolve
+        from ouroboros.learn.checkpoint import restore
+
+        state = restore(resolve(files), self.model, self.optimizer, self.value_head)
+        self.version, self.steps = int(state["version"]), int(state["step"])
+        if hasattr(self.update, "reference_return"):
+            self.update.reference_return = dict(state.get("reference_return") or {})
+        return self.version
 
     def weights_version(self) -> int:
         """The latest published version (0 before any): also a cheap call to see the actor is up."""

@@ -45,6 +45,34 @@ class Recorder:
 
             self.trackers = Trackers(config["tracking"], self.paths.run, run_id, config)
 
+    def rewind(self, last_round: int, version: int) -> dict:
+        """Drop what a resumed run redoes (ouroboros/resume.py): this run's rows, shards and summary
+        entries of rounds after `last_round` (-1: all), and its weights rows and checkpoints after
+        `version`. Rows of other runs in a shared database are never touched. Returns counts."""
+        import shutil
+
+        from ouroboros.learn.checkpoint import versions, version_dir
+
+        dropped: dict[str, int] = {}
+        tables = [name for (name,) in self.db.query("SELECT name FROM sqlite_master WHERE type='table'")]
+        with self.db.conn:
+            for table in tables:
+                cols = {row[1] for row in self.db.query(f"PRAGMA table_info({table})")}
+                if {"run_id", "round"} <= cols:
+                    cur = self.db.conn.execute(f"DELETE FROM {table} WHERE run_id=? AND round>?", (self.run_id, last_round))
+                    dropped[table] = cur.rowcount
+            cur = self.db.conn.execute("DELETE FROM weights WHERE run_id=? AND version>?", (self.run_id, version))
+            dropped["weights"] = cur.rowcount
+        if self.paths.shards.is_dir():
+            for d in self.paths.shards.iterdir():
+                if d.name.startswith("round-") and d.name[6:].isdigit() and int(d.name[6:]) > last_round:
+                    shutil.rmtree(d)
+        for v in versions(self.paths.run):
+            if v > version:
+                shutil.rmtree(version_dir(self.paths.run, v))
+        self.summary.keep_rounds(last_round)
+        return dropped
+
     def start_round(self, round_: int, weights_version: int) -> None:
         self.db.upsert("rounds", [{"run_id": self.run_id, "round": round_, "weights_version": weights_version,
                                    "status": "running", "metrics": {}, "started_at": time.time(),

@@ -108,11 +108,23 @@ class HFBackend(ModelBackend):
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in idx], device=self.device)
         mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in idx], device=self.device)
-        if first.seed is not None:
-            torch.manual_seed(first.seed)
         sampling = first.temperature > 0
-        kwargs = dict(do_sample=True, temperature=first.temperature, top_p=first.top_p) if sampling else dict(
-            do_sample=False, temperature=None, top_p=None, top_k=None)
+        greedy = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if sampling and all(requests[i].seed is not None for i in idx):
+            # Each request from its own stream, whatever else shares the batch (seeded_sampling.py).
+            from transformers import LogitsProcessorList
+
+            from ouroboros.backends.seeded_sampling import SeededSampler, request_seed
+
+            sampler = SeededSampler([request_seed(requests[i].seed, requests[i].id) for i in idx], first.temperature,
+                                    first.top_p, device=self.device)
+            kwargs = dict(greedy, logits_processor=LogitsProcessorList([sampler]))
+        elif sampling:
+            if first.seed is not None:
+                torch.manual_seed(first.seed)
+            kwargs = dict(do_sample=True, temperature=first.temperature, top_p=first.top_p)
+        else:
+            kwargs = greedy
         with torch.no_grad():
             gen = self.model.generate(
                 input_ids=input_ids,

@@ -52,11 +52,52 @@ def snapshot(model, optimizer, value_head, version: int, step: int, config: dict
     })
     files["rng_state.pt"] = _torch_bytes({
         "torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "python": random.getstate(), "numpy": np.random.get_state(),
+        "python": random.getstate(), "numpy": _numpy_state(np.random.get_state()),
     })
     files["config.json"] = json.dumps(config, indent=1, default=str).encode()
     files["version.json"] = json.dumps({"version": version, "base_model": base_model, "step": step}).encode()
     return files
+
+
+def restore(files: dict[str, bytes], model, optimizer, value_head) -> dict:
+    """Load a `snapshot` back into a learner's model, optimizer and value head, and set the
+    process's RNGs; returns the learner state (version, step, extras)."""
+    import numpy as np
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load as load_safetensors
+
+    missing = [n for n in ("adapter_model.safetensors", "learner_state.pt", "rng_state.pt") if n not in files]
+    if missing:
+        raise CheckpointError(f"the checkpoint lacks {', '.join(missing)}: it cannot be restored")
+    adapter = load_safetensors(files["adapter_model.safetensors"])
+    result = set_peft_model_state_dict(model, adapter)
+    if getattr(result, "unexpected_keys", None):
+        raise CheckpointError(f"the checkpoint's adapter does not fit this model (unexpected "
+                              f"{list(result.unexpected_keys)[:3]}): was the config changed?")
+    # weights_only: tensors and plain containers, never a pickle that could run code (a run
+    # directory may come from someone else).
+    try:
+        state = torch.load(io.BytesIO(files["learner_state.pt"]), weights_only=True)
+        rng = torch.load(io.BytesIO(files["rng_state.pt"]), weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"the checkpoint's learner or RNG state cannot be read as plain tensors "
+                              f"({type(exc).__name__}): it is damaged or was not written by this version") from None
+    optimizer.load_state_dict(state["optimizer"])
+    if value_head is not None and state.get("value_head") is not None:
+        value_head.load_state_dict(state["value_head"])
+    torch.set_rng_state(rng["torch"])
+    if rng.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    random.setstate(rng["python"])
+    n = rng["numpy"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), int(n[2]), int(n[3]), float(n[4])))
+    return state
+
+
+def _numpy_state(state) -> list:
+    """numpy's RNG state as plain values (its key array as a list), loadable with weights_only."""
+    return [state[0], state[1].tolist(), int(state[2]), int(state[3]), float(state[4])]
 
 
 def _torch_bytes(obj) -> bytes:

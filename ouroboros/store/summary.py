@@ -23,6 +23,14 @@ class Summary:
     def add_round(self, row: dict) -> None:
         self.data["rounds"] = [r for r in self.data["rounds"] if r.get("round") != row["round"]] + [row]
         self.data["rounds"].sort(key=lambda r: r["round"])
+        self._write()
+
+    def keep_rounds(self, last_round: int) -> None:
+        """Drop the rounds after `last_round` (a resumed run redoes them)."""
+        self.data["rounds"] = [r for r in self.data["rounds"] if r.get("round", 0) <= last_round]
+        self._write()
+
+    def _write(self) -> None:
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.data, indent=1))
         os.replace(tmp, self.path)

@@ -108,7 +108,9 @@ class AlignmentEnvironment(Environment):
 
         inbox = RunPaths(run_dir or self.cfg.run.out, run_id).run / SCORES
         # It keeps its verdict cache in the run directory and reads the run's human inbox there.
-        return placement.actor(AlignmentJudge, "run-dir-writer", num_cpus=0).remote(
+        # Restartable all the same: the cache is keyed by content, so a retried call rewrites
+        # the same rows.
+        return placement.actor(AlignmentJudge, "run-dir-writer", restartable=True, num_cpus=0).remote(
             self.cfg, tasks, run_id, workers, cache, human_scores(self.cfg), str(inbox))
 
     def chunks(self, n_agents: int, n_generators: int) -> int:
