@@ -421,5 +421,6 @@ def stop_actors(handles: list, shutdown_ray: bool = True) -> None:
             ray.kill(handle)
         except Exception:
             pass
+    placement.release_pinned()
     if shutdown_ray and ray.is_initialized():
         ray.shutdown()

@@ -82,4 +82,45 @@ def actor(cls, role: str, restartable: bool | None = None, **options):
     """`cls` as a Ray actor class with its resource `options`, its role's placement and restarts."""
     import ray
 
-    return ray.remote(**options, **strategy(role), **restarts(role, restartable))(cls)
+    again = restarts(role, restartable)
+    remote_cls = ray.remote(**options, **strategy(role), **again)(cls)
+    return _PinnedArgs(remote_cls) if again else remote_cls
+
+
+# The constructor arguments of restartable actors, held by the driver until the run's actors stop.
+_pinned: list = []
+
+
+class _PinnedArgs:
+    """A restartable actor class whose constructor arguments the driver keeps in the object store.
+
+    Ray restarts an actor by running its constructor again with the same arguments. An argument
+    Ray put in the object store by itself (anything over its inline limit, such as a judge's task
+    set) is freed once the first construction has read it, and the restart then fails for want of
+    it (ray-project/ray#53727). Put here, with the driver holding the reference, it stays.
+    """
+
+    def __init__(self, remote_cls) -> None:
+        self._cls = remote_cls
+
+    def remote(self, *args, **kwargs):
+        return self._cls.remote(*[_pin(a) for a in args], **{k: _pin(v) for k, v in kwargs.items()})
+
+    def options(self, **options) -> "_PinnedArgs":
+        return _PinnedArgs(self._cls.options(**options))
+
+
+def _pin(value):
+    import ray
+
+    # Scalars, names and handles travel inline; anything else may be big.
+    if value is None or isinstance(value, (bool, int, float, str, ray.actor.ActorHandle, ray.ObjectRef)):
+        return value
+    ref = ray.put(value)
+    _pinned.append(ref)
+    return ref
+
+
+def release_pinned() -> None:
+    """Let the pinned arguments go (the run's actors are stopped)."""
+    _pinned.clear()

@@ -98,3 +98,33 @@ def test_ten_random_kills_lose_and_duplicate_nothing(tiny_model_path, tmp_path):
         r = int(shard.parent.name.split("-")[1])
         phase = shard.name.split("-")[0]
         assert len(ids) == per_round[(r, phase)], shard
+
+
+def test_a_restarted_actor_gets_its_large_constructor_arguments_again():
+    """Ray frees a constructor argument it put in the object store itself once the first
+    construction read it, and a restart then fails (ray-project/ray#53727): an alignment judge's
+    task set is that big. placement.actor keeps such arguments for the run."""
+    import ray
+
+    from ouroboros import placement
+
+    class Holder:  # defined here, so Ray ships it by value to a worker that cannot import tests/
+        def __init__(self, tasks: list) -> None:
+            self.tasks = tasks
+
+        def pid_and_size(self) -> tuple[int, int]:
+            return os.getpid(), len(self.tasks)
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        big = [{"prompt": "x" * 1000, "i": i} for i in range(300)]  # ~300 KB: past Ray's inline limit
+        holder = placement.actor(Holder, "judge", num_cpus=0).remote(big)
+        pid, n = ray.get(holder.pid_and_size.remote())
+        assert n == 300
+        time.sleep(1.0)  # let Ray release what the first construction read
+        os.kill(pid, 9)
+        again, n = ray.get(holder.pid_and_size.remote(), timeout=120)
+        assert again != pid and n == 300
+    finally:
+        placement.release_pinned()
+        ray.shutdown()
