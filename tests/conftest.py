@@ -92,6 +92,19 @@ def align_smoke_run(tiny_model_path, tmp_path_factory):
     return out
 
 
+@_pytest.fixture(scope="session")
+def killed_actors_run(tiny_model_path, tmp_path_factory):
+    """A smaller smoke run with 10 random kills of its generators, runners, judges and agents
+    (tests/fault_run.py), shared by the fault tests and the resume test, which compares with it."""
+    try:
+        from tests.fault_run import run_with_kills
+    except ImportError:  # pragma: no cover
+        from fault_run import run_with_kills
+
+    require_bwrap()
+    return run_with_kills(tmp_path_factory.mktemp("faults") / "run", processes_tagged)
+
+
 @_pytest.fixture
 def tiny_cfg(tmp_path):
     from ouroboros.config import load_config
@@ -146,7 +159,7 @@ def processes_tagged(tag: str) -> list[int]:
 # except those sharing an expensive session fixture: they go to one worker, so it is built once.
 # Tests of a run's processes find them by a tag in their environment, never by looking at the
 # whole host, since the other worker's runs and sandboxes are there too.
-SHARED_FIXTURE_GROUPS = {"align_smoke_run": "align-smoke-run"}
+SHARED_FIXTURE_GROUPS = {"align_smoke_run": "align-smoke-run", "killed_actors_run": "killed-actors-run"}
 
 
 @_pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups

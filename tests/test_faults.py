@@ -1,73 +1,22 @@
 """Faults survived: actors killed at random during a run, nothing lost or duplicated."""
 import json
 import os
-import random
 import sqlite3
-import subprocess
-import sys
 import time
 
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import interruptible_popen, processes_tagged, require_bwrap
-
-# What the kills aim at: every restarted role of the tasks environment (ouroboros/placement.py).
-TARGETS = ("ray::Generator", "ray::SandboxRunner", "ray::TasksJudge", "ray::TasksAgent")
-
-
-def actor_pids(tag: str) -> dict[str, list[int]]:
-    """This run's live actor processes by class (Ray names a worker `ray::Class` or
-    `ray::Class.method` while it runs a call)."""
-    found: dict[str, list[int]] = {t: [] for t in TARGETS}
-    for pid in processes_tagged(tag):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                title = fh.read().split(b"\0")[0].decode(errors="replace")
-        except OSError:
-            continue
-        for target in TARGETS:
-            if title == target or title.startswith(target + "."):
-                found[target].append(pid)
-    return found
-
-
 @pytest.mark.slow
-def test_ten_random_kills_lose_and_duplicate_nothing(tiny_model_path, tmp_path):
-    require_bwrap()
-    out = tmp_path / "run"
-    tag = f"faults-{os.getpid()}-{time.time_ns()}"
-    rounds = 2
-    proc = interruptible_popen(
-        [sys.executable, "-m", "ouroboros", "run", "configs/smoke.yaml", "--rounds", str(rounds), "--out", str(out),
-         "--set", "ray.max_restarts=20", "--set", "env.heldout_tasks=4", "--set", "env.train_tasks_per_round=4",
-         "--set", "generator.max_new_tokens=64"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, OUROBOROS_TEST_TAG=tag))
-    rng = random.Random(7)
-    kills: list[str] = []
-    try:
-        deadline = time.monotonic() + 400
-        # The first kill once round 0 runs (every actor is up); then one every 1 to 3 s, each at a
-        # random one of the live generators, runners, judges and agents.
-        while time.monotonic() < deadline and proc.poll() is None and not (out / "latest").exists():
-            time.sleep(0.2)
-        while len(kills) < 10 and proc.poll() is None and time.monotonic() < deadline:
-            live = [(name, pid) for name, pids in actor_pids(tag).items() for pid in pids]
-            if live:
-                name, pid = rng.choice(live)
-                try:
-                    os.kill(pid, 9)
-                    kills.append(name)
-                except ProcessLookupError:
-                    pass
-            time.sleep(rng.uniform(1.0, 3.0))
-        _, stderr = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+def test_ten_random_kills_lose_and_duplicate_nothing(killed_actors_run):
+    """10 random kills of generators, sandbox runners, judges and agents during a run
+    (tests/fault_run.py): the run completes, each expected row is there once, and each sample
+    was made by the version live then. (tests/test_resume.py checks its final weights too.)"""
+    kills, stderr = killed_actors_run["kills"], killed_actors_run["stderr"]
     assert len(kills) == 10, f"the run ended after {len(kills)} kills ({kills}): {stderr[-2000:]}"
-    assert proc.returncode == 0, stderr[-3000:]
+    assert killed_actors_run["returncode"] == 0, stderr[-3000:]
     assert len(set(kills)) >= 3, kills  # the kills reached most kinds of actor
+    out, rounds = killed_actors_run["out"], 2
 
     run = (out / "latest").resolve()
     rows = json.loads((run / "summary.json").read_text())["rounds"]

@@ -20,7 +20,8 @@ def test_smoke_run_closes_the_loop_on_vllm_generators(tiny_model_path, tmp_path)
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "ouroboros", "run", "configs/smoke.yaml", "--rounds", "2",
                            "--out", str(out), "--set", "generator.backend=vllm", "--set", "generator.vllm.kv_cache_gb=1",
-                           "--set", "generator.vllm.max_model_len=2048"],
+                           "--set", "generator.vllm.max_model_len=2048", "--set", "env.heldout_tasks=4",
+                           "--set", "env.train_tasks_per_round=4"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((out / "latest" / "summary.json").read_text())["rounds"]
@@ -30,7 +31,7 @@ def test_smoke_run_closes_the_loop_on_vllm_generators(tiny_model_path, tmp_path)
         for key in ("heldout_valid_rate", "heldout_pass_rate", "train_reward_mean", "dpo_loss",
                     "tokens_generated", "seconds"):
             assert key in r
-        assert r["heldout_samples"] == 8 and r["tokens_generated"] > 0
+        assert r["heldout_samples"] == 4 and r["tokens_generated"] > 0
         assert r["eval_weights_versions"] == [r["weights_version"]]  # eval ran on the new version
     assert rows[1]["pairs"] > 0 and rows[1]["dpo_loss"] is not None
     assert rows[1]["broadcast"]["generators"] == 1 and rows[1]["broadcast"]["bytes"] > 0
@@ -52,7 +53,7 @@ def test_smoke_run_closes_the_loop_on_vllm_generators(tiny_model_path, tmp_path)
 
     for rnd in (1, 2):
         shard = out / "latest" / "shards" / f"round-{rnd:04d}"
-        assert pq.read_table(shard / "train-completions.parquet").num_rows == 24
+        assert pq.read_table(shard / "train-completions.parquet").num_rows == 16
         assert pq.read_table(shard / "pairs.parquet").num_rows == rows[rnd]["pairs"]
     for rnd in (0, 2):
         evals = pq.read_table(out / "latest" / "shards" / f"round-{rnd:04d}" / "eval-completions.parquet").to_pylist()
@@ -68,7 +69,9 @@ def test_smoke_run_grpo_with_overlapped_rollouts_checkpoints_and_export(tiny_mod
     require_bwrap()
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "ouroboros", "run", "configs/smoke.yaml", "--rounds", "2",
-                           "--out", str(out), "--set", "learner.algorithm=grpo", "--set", "run.async=true"],
+                           "--out", str(out), "--set", "learner.algorithm=grpo", "--set", "run.async=true",
+                           "--set", "env.heldout_tasks=4", "--set", "env.train_tasks_per_round=4",
+                           "--set", "generator.max_new_tokens=64"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((out / "latest" / "summary.json").read_text())["rounds"]

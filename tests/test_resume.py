@@ -1,5 +1,5 @@
-"""Exact resume: a run SIGKILLed at four points and resumed each time ends where an uninterrupted
-run ends, bit for bit; and `--resume` refuses what it cannot resume."""
+"""Exact resume: a run stopped six ways and resumed each time ends where a run that never stopped
+ends, bit for bit; and `--resume` refuses what it cannot resume."""
 import json
 import os
 import signal
@@ -10,12 +10,12 @@ import time
 
 import pytest
 
-from conftest import processes_tagged, require_bwrap
+from conftest import interruptible_popen, processes_tagged
 
-# A smaller smoke run: 2 learning rounds, the same every time (seeded sampling and training).
-ARGS = ["--set", "env.heldout_tasks=4", "--set", "env.train_tasks_per_round=4", "--set", "generator.max_new_tokens=64",
-        "--set", "run.seed=3"]
-
+try:
+    from tests.fault_run import ARGS
+except ImportError:  # pragma: no cover
+    from fault_run import ARGS
 
 def ouroboros(*args, kill_at=None, tag="", timeout=400):
     env = dict(os.environ, OUROBOROS_TEST_TAG=tag)
@@ -40,40 +40,45 @@ def table(run_dir, sql):
         db.close()
 
 
-@pytest.mark.slow
-def test_a_run_killed_at_five_points_resumes_to_the_same_final_weights(tiny_model_path, tmp_path):
-    require_bwrap()
-    tag = f"resume-{os.getpid()}-{time.time_ns()}"
-    whole = tmp_path / "whole"
-    done = ouroboros("configs/smoke.yaml", "--out", str(whole), *ARGS, tag=tag)
-    assert done.returncode == 0, done.stderr[-3000:]
-
-    # First the learner dies (as the kernel's OOM killer would kill it) once round 0 is stored: the
-    # learner is not restarted, so the run ends with one clear error that says how to resume.
-    cut = tmp_path / "cut"
-    proc = subprocess.Popen([sys.executable, "-m", "ouroboros", "run", "configs/smoke.yaml", "--out", str(cut), *ARGS],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, OUROBOROS_TEST_TAG=tag))
-    summary = cut / "latest" / "summary.json"
+def stopped(args, tag, stop, after_round_0: bool) -> tuple[int, str]:
+    """Start `ouroboros run ARGS`, wait until its round 0 is stored if `after_round_0`, then
+    `stop(proc)`; returns (exit code, stderr)."""
+    proc = interruptible_popen([sys.executable, "-m", "ouroboros", "run", *map(str, args)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=dict(os.environ, OUROBOROS_TEST_TAG=tag))
+    summary = args[args.index("--out") + 1] / "latest" / "summary.json" if after_round_0 else None
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None and not summary.exists():
+    while summary is not None and time.monotonic() < deadline and proc.poll() is None:
+        if summary.exists() and json.loads(summary.read_text())["rounds"]:
+            break
         time.sleep(0.3)
     assert proc.poll() is None, proc.stderr.read()[-2000:]
-    learner = [pid for pid in subprocess.run(["pgrep", "-f", "ray::Learner"], capture_output=True,
-                                             text=True).stdout.split() if int(pid) in processes_tagged(tag)]
-    assert learner
-    for pid in learner:
-        os.kill(int(pid), signal.SIGKILL)
+    stop(proc)
     _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 1, stderr[-3000:]
-    message = stderr.strip().splitlines()[-1]
-    assert message.startswith("error: an actor died") and "finished round(s) kept in" in message, stderr[-3000:]
-    assert "ouroboros run --resume" in message and "Traceback" not in stderr
-    assert table(cut, "SELECT status FROM runs") == [("failed",)]
+    return proc.returncode, stderr
+
+
+@pytest.mark.slow
+def test_a_run_stopped_five_times_resumes_to_the_same_final_weights(killed_actors_run, tmp_path):
+    """Ctrl-C, then SIGKILL of the driver between rounds, mid-rollout, mid-learn and mid-broadcast;
+    resumed after each, the run ends with the same weights, bit for bit, and the same rows as a run
+    that never stopped (the fault test's: its actor kills change nothing)."""
+    whole = killed_actors_run["out"]
+    assert killed_actors_run["returncode"] == 0, killed_actors_run["stderr"][-3000:]
+    tag = f"resume-{os.getpid()}-{time.time_ns()}"
+    cut = tmp_path / "cut"
+
+    # Ctrl-C once round 0 is stored, as a terminal sends it to the whole foreground group.
+    code, stderr = stopped(["configs/smoke.yaml", "--out", cut, *ARGS], tag,
+                           lambda proc: os.killpg(proc.pid, signal.SIGINT), after_round_0=True)
+    assert code == 130 and "interrupted" in stderr and "ouroboros run --resume" in stderr, stderr[-3000:]
+    assert table(cut, "SELECT status FROM runs") == [("interrupted",)]
     assert (0, "done") in table(cut, "SELECT round, status FROM rounds")
+    assert not _wait_gone(tag), "a Ray process or sandbox outlived Ctrl-C"
+
 
     # Then SIGKILL of the driver itself: between rounds 1 and 2, mid-rollout and mid-learn of round 2,
-    # then mid-broadcast (round 2's checkpoint written, the generators not all loaded).
+    # then mid-broadcast (round 2's checkpoint written, the generators not all loaded). (A dead
+    # learner ends a run with a line that says how to resume it: test_a_dead_learner_... below.)
     for point in ("1:between", "2:rollout", "2:learn", "2:broadcast"):
         resumed = ouroboros("--resume", str(cut), kill_at=point, tag=tag)
         assert resumed.returncode == -9, (point, resumed.stderr[-3000:])
@@ -98,6 +103,14 @@ def test_a_run_killed_at_five_points_resumes_to_the_same_final_weights(tiny_mode
     summary = json.loads(((cut / "latest").resolve() / "summary.json").read_text())
     assert [r["round"] for r in summary["rounds"]] == [0, 1, 2]
     assert not _wait_gone(tag), "a Ray process or sandbox outlived a killed driver"
+
+
+def _title(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _wait_gone(tag: str, seconds: float = 30) -> list:
@@ -129,3 +142,25 @@ def test_resume_refuses_what_is_not_a_run_and_a_changed_config(tmp_path):
     assert other.returncode == 2 and "generator.backend: 'hf' saved, 'vllm' given" in other.stderr, other.stderr
     both = ouroboros("--resume", str(tmp_path), "--out", str(tmp_path / "x"))
     assert both.returncode == 2 and "--out" in both.stderr
+
+
+def test_a_dead_learner_is_one_line_that_says_how_to_resume(tmp_path):
+    """The learner is not restarted (its optimizer state is what resume restores): a run it fails
+    ends with one line naming what died, what was kept and the command that carries it on."""
+    from ray.exceptions import ActorDiedError
+
+    from ouroboros.cli import actor_failure
+
+    line = actor_failure(ActorDiedError())
+    assert line.startswith("an actor died") and "ray/session_latest/logs" in line
+    proc = subprocess.run([sys.executable, "-c", (
+        "import sys; from ray.exceptions import ActorDiedError; import ouroboros.loop as loop\n"
+        "def die(self, *a, **k): raise ActorDiedError()\n"
+        "loop.Loop.run = die\n"
+        "sys.argv = ['ouroboros', 'run', 'configs/smoke.yaml', '--out', sys.argv[1]]\n"
+        "from ouroboros.cli import main; main()"), str(tmp_path)],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: an actor died") and "finished round(s) kept in" in last
+    assert f"ouroboros run --resume {tmp_path}/runs/smoke-" in last and "Traceback" not in proc.stderr
