@@ -441,13 +441,14 @@ def test_run_on_the_experiment_environment_closes_the_loop_with_multi_turn_credi
     require_bwrap()
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "ouroboros", "run", "configs/smoke-run-experiment.yaml", "--rounds",
-                           "1", "--out", str(out), "--set", "learner.algorithm=reinforce", "--set", "learner.gamma=0.9"],
+                           "1", "--out", str(out), "--set", "learner.algorithm=reinforce", "--set", "learner.gamma=0.9",
+                           "--set", "env.train_tasks_per_round=2"],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((out / "latest" / "summary.json").read_text())["rounds"]
     assert [r["round"] for r in rows] == [0, 1]
     assert all(r["heldout_samples"] == 2 for r in rows)
-    assert rows[1]["train_samples"] == 16
+    assert rows[1]["train_samples"] == 8
     for r in rows[1:]:
         assert r["eval_weights_versions"] == [r["weights_version"]]
         assert r["learner"]["algorithm"] == "reinforce" and r["learner"]["steps"] > 0
@@ -455,7 +456,7 @@ def test_run_on_the_experiment_environment_closes_the_loop_with_multi_turn_credi
 
     db = sqlite3.connect(out / "ouroboros.db")
     experiments = db.execute("SELECT id, task_id, round, split, status, git_commit FROM experiments").fetchall()
-    assert len(experiments) == 2 + (16 + 2)
+    assert len(experiments) == 2 + (8 + 2)
     assert all(e[4] in ("finalized", "limit") and e[5] for e in experiments)  # none left running; all committed
     assert {e[3] for e in experiments if e[2] == 0} == {"heldout"}
     # Every episode's row links to its experiment, and its turns are all in the shard.
@@ -463,7 +464,7 @@ def test_run_on_the_experiment_environment_closes_the_loop_with_multi_turn_credi
     linked = {o["experiment_id"] for o in outcomes}
     assert linked <= {e[0] for e in experiments} and len(linked) == len(outcomes)
     shard = pq.read_table(out / "latest" / "shards" / "round-0001" / "train-completions.parquet").to_pylist()
-    assert len({r["trajectory_id"] for r in shard}) == 16 and max(r["step"] for r in shard) >= 1
+    assert len({r["trajectory_id"] for r in shard}) == 8 and max(r["step"] for r in shard) >= 1
     assert {r["weights_version"] for r in shard} == {0}
     git = subprocess.run(["git", "-C", str(out / "experiments"), "log", "--oneline"], capture_output=True, text=True)
     assert len(git.stdout.splitlines()) == len(experiments)

@@ -145,17 +145,3 @@ def test_a_hanging_episode_does_not_hold_up_its_neighbour():
 
 
 @pytest.mark.slow
-# DPO: the pairs path. GRPO shares the policy-gradient path of the REINFORCE run above (and of the
-# tasks environment's GRPO run), so one more whole run for it would test little new.
-@pytest.mark.parametrize("algorithm", ["dpo"])
-def test_survival_trains_with_other_learners(tiny_model_path, tmp_path, algorithm):
-    require_tracer()
-    out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "ouroboros", "run", "configs/smoke-survival.yaml", "--rounds", "1",
-                           "--out", str(out), "--set", f"learner.algorithm={algorithm}"],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = json.loads((out / "latest" / "summary.json").read_text())["rounds"]
-    assert len(rows) == 2 and "heldout_survival_mean" in rows[1]
-
-
