@@ -142,6 +142,3 @@ def test_a_hanging_episode_does_not_hold_up_its_neighbour():
         assert runner.stop_process(fine)["cause"] == "closed"
     finally:
         runner.cleanup()
-
-
-@pytest.mark.slow
