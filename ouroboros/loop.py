@@ -61,9 +61,10 @@ def ray_resources(cfg: Config) -> tuple[int, dict]:
     return max(os.cpu_count() or 1, math.ceil(needed), cfg.ray.num_cpus or 0), {"sandbox": cfg.sandbox.runners}
 
 
-def init_ray(cfg: Config) -> bool:
+def init_ray(cfg: Config, runs: int = 1) -> bool:
     """Start or join Ray for this config; False if this process was in Ray already (a Tune trial,
-    a test), whose Ray the run then leaves up when it ends."""
+    a test), whose Ray the run then leaves up when it ends. `runs`: how many such runs a local
+    Ray must have room for at once (a sweep's parallel trials)."""
     import ray
 
     if ray.is_initialized():
@@ -76,8 +77,8 @@ def init_ray(cfg: Config) -> bool:
     num_cpus, resources = ray_resources(cfg)
     # "local": a Ray of our own, always. Without it Ray joins whatever cluster `ray start` last
     # started on this host (another user's, another test's), with other resources.
-    ray.init(address="local", num_cpus=num_cpus, resources=resources, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    ray.init(address="local", num_cpus=num_cpus * runs, resources={k: v * runs for k, v in resources.items()},
+             include_dashboard=False, log_to_driver=False, configure_logging=False)
     return True
 
 

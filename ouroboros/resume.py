@@ -109,9 +109,8 @@ def _flat(data, prefix: str = "") -> dict:
     return out
 
 
-def changed_keys(saved: dict, wanted: dict) -> list[str]:
-    """Keys whose value differs between two configs, less those a resumed run may change."""
-    a, b = _flat(saved), _flat(wanted)
+def changed_keys(a: dict, b: dict) -> list[str]:
+    """Keys whose value differs between two flattened configs, less those a resumed run may change."""
     return sorted(k for k in set(a) | set(b)
                   if a.get(k) != b.get(k) and not any(k == c or (c.endswith(".") and k.startswith(c))
                                                       for c in CHANGEABLE))
@@ -128,9 +127,9 @@ def resumed_config(point: ResumePoint, wanted: Config | None, overrides: list[st
         for item in overrides:
             apply_override(data, *parse_override(item))
         wanted = validate(data)
-    diff = changed_keys(saved.model_dump(by_alias=True), wanted.model_dump(by_alias=True))
+    a, b = _flat(saved.model_dump(by_alias=True)), _flat(wanted.model_dump(by_alias=True))
+    diff = changed_keys(a, b)
     if diff:
-        a, b = _flat(saved.model_dump(by_alias=True)), _flat(wanted.model_dump(by_alias=True))
         shown = "; ".join(f"{k}: {a.get(k)!r} saved, {b.get(k)!r} given" for k in diff[:5])
         if len(diff) > 5:
             shown += f"; and {len(diff) - 5} more key(s)"

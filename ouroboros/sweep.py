@@ -86,37 +86,18 @@ class Sweep:
         self.scheduler, self.rounds, self.parallel, self.samples = scheduler, rounds, parallel, samples
         self.out = os.path.abspath(out)
 
-    def _init_ray(self) -> bool:
-        import math
-
-        import ray
-
-        from ouroboros.loop import ray_resources
-
-        if ray.is_initialized():
-            return False
-        address = self.cfg.ray.address or os.environ.get("RAY_ADDRESS")
-        if address:
-            ray.init(address=address, log_to_driver=False)
-            return True
-        cpus, resources = ray_resources(self.cfg)
-        # Room for `parallel` whole runs at once (their actors ask the cluster directly), plus the trials.
-        ray.init(address="local", num_cpus=max(cpus, math.ceil(cpus * self.parallel)),
-                 resources={k: v * self.parallel for k, v in resources.items()}, include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
-        return True
-
     def run(self) -> list[dict]:
         import ray
         from ray import tune
 
-        from ouroboros.loop import check_backend_installed, check_trainable, preflight_secrets
+        from ouroboros.loop import check_backend_installed, check_trainable, init_ray, preflight_secrets
 
         rounds = self.cfg.run.rounds if self.rounds is None else self.rounds
         check_trainable(self.cfg, rounds)
         check_backend_installed(self.cfg)
         preflight_secrets(self.cfg)
-        own = self._init_ray()
+        # Room for `parallel` whole runs at once: their actors ask the cluster directly.
+        own = init_ray(self.cfg, runs=self.parallel)
         try:
             scheduler = None
             if self.scheduler == "asha":

@@ -96,11 +96,9 @@ class Generator:
         self.backend = backend_class(cfg.generator.backend)(**backend_kwargs(cfg))
         self.coalescer = Coalescer(self.backend.generate, cfg.generator.max_batch) \
             if cfg.generator.backend in COALESCED else None
-        self.restored_version = None
         weights = resolve(submit(live, "get")) if live is not None else None
         if weights is not None and weights.version != self.backend.weights_version:
             self.load_weights(weights)
-            self.restored_version = weights.version
 
     def generate(self, requests: list[Request]) -> list[Completion]:
         if self.coalescer is not None:
