@@ -109,18 +109,20 @@ def _size(value) -> int:
 class _Budget:
     """Steps and a deadline for one test's evaluation."""
 
-    __slots__ = ("left", "deadline", "ticks")
+    __slots__ = ("left", "steps", "deadline", "ticks")
 
-    def __init__(self, steps: int = STEPS, seconds: float = DEADLINE_S):
-        self.left = steps
-        self.deadline = time.monotonic() + seconds
+    def __init__(self, steps: int | None = None, seconds: float | None = None):
+        # The limits are read at call time, so a test can lower them.
+        self.steps = STEPS if steps is None else steps
+        self.left = self.steps
+        self.deadline = time.monotonic() + (DEADLINE_S if seconds is None else seconds)
         self.ticks = 0
 
     def spend(self, n: int = 1) -> None:
         self.left -= n
         self.ticks += 1
         if self.left < 0:
-            raise CheckError(f"the check took more than {STEPS} steps")
+            raise CheckError(f"the check took more than {self.steps} steps")
         if self.ticks & 255 == 0 and time.monotonic() > self.deadline:
             raise CheckError(f"the check took longer than {DEADLINE_S} s")
 
