@@ -211,7 +211,7 @@ def test_concurrent_callers_meet_in_one_engine_and_each_completion_is_made_by_on
         ref = refs[c.weights_version]
         common = next((k for k, (x, y) in enumerate(zip(c.token_ids, ref)) if x != y), min(len(c.token_ids), len(ref)))
         # The same tokens as its own version's reply (a late near-tie may flip in a different batch).
-        assert common >= 8, (c.weights_version, c.token_ids, ref)
+        assert c.token_ids == ref or common >= 8, (c.weights_version, c.token_ids, ref)
 
 
 def test_a_prompt_longer_than_the_engine_takes_is_refused_alone(vllm_gen):

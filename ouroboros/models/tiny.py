@@ -30,6 +30,9 @@ RECIPE = {
     "sft_steps": 200,
     "sft_batch": 8,
     "sft_lr": 3e-3,
+    # Each batch is drawn from examples of about the same length: an experiment turn (~1.5k
+    # tokens) no longer pads a batch of ~250-token task replies to its length.
+    "sft_length_buckets": 5,
     "seed": 0,
 }
 
@@ -94,6 +97,13 @@ def _answers_in_a_sandbox(instances: list) -> list[str]:
         runner.cleanup()
 
 
+def _length_buckets(lengths: list[int], n: int) -> list[tuple[int, ...]]:
+    """The example indices sorted by length, cut into `n` groups of about equal count."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    size = -(-len(order) // n)
+    return [tuple(order[i:i + size]) for i in range(0, len(order), size)]
+
+
 def prepared_dir() -> Path:
     return model_cache_dir() / f"{NAME}-{_recipe_key()}"
 
@@ -143,10 +153,14 @@ def _build(tmp: Path, log) -> None:
         examples.append((p_ids + r_ids, [-100] * len(p_ids) + r_ids))
     optimizer = torch.optim.AdamW(model.parameters(), lr=RECIPE["sft_lr"])
     generator = torch.Generator().manual_seed(RECIPE["seed"])
+    buckets = _length_buckets([len(ids) for ids, _ in examples], RECIPE["sft_length_buckets"])
+    bucket_of = {i: b for b in buckets for i in b}
     model.train()
     for step in range(RECIPE["sft_steps"]):
-        idx = torch.randint(len(examples), (RECIPE["sft_batch"],), generator=generator).tolist()
-        batch = [examples[i] for i in idx]
+        # An example drawn uniformly picks the bucket, so each example is seen as often as before.
+        bucket = bucket_of[int(torch.randint(len(examples), (1,), generator=generator))]
+        idx = torch.randint(len(bucket), (RECIPE["sft_batch"],), generator=generator).tolist()
+        batch = [examples[bucket[i]] for i in idx]
         width = max(len(ids) for ids, _ in batch)
         pad = config.pad_token_id
         input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in batch])
