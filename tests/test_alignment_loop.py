@@ -68,7 +68,7 @@ def test_ppo_trains_on_rubric_rewards_and_not_on_revisions(tiny_model_path, tmp_
     out = tmp_path / "ppo"
     proc = cli("run", "configs/smoke-align.yaml", "--out", str(out), "--rounds", "1", "--set", "learner.algorithm=ppo",
                "--set", "learner.kl_coef=0.05", "--set", "learner.reward_shaping=reference", "--set",
-               f"align.data_dir={tmp_path / 'data'}")
+               f"align.data_dir={tmp_path / 'data'}", "--set", "env.heldout_tasks=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     turns = pq.read_table(next((out / "latest").resolve().glob("shards/round-0001/learner-turns.parquet"))).to_pylist()
     assert turns and not any(t["trajectory_id"].endswith("-rev") for t in turns)

@@ -1,8 +1,7 @@
-"""Exact resume: a run stopped six ways and resumed each time ends where a run that never stopped
+"""Exact resume: a run killed four ways and resumed each time ends where a run that never stopped
 ends, bit for bit; and `--resume` refuses what it cannot resume."""
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import interruptible_popen, processes_tagged
+from conftest import processes_tagged
 
 try:
     from tests.fault_run import ARGS
@@ -40,46 +39,24 @@ def table(run_dir, sql):
         db.close()
 
 
-def stopped(args, tag, stop, after_round_0: bool) -> tuple[int, str]:
-    """Start `ouroboros run ARGS`, wait until its round 0 is stored if `after_round_0`, then
-    `stop(proc)`; returns (exit code, stderr)."""
-    proc = interruptible_popen([sys.executable, "-m", "ouroboros", "run", *map(str, args)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=dict(os.environ, OUROBOROS_TEST_TAG=tag))
-    summary = args[args.index("--out") + 1] / "latest" / "summary.json" if after_round_0 else None
-    deadline = time.monotonic() + 300
-    while summary is not None and time.monotonic() < deadline and proc.poll() is None:
-        if summary.exists() and json.loads(summary.read_text())["rounds"]:
-            break
-        time.sleep(0.3)
-    assert proc.poll() is None, proc.stderr.read()[-2000:]
-    stop(proc)
-    _, stderr = proc.communicate(timeout=300)
-    return proc.returncode, stderr
-
-
 @pytest.mark.slow
-def test_a_run_stopped_five_times_resumes_to_the_same_final_weights(killed_actors_run, tmp_path):
-    """Ctrl-C, then SIGKILL of the driver between rounds, mid-rollout, mid-learn and mid-broadcast;
-    resumed after each, the run ends with the same weights, bit for bit, and the same rows as a run
-    that never stopped (the fault test's: its actor kills change nothing)."""
+def test_a_run_killed_four_times_resumes_to_the_same_final_weights(killed_actors_run, tmp_path):
+    """SIGKILL of the driver between rounds, mid-rollout, mid-learn and mid-broadcast; resumed
+    after each, the run ends with the same weights, bit for bit, and the same rows as a run that
+    never stopped (the fault test's: its actor kills change nothing). (Ctrl-C of a run:
+    tests/test_cli_runtime.py; a dead learner: test_a_dead_learner_... below.)"""
     whole = killed_actors_run["out"]
     assert killed_actors_run["returncode"] == 0, killed_actors_run["stderr"][-3000:]
     tag = f"resume-{os.getpid()}-{time.time_ns()}"
     cut = tmp_path / "cut"
 
-    # Ctrl-C once round 0 is stored, as a terminal sends it to the whole foreground group.
-    code, stderr = stopped(["configs/smoke.yaml", "--out", cut, *ARGS], tag,
-                           lambda proc: os.killpg(proc.pid, signal.SIGINT), after_round_0=True)
-    assert code == 130 and "interrupted" in stderr and "ouroboros run --resume" in stderr, stderr[-3000:]
-    assert table(cut, "SELECT status FROM runs") == [("interrupted",)]
-    assert (0, "done") in table(cut, "SELECT round, status FROM rounds")
-    assert not _wait_gone(tag), "a Ray process or sandbox outlived Ctrl-C"
-
-
-    # Then SIGKILL of the driver itself: between rounds 1 and 2, mid-rollout and mid-learn of round 2,
-    # then mid-broadcast (round 2's checkpoint written, the generators not all loaded). (A dead
-    # learner ends a run with a line that says how to resume it: test_a_dead_learner_... below.)
-    for point in ("1:between", "2:rollout", "2:learn", "2:broadcast"):
+    # Killed between rounds 1 and 2 (rounds 0 and 1 stored), then mid-rollout and mid-learn of
+    # round 2, then mid-broadcast (round 2's checkpoint written, the generators not all loaded).
+    first = ouroboros("configs/smoke.yaml", "--out", str(cut), *ARGS, kill_at="1:between", tag=tag)
+    assert first.returncode == -9, first.stderr[-3000:]
+    assert table(cut, "SELECT status FROM runs") == [("running",)]  # as a SIGKILLed driver leaves it
+    assert table(cut, "SELECT round, status FROM rounds ORDER BY round") == [(0, "done"), (1, "done")]
+    for point in ("2:rollout", "2:learn", "2:broadcast"):
         resumed = ouroboros("--resume", str(cut), kill_at=point, tag=tag)
         assert resumed.returncode == -9, (point, resumed.stderr[-3000:])
     last = ouroboros("--resume", str(cut), tag=tag)

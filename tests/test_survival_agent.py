@@ -82,11 +82,12 @@ def test_pairs_put_the_longest_survival_against_the_shortest():
 def test_survival_run_through_ray_traces_and_evaluates(tiny_model_path, tmp_path):
     require_tracer()
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "ouroboros", "run", "configs/smoke-survival.yaml", "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "ouroboros", "run", "configs/smoke-survival.yaml", "--out", str(out),
+                           "--rounds", "1"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((out / "latest" / "summary.json").read_text())["rounds"]
-    assert [r["weights_version"] for r in rows] == [0, 1, 2]
+    assert [r["weights_version"] for r in rows] == [0, 1]
     for r in rows:
         for key in ("heldout_survival_mean", "heldout_survival_ci95", "heldout_harm_step_rate", "heldout_noop_share",
                     "heldout_syntax_valid_share", "heldout_lint_per_100_lines", "heldout_budget_rate"):
@@ -108,7 +109,7 @@ def test_survival_run_through_ray_traces_and_evaluates(tiny_model_path, tmp_path
     proc = subprocess.run([sys.executable, "-m", "ouroboros", "eval", "survival", str(out), "--samples", "1"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "random weights" in proc.stdout and "after RL (v2)" in proc.stdout
+    assert "random weights" in proc.stdout and "after RL (v1)" in proc.stdout
     result = json.loads((out / "latest" / "eval-survival.json").read_text())
     assert [p["episodes"] for p in result["policies"]] == [result["heldout_kickoffs"]] * 3
 

@@ -39,7 +39,8 @@ def _train_rows(db_path) -> int:
 def test_a_pair_rated_during_a_run_is_a_pair_of_its_next_training_round(tiny_model_path, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "ouroboros", "run", "configs/smoke-align.yaml", "--out", str(out),
-                             "--set", f"align.data_dir={tmp_path / 'data'}", "--set", "run.rounds=2"],
+                             "--set", f"align.data_dir={tmp_path / 'data'}", "--set", "run.rounds=2",
+                             "--set", "env.heldout_tasks=2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 240
