@@ -10,6 +10,11 @@ sandbox slots (the `sandbox` resource SandboxRunners ask for); the last worker a
 addresses, writes them to `--info` as JSON, and keeps the cluster up until Ctrl-C or SIGTERM,
 then stops its own nodes only (never `ray stop`, which would stop every Ray on the host).
 
+SIGUSR1 takes a worker node away as a lost machine would go: every process of it is killed at
+once (raylet, object store, agents and the actors' workers), with no drain. The node removed is
+the one whose id is in the file `--remove-from` names, or else the last worker still up; the
+script prints `removed node ID` and adds the id to the info file's `removed` list.
+
 Submit the main job to it as on a real cluster:
 
     ray job submit --address http://127.0.0.1:8265 -- bash "$PWD/cluster/job.sh" configs/smoke.yaml
@@ -35,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dashboard-port", type=int, default=8265, help="the job server's port (0: any free one)")
     ap.add_argument("--info", default="", help="write the addresses here as JSON once every node is up")
     ap.add_argument("--wait-s", type=float, default=120.0, help="how long the head's job server may take to answer")
+    ap.add_argument("--remove-from", default="", help="on SIGUSR1, remove the worker node whose id this file holds")
     args = ap.parse_args(argv)
     if args.workers < 1:
         ap.error("--workers must be at least 1")
@@ -46,9 +52,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from ray.cluster_utils import Cluster
 
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    wake = threading.Event()
+    asked = {"stop": False, "remove": 0}
+
+    def on_signal(signum, _frame):
+        if signum == signal.SIGUSR1:
+            asked["remove"] += 1
+        else:
+            asked["stop"] = True
+        wake.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, on_signal)
     started = time.monotonic()
     port = args.dashboard_port or _free_port()
     # Every node on loopback: the cluster is reachable from this machine only.
@@ -59,29 +74,54 @@ def main(argv: list[str] | None = None) -> int:
         # test): the head's agent, which runs submitted jobs, would not start, and no job would.
         "dashboard_agent_listen_port": _free_port()})
     try:
-        nodes = []
+        nodes, handles = [], {}
         for i in range(args.workers):
             gpus = args.fake_gpus if i == args.workers - 1 else 0
             node = cluster.add_node(node_ip_address="127.0.0.1", num_cpus=args.cpus, num_gpus=gpus,
                                     resources={"sandbox": args.sandbox}, object_store_memory=200 * 1024 * 1024)
             nodes.append({"node_id": node.node_id, "cpus": args.cpus, "sandbox": args.sandbox, "gpus": gpus})
+            handles[node.node_id] = node
         cluster.wait_for_nodes()
         _wait_for_job_server(port, args.wait_s)
         info = {"address": cluster.address, "dashboard": f"http://127.0.0.1:{port}",
                 "head_node_id": cluster.head_node.node_id, "workers": nodes,
                 "started_s": round(time.monotonic() - started, 1)}
         print(json.dumps(info), flush=True)
-        if args.info:
-            tmp = Path(args.info + ".tmp")
-            tmp.write_text(json.dumps(info))
-            tmp.replace(args.info)  # whole or absent: a reader never sees half of it
+        _write_info(args.info, info)
         print(f"cluster up: RAY_ADDRESS={cluster.address}; jobs: ray job submit --address {info['dashboard']} "
-              f"-- ...; Ctrl-C stops it", file=sys.stderr, flush=True)
-        while not stop.wait(1.0):
-            pass
+              f"-- ...; Ctrl-C stops it; kill -USR1 {os.getpid()} removes a worker node", file=sys.stderr, flush=True)
+        while not asked["stop"]:
+            wake.wait()
+            wake.clear()
+            while asked["remove"] and not asked["stop"]:
+                asked["remove"] -= 1
+                node_id = _node_to_remove(args.remove_from, handles)
+                if node_id is None:
+                    print("no worker node left to remove", file=sys.stderr, flush=True)
+                    continue
+                # allow_graceful=False: SIGKILL for every process of the node, as a machine that is lost.
+                cluster.remove_node(handles.pop(node_id), allow_graceful=False)
+                info.setdefault("removed", []).append(node_id)
+                _write_info(args.info, info)
+                print(f"removed node {node_id}", file=sys.stderr, flush=True)
     finally:
         cluster.shutdown()
     return 0
+
+
+def _node_to_remove(named_in: str, handles: dict) -> str | None:
+    """The id in the file `named_in` if it is a worker still up, else the last worker still up."""
+    named = Path(named_in).read_text().strip() if named_in and Path(named_in).is_file() else ""
+    if named in handles:
+        return named
+    return next(reversed(handles), None)
+
+
+def _write_info(path: str, info: dict) -> None:
+    if path:
+        tmp = Path(path + ".tmp")
+        tmp.write_text(json.dumps(info))
+        tmp.replace(path)  # whole or absent: a reader never sees half of it
 
 
 def _free_port() -> int:
