@@ -111,7 +111,7 @@ def test_runs_rounds_and_curves_match_summary_and_db(server, browser, align_smok
     run_id = run_dir.name
     summary = json.loads((run_dir / "summary.json").read_text())["rounds"]
     browser.get(server + "/?token=" + TOKEN)  # the address `ouroboros view` prints; a cookie carries it on
-    browser.find_element(By.LINK_TEXT, run_id).click()
+    click_to_next_page(browser, browser.find_element(By.LINK_TEXT, run_id))
     rows = browser.find_elements(By.CSS_SELECTOR, "#rounds tbody tr")
     assert [int(r.get_attribute("data-round")) for r in rows] == [r["round"] for r in summary]
     for row, expected in zip(rows, summary):
@@ -125,12 +125,25 @@ def test_runs_rounds_and_curves_match_summary_and_db(server, browser, align_smok
     total = int(browser.find_element(By.CSS_SELECTOR, ".pager .total").text)
     db = sqlite3.connect(align_smoke_run / "ouroboros.db")
     assert total == db.execute("SELECT COUNT(*) FROM completions WHERE run_id=?", (run_id,)).fetchone()[0]
-    browser.find_elements(By.CSS_SELECTOR, "#completions a.reply")[0].click()
+    click_to_next_page(browser, browser.find_elements(By.CSS_SELECTOR, "#completions a.reply")[0])
     tid = browser.current_url.rsplit("/c/", 1)[1]
     version = db.execute("SELECT weights_version FROM completions WHERE run_id=? AND trajectory_id=?",
                          (run_id, tid)).fetchone()[0]
     assert browser.find_element(By.ID, "made-by").text.startswith(f"v{version}")
     shot(browser, "completion")
+
+
+def click_to_next_page(browser, element, timeout: float = 30) -> None:
+    """Click a link or submit button and wait for the page it leads to: a click returns before
+    the browser has navigated, and a loaded machine serves the next page late."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = browser.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(browser, timeout).until(expected_conditions.staleness_of(old))
+    WebDriverWait(browser, timeout).until(lambda b: b.execute_script("return document.readyState") == "complete")
 
 
 def test_a_pair_rated_in_the_browser_is_stored_in_the_runs_inbox(server, browser, align_smoke_run):
@@ -143,7 +156,7 @@ def test_a_pair_rated_in_the_browser_is_stored_in_the_runs_inbox(server, browser
     key = first.get_attribute("data-key")
     b_id = first.find_element(By.CSS_SELECTOR, 'form.prefer input[name="b"]').get_attribute("value")
     shot(browser, "rate")
-    first.find_element(By.CSS_SELECTOR, 'form.prefer button[value="b"]').click()
+    click_to_next_page(browser, first.find_element(By.CSS_SELECTOR, 'form.prefer button[value="b"]'))
     assert browser.find_element(By.ID, "saved").text.startswith("Stored")
     assert key not in [s.get_attribute("data-key") for s in browser.find_elements(By.CSS_SELECTOR, "section.pair")]
     prefs = HumanInbox(run_dir, run_dir.name).preferences()
