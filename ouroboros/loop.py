@@ -247,6 +247,9 @@ class Loop:
         learn_ref, rows_ref = a.learner.train.options(num_returns=2).remote(batch_ref)
         faults.point(round_, "learn")
         learn = ray.get(learn_ref)
+        per_step = learn.pop("per_step", None) or []
+        if per_step:
+            ray.get(a.recorder.record_learner_steps.remote(round_, per_step))
         row["learner"] = learn
         row["loss"] = learn.get("loss")
         row["dpo_loss"] = learn.get("dpo_loss")

@@ -36,6 +36,7 @@ def test_dpo_trains_publishes_versions_and_generators_follow(tiny_model_path, tm
     pairs = _pairs(8)
     first, _ = learner.train(pairs + [long])
     assert first["pairs"] == 8 and first["steps"] == 3 and first["pairs_too_long"] == 1
+    assert [s["step"] for s in first["per_step"]] == [1, 2, 3] and all(s["loss"] > 0 for s in first["per_step"])
     # DPO loss starts at log 2 (policy == reference) and must fall as the policy moves.
     assert first["dpo_loss"] < 0.6931 and first["rewards_margins"] > 0
     w1 = learner.publish()
@@ -45,6 +46,7 @@ def test_dpo_trains_publishes_versions_and_generators_follow(tiny_model_path, tm
     # The reference stays the base model: TRL's "ref" adapter copy is removed every round.
     second, _ = learner.train([pairs[:4], pairs[4:]])
     assert "ref" not in learner.model.peft_config and second["steps"] > 0
+    assert second["per_step"][0]["step"] == 4  # the learner's steps, counted across rounds
     w2 = learner.publish()
     assert w2.version == 2 and w2.checksum != w1.checksum
     assert learner.weights_version() == 2 and learner.copy_benchmark() > 0

@@ -60,6 +60,8 @@ def test_smoke_run_grpo_on_vllm_generators_with_overlapped_rollouts_checkpoints_
     assert db.execute("SELECT status FROM runs").fetchone()[0] == "done"
     assert {s for (s,) in db.execute("SELECT status FROM rounds")} == {"done"}
 
+    steps = pq.read_table(out / "latest" / "shards" / "round-0002" / "learner-steps.parquet").to_pylist()
+    assert len(steps) == rows[2]["learner"]["steps"] and steps[-1]["step"] == sum(r["learner"]["steps"] for r in rows[1:])
     shard = pq.read_table(out / "latest" / "shards" / "round-0002" / "learner-turns.parquet").to_pylist()
     assert len(shard) == rows[2]["learner_turns"]
     assert all(r["run_id"] == out.joinpath("latest").resolve().name for r in shard)

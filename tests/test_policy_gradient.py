@@ -62,6 +62,11 @@ def test_grpo_raises_the_rewarded_samples_and_stores_what_a_viewer_needs(sampled
     before = [_sequence_logp(learner, t) for t in turns]
     metrics, rows = learner.train(turns)
     assert metrics["steps"] == 2 * 3 and metrics["trained"] == 12 and metrics["loss"] is not None
+    # One record per optimizer step, for the trackers and learner-steps.parquet.
+    assert [s["step"] for s in metrics["per_step"]] == [1, 2, 3, 4, 5, 6]
+    assert all(s["grad_norm"] >= 0 and 0 <= s["clip_fraction"] <= 1 and s["learning_rate"] > 0
+               for s in metrics["per_step"])
+    assert sum(s["loss"] for s in metrics["per_step"]) / 6 == pytest.approx(metrics["loss"], rel=1e-5)
     # Same model, same fp32 weights: the learner's log-probs of the sampled tokens are the
     # generator's (the forward scores exactly the tokens the generator sampled, at the right place).
     assert abs(metrics["generator_learner_kl"]) < 1e-4

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import pyarrow.parquet as pq
 import pytest
 
 from ouroboros.actors.recorder import Recorder
@@ -40,6 +41,9 @@ def test_rounds_reach_tensorboard_and_wandb_offline_and_the_key_stays_out(tmp_pa
     rec = Recorder(str(tmp_path / "out"), "track-1", "track", cfg.model_dump(by_alias=True))
     for row in ROUNDS:
         rec.start_round(row["round"], row["weights_version"])
+        if row["round"] == 1:
+            rec.record_learner_steps(1, [{"step": s, "loss": 0.7 - s / 10, "grad_norm": 1.5, "kl_ref": None}
+                                         for s in (1, 2, 3)])
         rec.finish_round(row)
     rec.close("done")
     run = tmp_path / "out" / "runs" / "track-1"
@@ -50,12 +54,19 @@ def test_rounds_reach_tensorboard_and_wandb_offline_and_the_key_stays_out(tmp_pa
     assert {"heldout_reward_mean", "heldout_reward_ci95_lo", "learner/steps", "seconds/total"} <= tags
     assert [(e.step, e.value) for e in events.Scalars("heldout_reward_mean")] == [(0, 0.25), (1, 0.5)]
     assert [(e.step, e.value) for e in events.Scalars("loss")] == [(1, pytest.approx(0.61))]
+    # The learner's steps on their own axis, and in the round's shard.
+    assert [(e.step, round(e.value, 4)) for e in events.Scalars("learner_step/loss")] == [(1, 0.6), (2, 0.5), (3, 0.4)]
+    assert "learner_step/kl_ref" not in tags  # null: left out
+    steps = pq.read_table(run / "shards" / "round-0001" / "learner-steps.parquet").to_pylist()
+    assert [(s["run_id"], s["round"], s["step"], s["grad_norm"]) for s in steps] == [("track-1", 1, n, 1.5)
+                                                                                      for n in (1, 2, 3)]
 
     # W&B offline: one run named by the run id, its history records in the run file that
     # `wandb sync` sends (a binary log: its metric names are read from it as bytes).
     [offline] = list((run / "wandb").glob("offline-run-*-track-1"))
     history = (offline / "run-track-1.wandb").read_bytes()
-    assert all(name.encode() in history for name in ("heldout_reward_mean", "learner/steps", "seconds/total"))
+    assert all(name.encode() in history for name in ("heldout_reward_mean", "learner/steps", "seconds/total",
+                                                      "learner_step/loss", "learner_step/grad_norm"))
     for path in (tmp_path / "out").rglob("*"):
         if path.is_file():
             assert canary.encode() not in path.read_bytes(), path

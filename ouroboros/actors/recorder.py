@@ -20,7 +20,8 @@ from ouroboros.store.db import RunDB
 from ouroboros.store.layout import RunPaths
 from ouroboros.store.shards import write_shard
 from ouroboros.store.summary import Summary
-from ouroboros.types import COMPLETION_SCHEMA, LEARNER_TURN_SCHEMA, PAIR_SCHEMA, Score, Trajectory, WeightsRef
+from ouroboros.types import (COMPLETION_SCHEMA, LEARNER_STEP_FIELDS, LEARNER_STEP_SCHEMA, LEARNER_TURN_SCHEMA,
+                             PAIR_SCHEMA, Score, Trajectory, WeightsRef)
 
 
 class Recorder:
@@ -155,6 +156,16 @@ class Recorder:
         write_shard(self.paths.shards, round_, "learner-turns", [{"run_id": self.run_id, **r} for r in rows],
                     LEARNER_TURN_SCHEMA)
         return len(rows)
+
+    def record_learner_steps(self, round_: int, steps: list[dict]) -> int:
+        """One row per optimizer step of a round (loss, gradient norm, KL, clip fraction, learning
+        rate) as `learner-steps.parquet`, and to the trackers against the learner step."""
+        write_shard(self.paths.shards, round_, "learner-steps",
+                    [{"run_id": self.run_id, "round": round_, **{k: s.get(k) for k in LEARNER_STEP_FIELDS}}
+                     for s in steps], LEARNER_STEP_SCHEMA)
+        if self.trackers is not None:
+            self.trackers.log_steps(steps)
+        return len(steps)
 
     def write_checkpoint(self, version: int, files) -> str:
         """A published version's checkpoint (learn/checkpoint.py), under the run's checkpoints/."""

@@ -104,6 +104,11 @@ class DPO:
             "steps": trainer.state.global_step,
             "seconds": time.monotonic() - started,
         }
+        metrics["per_step"] = [
+            {"step": first_step + int(h["step"]), "loss": float(h["loss"]), "grad_norm": _number(h.get("grad_norm")),
+             "learning_rate": _number(h.get("learning_rate")), "rewards_margins": _number(h.get("rewards/margins")),
+             "rewards_accuracies": _number(h.get("rewards/accuracies"))}
+            for h in history if "step" in h]
         if history:
             last = history[-1]
             for key in ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected"):
@@ -111,3 +116,7 @@ class DPO:
                     metrics[key.replace("/", "_")] = float(last[key])
         self.model.eval()
         return metrics, []
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) else None

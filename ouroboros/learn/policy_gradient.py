@@ -206,6 +206,7 @@ class PolicyGradient:
         clipped_at: dict[int, list[bool]] = {}
         step = first_step
         loss_sum, kl_sum, kl_n, vloss_sum = 0.0, 0.0, 0, 0.0
+        per_step = []  # (step, loss, grad norm, kl, clipped tokens, scored tokens), tensors until the pass ends
         self.model.train()
         for _ in range(l.epochs):
             rng.shuffle(order)
@@ -237,9 +238,10 @@ class PolicyGradient:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 params = [p for g in optimizer.param_groups for p in g["params"]]
-                torch.nn.utils.clip_grad_norm_(params, l.max_grad_norm)
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, l.max_grad_norm)
                 optimizer.step()
                 step += 1
+                per_step.append((step, loss.detach(), grad_norm.detach(), st["kl"], st["clipped"].sum(), mask.sum()))
                 # Kept as tensors until the pass ends, so a GPU step never waits to be read back.
                 loss_sum += loss.detach()
                 if st["kl"] is not None:
@@ -280,6 +282,11 @@ class PolicyGradient:
             "seconds": time.monotonic() - started,
         })
         metrics["tokens_per_s"] = total_tokens * l.epochs / metrics["seconds"]
+        lr = optimizer.param_groups[0]["lr"]
+        metrics["per_step"] = [
+            {"step": s, "loss": float(lo), "grad_norm": float(gn), "kl_ref": float(kl) if kl is not None else None,
+             "clip_fraction": float(c) / max(float(m), 1.0), "learning_rate": lr}
+            for s, lo, gn, kl, c, m in per_step]
         return metrics, rows
 
     def _token_texts(self, ids: list[int]) -> list[str]:

@@ -65,6 +65,7 @@ class Trackers:
         check(settings)
         run_path = Path(run_path)
         self.tb = self.wb = None
+        self._wb_axes: set[str] = set()
         if settings.get("tensorboard"):
             from torch.utils.tensorboard import SummaryWriter
 
@@ -94,7 +95,29 @@ class Trackers:
                 self.tb.add_scalar(name, value, step)
             self.tb.flush()
         if self.wb is not None:
-            self.wb.log(values, step=step)
+            self._wb_log(values, "round", step)
+
+    def log_steps(self, steps: list[dict]) -> None:
+        """The learner's per-step records (`step` and numbers), under `learner_step/`, against the
+        learner's optimizer step: many points a round, where a round's row is one."""
+        for record in steps:
+            step = int(record["step"])
+            values = scalars({k: v for k, v in record.items() if k != "step"}, "learner_step/")
+            if self.tb is not None:
+                for name, value in values.items():
+                    self.tb.add_scalar(name, value, step)
+            if self.wb is not None:
+                self._wb_log(values, "learner_step", step)
+        if self.tb is not None:
+            self.tb.flush()
+
+    def _wb_log(self, values: dict, axis: str, step: int) -> None:
+        # Two x axes in one W&B run: W&B's own step must only grow, and learner steps outrun
+        # rounds, so each metric is bound to its axis (`round` or `learner_step`) instead.
+        for name in values.keys() - self._wb_axes:
+            self.wb.define_metric(name, step_metric=axis)
+            self._wb_axes.add(name)
+        self.wb.log({**values, axis: step})
 
     def close(self, status: str) -> None:
         if self.tb is not None:
