@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # Two pytest workers: whole runs on one, the rest on the other (tests/conftest.py says why).
 TEST_WORKERS ?= 2
 
-.PHONY: venv system models run test smoke bench clean
+.PHONY: venv system system-packages sandbox-image models run test smoke bench clean
 
 venv: $(STAMP)
 
@@ -32,9 +32,8 @@ $(STAMP): requirements.txt pyproject.toml Makefile
 	touch $(STAMP)
 
 # System packages the sandboxes and the viewer's browser tests (Debian's Chromium) need,
-# installed when we are root and they are missing; then a
-# Docker engine (started if none answers) and the sandbox base image (built once, cached).
-system:
+# installed when we are root and they are missing.
+system-packages:
 	@missing=""; \
 	command -v bwrap >/dev/null || missing="$$missing bubblewrap"; \
 	command -v strace >/dev/null || missing="$$missing strace"; \
@@ -45,18 +44,28 @@ system:
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then echo "installing$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else echo "missing system packages:$$missing (sudo apt-get install -y$$missing)"; fi; fi
+
+# A Docker engine (started if none answers) and the sandbox base image (built once, cached).
+sandbox-image:
 	@if command -v dockerd >/dev/null; then \
 	  cluster/start_dockerd.sh && cluster/build_sandbox_image.sh \
 	    || echo "no Docker sandbox on this host: the docker backend is unavailable"; fi
 
+system: system-packages sandbox-image
+
 models: venv
 	$(VENV)/bin/ouroboros models prepare smollm2-135m-instruct
 
-run: venv system models
+# On a fresh machine the sandbox image (debootstrap: the network and dpkg) builds while the
+# model is prepared (the CPU): one waits for the other instead of both in turn.
+run: venv system-packages
+	@$(MAKE) --no-print-directory sandbox-image & image=$$!; \
+	$(MAKE) --no-print-directory models; made=$$?; wait $$image; exit $$made
 	$(VENV)/bin/ouroboros run $(CONFIG)
 
-test: venv system
-	$(VENV)/bin/ouroboros models prepare tiny-smollm2
+test: venv system-packages
+	@$(MAKE) --no-print-directory sandbox-image & image=$$!; \
+	$(VENV)/bin/ouroboros models prepare tiny-smollm2; made=$$?; wait $$image; exit $$made
 	$(PY) -m pytest -q -rs -n $(TEST_WORKERS) --dist loadgroup -m "not cluster" $(PYTEST_ARGS)
 	# The multi-node cluster test alone: beside the other worker's runs its head's job server
 	# sometimes did not come up on 2 cores (2 of 3 full runs); alone it did every time.

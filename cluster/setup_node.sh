@@ -8,12 +8,20 @@ SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 missing=""
 command -v bwrap >/dev/null || missing="$missing bubblewrap"
 command -v strace >/dev/null || missing="$missing strace"  # the survival environment's harm monitor
-command -v dockerd >/dev/null || missing="$missing docker.io"
-command -v debootstrap >/dev/null || missing="$missing debootstrap"
-if [ -n "$missing" ]; then $SUDO apt-get update -qq && $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing; fi
+# OUROBOROS_NODE_DOCKER=0: a node without a Docker engine (its sandboxes are bwrap's only).
+DOCKER=${OUROBOROS_NODE_DOCKER:-1}
+if [ "$DOCKER" != 0 ]; then
+  command -v dockerd >/dev/null || missing="$missing docker.io"
+  command -v debootstrap >/dev/null || missing="$missing debootstrap"
+fi
+# Debian and Ubuntu ship `python3 -m venv` apart from python3 (cloud images often lack it).
+python3 -c "import ensurepip, venv" 2>/dev/null || missing="$missing python3-venv"
+if [ -n "$missing" ]; then $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing; fi
 # The docker sandbox backend: an engine, and the base image built locally (no registry needed).
-$SUDO cluster/start_dockerd.sh
-$SUDO cluster/build_sandbox_image.sh
+if [ "$DOCKER" != 0 ]; then
+  $SUDO cluster/start_dockerd.sh
+  $SUDO cluster/build_sandbox_image.sh
+fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 # On a cloud node PyPI's torch==2.13.0 wheel is the CUDA build, which GPU workers need; on our CI
 # machines the same pin resolves to a local CPU wheel.
