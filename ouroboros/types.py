@@ -218,7 +218,6 @@ PAIR_SCHEMA = pa.schema(
     ]
 )
 
-# One row per trained turn (shards/round-NNNN/learner-turns.parquet): what the viewer overlays.
 # One optimizer step of the learner (learner-steps.parquet), whichever algorithm made it; what
 # an algorithm does not have is null.
 LEARNER_STEP_FIELDS = ("step", "loss", "grad_norm", "learning_rate", "kl_ref", "clip_fraction", "rewards_margins",
@@ -226,6 +225,7 @@ LEARNER_STEP_FIELDS = ("step", "loss", "grad_norm", "learning_rate", "kl_ref", "
 LEARNER_STEP_SCHEMA = pa.schema([("run_id", pa.string()), ("round", pa.int32()), ("step", pa.int64())]
                                 + [(name, pa.float64()) for name in LEARNER_STEP_FIELDS[1:]])
 
+# One row per trained turn (shards/round-NNNN/learner-turns.parquet): what the viewer overlays.
 LEARNER_TURN_SCHEMA = pa.schema(
     [
         ("run_id", pa.string()),
