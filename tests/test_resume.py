@@ -82,14 +82,6 @@ def test_a_run_killed_four_times_resumes_to_the_same_final_weights(killed_actors
     assert not _wait_gone(tag), "a Ray process or sandbox outlived a killed driver"
 
 
-def _title(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return fh.read().split(b"\0")[0].decode(errors="replace")
-    except OSError:
-        return ""
-
-
 def _wait_gone(tag: str, seconds: float = 30) -> list:
     deadline = time.monotonic() + seconds
     while processes_tagged(tag) and time.monotonic() < deadline:

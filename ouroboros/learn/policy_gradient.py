@@ -205,8 +205,10 @@ class PolicyGradient:
         consumed_at: dict[int, int] = {}
         clipped_at: dict[int, list[bool]] = {}
         step = first_step
-        loss_sum, kl_sum, kl_n, vloss_sum = 0.0, 0.0, 0, 0.0
-        per_step = []  # (step, loss, grad norm, kl, clipped tokens, scored tokens), tensors until the pass ends
+        vloss_sum = 0.0
+        # (step, loss, grad norm, kl, clipped tokens, scored tokens) of each optimizer step: kept as
+        # tensors until the pass ends, so a GPU step never waits to be read back.
+        per_step = []
         self.model.train()
         for _ in range(l.epochs):
             rng.shuffle(order)
@@ -242,11 +244,6 @@ class PolicyGradient:
                 optimizer.step()
                 step += 1
                 per_step.append((step, loss.detach(), grad_norm.detach(), st["kl"], st["clipped"].sum(), mask.sum()))
-                # Kept as tensors until the pass ends, so a GPU step never waits to be read back.
-                loss_sum += loss.detach()
-                if st["kl"] is not None:
-                    kl_sum += st["kl"]
-                    kl_n += 1
                 for row, i in enumerate(idx):
                     consumed_at.setdefault(i, step)
                     clipped_at[i] = st["clipped"][row, : encoded[i].n_scored]
@@ -272,8 +269,15 @@ class PolicyGradient:
         steps = step - first_step
         clipped_tokens = sum(sum(c) for c in clipped_at.values())
         staleness = [version - e.turn.weights_version for e in encoded]
+        lr = optimizer.param_groups[0]["lr"]
+        per_step = [
+            {"step": s, "loss": float(lo), "grad_norm": float(gn), "kl_ref": float(kl) if kl is not None else None,
+             "clip_fraction": float(c) / max(float(m), 1.0), "learning_rate": lr}
+            for s, lo, gn, kl, c, m in per_step]
+        kls = [p["kl_ref"] for p in per_step if p["kl_ref"] is not None]
         metrics.update({
-            "steps": steps, "loss": float(loss_sum) / steps, "kl_ref": float(kl_sum) / kl_n if kl_n else None,
+            "steps": steps, "loss": sum(p["loss"] for p in per_step) / steps,
+            "kl_ref": sum(kls) / len(kls) if kls else None,
             "value_loss": float(vloss_sum) / steps if needs_values else None,
             "generator_learner_kl": mismatch_num / mismatch_den if mismatch_den else None,
             "clip_fraction": clipped_tokens / total_tokens if total_tokens else 0.0,
@@ -282,11 +286,7 @@ class PolicyGradient:
             "seconds": time.monotonic() - started,
         })
         metrics["tokens_per_s"] = total_tokens * l.epochs / metrics["seconds"]
-        lr = optimizer.param_groups[0]["lr"]
-        metrics["per_step"] = [
-            {"step": s, "loss": float(lo), "grad_norm": float(gn), "kl_ref": float(kl) if kl is not None else None,
-             "clip_fraction": float(c) / max(float(m), 1.0), "learning_rate": lr}
-            for s, lo, gn, kl, c, m in per_step]
+        metrics["per_step"] = per_step
         return metrics, rows
 
     def _token_texts(self, ids: list[int]) -> list[str]:
