@@ -19,6 +19,21 @@ def traj(i: int, text: str) -> Trajectory:
                                                           None)])
 
 
+def _wait_dead(actor, seconds: float = 30) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.__ray_ready__.remote(), timeout=5)
+        except ray.exceptions.RayActorError:
+            return
+        except ray.exceptions.GetTimeoutError:
+            continue
+        time.sleep(0.1)
+    raise AssertionError("the killed judge actor still answers")
+
+
 def test_a_dead_judge_actor_fails_its_candidates_and_scoring_goes_on():
     ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
@@ -33,6 +48,7 @@ def test_a_dead_judge_actor_fails_its_candidates_and_scoring_goes_on():
         alive = pool.score([traj(0, "It is 412 metres.")])
         assert alive[0].components["judge_failed"] == 0.0 and alive[0].components["ai.s"] == 1.0
         ray.kill(actor, no_restart=True)
+        _wait_dead(actor)  # ray.kill only sends the kill: a call right after it can still be answered
         dead = pool.score([traj(1, "The bridge is 412 metres long.")])
         failure = next(d for d in dead[0].details if d["judge"] == "s")["failed"]
         assert dead[0].components["judge_failed"] == 1.0 and "Actor" in failure
