@@ -103,8 +103,8 @@ def build_actors(cfg: Config, run_dir: str, run_id: str, task_set: list | None =
     `learns`: False for a run that only evaluates (no learning round to do), which then has no
     learner actor: building one (torch, PEFT and TRL imported, the model loaded) is seconds of CPU.
     A user's set (`env.tasks_file`, `env.goals_file`) has its references run on the runners
-    first, before the recorder exists, so a refused set leaves no run behind; the bundled sets
-    are checked by CI (tests/test_task_dataset.py, tests/test_experiment_env.py), not again here."""
+    first, before the recorder and the models exist, so a refused set leaves no run behind and
+    loads no model; the bundled sets are checked by CI (tests/test_task_dataset.py, tests/test_experiment_env.py), not again here."""
     import ray
 
     from ouroboros.actors.generator import generator_actor
@@ -117,14 +117,15 @@ def build_actors(cfg: Config, run_dir: str, run_id: str, task_set: list | None =
     # Resource needs sit here, next to where each actor is made; where each kind runs on a
     # cluster is ouroboros/placement.py's.
     placement.configure(cfg.ray.max_restarts)
+    runners = sandbox_runners(cfg, run_id, sessions=env.sandbox_sessions)
+    if env.uses_user_file():
+        # Before any model is loaded: a refused file costs its references' runs, not a model load.
+        ray.get([r.owner.remote() for r in runners])  # a missing sandbox says so first
+        env.check_user_tasks(task_set or [], runners, reporter or Reporter())
     live = placement.actor(LiveWeights, "live-weights", num_cpus=0, max_concurrency=8).remote()
     gen_cls = generator_actor(cfg)
     learner_cls = placement.actor(Learner, "learner", num_cpus=1, num_gpus=cfg.learner.num_gpus)
     generators = [gen_cls.remote(cfg, live) for _ in range(cfg.generator.count)]
-    runners = sandbox_runners(cfg, run_id, sessions=env.sandbox_sessions)
-    if env.uses_user_file():
-        ray.get([r.owner.remote() for r in runners])  # a missing sandbox says so first
-        env.check_user_tasks(task_set or [], runners, reporter or Reporter())
     agents = env.make_agents(run_id, run_dir, generators, runners)
     judge = env.make_judge(task_set, run_id, runners, run_dir=run_dir)
     learner = learner_cls.remote(cfg) if learns else None

@@ -77,19 +77,80 @@ def tiny_model_path():
     return str(tiny.prepare())
 
 
+_ALIGN_RATING: dict = {}
+
+
 @_pytest.fixture(scope="session")
 def align_smoke_run(tiny_model_path, tmp_path_factory):
     """One alignment smoke run (`ouroboros run configs/smoke-align.yaml`, through Ray) shared by the
-    loop's tests and the viewer's browser tests: its run directory."""
+    loop's tests, the viewer's browser tests and the live-rating test: its run directory. While it
+    runs, once its first training candidates are stored, a person rates one pair of them in the
+    viewer (`align_smoke_rating` says which), as a user would during a run."""
     import subprocess
     import sys
+    import time
 
     out = tmp_path_factory.mktemp("align") / "out"
     data = out.parent / "data"
-    proc = subprocess.run([sys.executable, "-m", "ouroboros", "run", "configs/smoke-align.yaml", "--out", str(out),
-                           "--set", f"align.data_dir={data}"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.Popen([sys.executable, "-m", "ouroboros", "run", "configs/smoke-align.yaml", "--out", str(out),
+                             "--set", f"align.data_dir={data}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while _train_rows(out / "ouroboros.db") == 0:
+            if proc.poll() is not None:
+                break  # failed before training: the assert below shows why
+            assert time.monotonic() < deadline, "no training candidates after 240 s"
+            time.sleep(0.2)
+        if proc.poll() is None:
+            _ALIGN_RATING.update(_rate_first_pair(out), rated_while_running=proc.poll() is None)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
     return out
+
+
+@_pytest.fixture(scope="session")
+def align_smoke_rating(align_smoke_run) -> dict:
+    """The pair rated in the viewer during the shared alignment run: {"a", "b"} (a won), and
+    whether the run was still going when the rating was stored."""
+    assert _ALIGN_RATING, "the shared alignment run reached no training candidates to rate"
+    return dict(_ALIGN_RATING)
+
+
+def _train_rows(db_path) -> int:
+    import sqlite3
+
+    try:
+        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+        try:
+            return db.execute("SELECT COUNT(*) FROM completions WHERE phase='train'").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return 0  # not created yet
+
+
+def _rate_first_pair(out) -> dict:
+    """Prefer the first pair of the viewer's rating queue's "a", through the viewer's own pages."""
+    from starlette.testclient import TestClient
+
+    from ouroboros.view.server import create_app
+
+    token = "live-test-token"
+    with TestClient(create_app([str(out)], token), base_url="http://127.0.0.1:8765",
+                    cookies={"ouroboros_token": token}) as client:
+        run_id = (out / "latest").resolve().name
+        queue = client.get(f"/d/0/run/{run_id}/rate")
+        key = queue.text.split('<section class="pair" data-key="')[1].split('"')[0]
+        csrf = queue.text.split('name="csrf" value="')[1].split('"')[0]
+        a, b = key.split("|")
+        stored = client.post(f"/d/0/run/{run_id}/rate/pair", data={"csrf": csrf, "a": a, "b": b, "winner": "a"},
+                             follow_redirects=False)
+        assert stored.status_code == 303, stored.text[-2000:]
+    return {"a": a, "b": b}
 
 
 @_pytest.fixture(scope="session")

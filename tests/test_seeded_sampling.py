@@ -32,11 +32,12 @@ def test_the_nucleus_is_the_one_a_full_sort_finds(shape):
             logits = torch.full((vocab,), -30.0)
             logits[123] = 30.0
         probs = torch.softmax(logits, 0)
-        values, ids = SeededSampler([0], 1.0, top_p).nucleus(probs)
-        assert set(ids.tolist()) == sorted_nucleus(probs, top_p)
-        assert torch.all(values[:-1] >= values[1:])
+        values, ids = SeededSampler([0], 1.0, top_p).ranked(probs.unsqueeze(0))
+        kept = ids[0][values[0] > 0]
+        assert set(kept.tolist()) == sorted_nucleus(probs, top_p)
+        assert torch.all(values[0][:-1] >= values[0][1:])
         if shape == "flat":
-            assert len(ids) > SeededSampler.FIRST_K
+            assert len(kept) > SeededSampler.FIRST_K
 
 
 def test_draws_follow_the_renormalized_nucleus():
@@ -67,3 +68,14 @@ def test_a_row_draws_the_same_tokens_whatever_rows_share_its_batch():
     # The output leaves the drawn token the only one greedy decoding can pick.
     out = SeededSampler([1, 2], 1.0, 1.0)(None, logits[:2])
     assert torch.isfinite(out).sum(-1).tolist() == [1, 1]
+
+
+def test_tied_tokens_are_drawn_alike_whether_the_batch_took_topk_or_the_whole_sort():
+    vocab = 5000
+    tied = torch.full((vocab,), -20.0)
+    tied[torch.arange(40, 4000, 400)] = 5.0  # ten equal top tokens; top-p 0.5 keeps five of them
+    flat = torch.zeros(vocab)  # its nucleus is wider than the first k: the batch sorts everything
+    for seed in range(50):
+        alone = SeededSampler([seed], 1.0, 0.5)(None, tied.unsqueeze(0)).argmax(-1).item()
+        mixed = SeededSampler([seed, 1], 1.0, 0.5)(None, torch.stack([tied, flat]))[0].argmax().item()
+        assert alone == mixed and alone in range(40, 2000, 400)  # the five with the lowest ids

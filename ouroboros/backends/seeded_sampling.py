@@ -27,13 +27,13 @@ class SeededSampler:
     """A transformers LogitsProcessor: per-row seeded sampling with temperature and top-p.
 
     A row's token is drawn by inverse CDF: one uniform number from the row's stream, looked up in
-    the cumulative probabilities of the tokens top-p keeps. The nucleus comes from `topk` of a
-    growing size rather than a sort of the whole vocabulary, since the kept tokens are almost
-    always a few hundred of the 49k. Sorting every row's vocabulary and calling
-    `torch.multinomial` per row took three quarters of a tiny model's generation time on CPU
-    (48 ms a step for 8 rows; benchmarks/README.md)."""
+    the cumulative probabilities of the tokens top-p keeps. The nucleus comes from one `topk` of
+    the batch rather than a sort of the whole vocabulary, since the kept tokens are almost always
+    within the first few hundred of the 49k; a batch with a flatter row sorts. Sorting every row's
+    vocabulary and calling `torch.multinomial` per row took three quarters of a tiny model's
+    generation time on CPU (48 ms a step for 8 rows; benchmarks/README.md)."""
 
-    FIRST_K = 256  # the nucleus is looked for among this many tokens first, then 4x as many
+    FIRST_K = 256  # the nucleus is looked for among this many tokens first, else in the whole sort
 
     def __init__(self, seeds: list[int], temperature: float, top_p: float, device="cpu") -> None:
         import torch
@@ -49,35 +49,45 @@ class SeededSampler:
             g.manual_seed(seed)
             self.generators.append(g)
 
-    def nucleus(self, probs):
-        """(probabilities, token ids) of the tokens top-p keeps in one row, most likely first: a
-        token is kept while the tokens ranked above it cover less than top_p (the first always)."""
+    def ranked(self, probs):
+        """(probabilities, token ids) of each row of `probs` [rows, vocab], most likely first and
+        equal ones by token id, covering at least the tokens top-p keeps; past the nucleus a row's
+        probabilities are zeroed. A token is kept while the tokens ranked above it cover less
+        than top_p (the first always). The order, and so a row's draw, is the same whichever
+        way it was found, which keeps a row's tokens independent of the rows sharing its batch."""
         torch = self.torch
-        vocab = probs.shape[-1]
-        k = min(self.FIRST_K, vocab)
-        while True:
-            values, ids = torch.topk(probs, k)  # sorted, most likely first
-            covered = torch.cumsum(values, dim=-1)
-            # Once the k tokens cover top_p, every token after them is dropped: the nucleus is inside.
-            if k == vocab or float(covered[-1]) >= self.top_p:
-                keep = max(int(((covered - values) < self.top_p).sum()), 1)
-                return values[:keep], ids[:keep]
-            k = min(4 * k, vocab)
+        if probs.shape[-1] > self.FIRST_K:
+            values, ids = torch.topk(probs, self.FIRST_K, dim=-1)
+            ids, by_id = torch.sort(ids, dim=-1)  # ties in topk's output come in no set order
+            values, order = torch.sort(values.gather(-1, by_id), dim=-1, descending=True, stable=True)
+            ids = ids.gather(-1, order)
+            kept = self._kept(values)
+            smallest_kept = torch.where(kept, values, torch.full_like(values, float("inf"))).min(-1).values
+            # Every token outside the k is below each row's nucleus: none of them could be kept or tie.
+            if bool((values[..., -1] < smallest_kept).all()):
+                return values * kept, ids
+        # A flat row, its nucleus wider than the first k: every row from the whole (stable) sort.
+        values, ids = torch.sort(probs, dim=-1, descending=True, stable=True)
+        return values * self._kept(values), ids
+
+    def _kept(self, values):
+        kept = (self.torch.cumsum(values, dim=-1) - values) < self.top_p
+        kept[..., 0] = True
+        return kept
 
     def __call__(self, input_ids, scores):
         torch = self.torch
         probs = torch.softmax(scores.float() / self.temperature, dim=-1)
-        chosen = []
-        for row, g in enumerate(self.generators):
-            if self.top_p < 1.0:
-                values, ids = self.nucleus(probs[row])
-            else:
-                values, ids = probs[row], None
-            cdf = torch.cumsum(values, dim=-1)
-            u = torch.rand((), generator=g, device=cdf.device, dtype=cdf.dtype) * cdf[-1]
-            # The first token whose cumulative probability passes u (never a zero-probability one).
-            at = min(int(torch.searchsorted(cdf, u.reshape(1), right=True)), cdf.shape[-1] - 1)
-            chosen.append(int(ids[at]) if ids is not None else at)
+        if self.top_p < 1.0:
+            values, ids = self.ranked(probs)
+        else:
+            values, ids = probs, None
+        cdf = torch.cumsum(values, dim=-1)
+        # One uniform number from each row's own stream, scaled to the row's kept mass.
+        u = torch.stack([torch.rand((), generator=g, device=cdf.device, dtype=cdf.dtype) for g in self.generators])
+        u = (u * cdf[:, -1]).unsqueeze(-1)
+        # The first token whose cumulative probability passes u (never a zero-probability one).
+        at = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[-1] - 1)
+        chosen = ids.gather(-1, at) if ids is not None else at
         out = torch.full_like(scores, float("-inf"))
-        index = torch.tensor(chosen, device=scores.device).unsqueeze(-1)
-        return out.scatter(-1, index, 0.0)
+        return out.scatter(-1, chosen, 0.0)
