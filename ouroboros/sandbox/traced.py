@@ -406,7 +406,11 @@ class TracedProcess:
             self.kill("timeout")
             self._kill_all()
             self.proc.wait(5)
-        self._threads[0].join(2)
+        # The tracer's last lines, and what the program wrote before it ended: its pipes reach
+        # their end once the sandbox's processes are gone. Without the wait, a caller taking the
+        # output right after an exit could miss a traceback still in the pipe.
+        for t in self._threads:
+            t.join(2)
         self._stopped.set()
         with self._lock:
             self.end.oom = self.cgroup.oom_killed()
