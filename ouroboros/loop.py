@@ -104,7 +104,8 @@ def build_actors(cfg: Config, run_dir: str, run_id: str, task_set: list | None =
     learner actor: building one (torch, PEFT and TRL imported, the model loaded) is seconds of CPU.
     A user's set (`env.tasks_file`, `env.goals_file`) has its references run on the runners
     first, before the recorder and the models exist, so a refused set leaves no run behind and
-    loads no model; the bundled sets are checked by CI (tests/test_task_dataset.py, tests/test_experiment_env.py), not again here."""
+    loads no model; the bundled sets are checked by CI (tests/test_task_dataset.py,
+    tests/test_experiment_env.py), not again here."""
     import ray
 
     from ouroboros.actors.generator import generator_actor
