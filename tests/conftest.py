@@ -133,15 +133,20 @@ def _train_rows(db_path) -> int:
         return 0  # not created yet
 
 
-def _rate_first_pair(out) -> dict:
-    """Prefer the first pair of the viewer's rating queue's "a", through the viewer's own pages."""
+def viewer_client(out):
+    """Starlette's test client on `ouroboros view OUT`, signed in with the viewer's token."""
     from starlette.testclient import TestClient
 
     from ouroboros.view.server import create_app
 
     token = "live-test-token"
-    with TestClient(create_app([str(out)], token), base_url="http://127.0.0.1:8765",
-                    cookies={"ouroboros_token": token}) as client:
+    return TestClient(create_app([str(out)], token), base_url="http://127.0.0.1:8765",
+                      cookies={"ouroboros_token": token})
+
+
+def _rate_first_pair(out) -> dict:
+    """Prefer the first pair of the viewer's rating queue's "a", through the viewer's own pages."""
+    with viewer_client(out) as client:
         run_id = (out / "latest").resolve().name
         queue = client.get(f"/d/0/run/{run_id}/rate")
         key = queue.text.split('<section class="pair" data-key="')[1].split('"')[0]

@@ -13,16 +13,7 @@ import time
 import pytest
 
 starlette = pytest.importorskip("starlette")
-from starlette.testclient import TestClient  # noqa: E402
-
-from ouroboros.view.server import create_app  # noqa: E402
-
-TOKEN = "live-test-token"
-
-
-def open_client(out) -> TestClient:
-    return TestClient(create_app([str(out)], TOKEN), base_url="http://127.0.0.1:8765",
-                      cookies={"ouroboros_token": TOKEN})
+from conftest import viewer_client  # noqa: E402
 
 
 def test_a_pair_rated_during_a_run_is_a_pair_of_its_next_training_round(align_smoke_run, align_smoke_rating):
@@ -58,7 +49,7 @@ def test_a_person_answers_in_the_models_place_in_an_experiment_cycle(tmp_path):
             assert proc.poll() is None, proc.communicate()[1][-3000:]
             assert time.monotonic() < deadline, "the cycle never asked the console"
             time.sleep(0.1)
-        with open_client(out) as client:
+        with viewer_client(out) as client:
             page = client.get("/d/0/console")
             key = page.text.split('<section class="ask" data-key="')[1].split('"')[0]
             assert "finalize" in page.text  # the prompt the model would have seen, with its actions
