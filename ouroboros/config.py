@@ -137,6 +137,9 @@ class SandboxConfig(Section):
     build_timeout_s: float = Field(600.0, gt=0, description="docker: time limit for building a Dockerfile.")
     build_memory_mb: int = Field(2048, ge=64, description="docker: memory limit for a build's RUN steps.")
     build_network: bool = Field(False, description="docker: let builds use the network (off: --network none).")
+    keep_images: int = Field(
+        5, ge=1, description="docker: environments (built images) a run keeps; after each build the oldest beyond "
+                             "this are removed, unless a container uses them.")
 
 
     @field_validator("env")

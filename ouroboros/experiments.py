@@ -6,6 +6,10 @@ carries `experiment.cycles_per_agent` slots), and keeps every slot busy: a slot 
 started when an interval is set (the seed's schedule). The driver holds handles and small
 result dicts only; agents write the store and git themselves.
 
+An agent that dies mid-cycle (killed, or its process lost) costs the cycles it was running:
+they are marked `failed`, the sandbox sessions they held are closed, and a new agent takes its
+slots, up to `ray.max_restarts` times in a run. Generators and runners are restarted by Ray.
+
 Ctrl-C (or any error) kills the agents and runners. Their janitors remove every sandbox, and
 experiments whose agent died mid-cycle are marked `failed` (`ExperimentStore.fail_orphans`).
 """
@@ -36,8 +40,8 @@ class ExperimentDriver:
         self.handles: list = []
         self.agents: list = []
 
-    def _build(self, parallel: int) -> list:
-        """Start the pools and the agents; returns one (agent, slot) per parallel slot."""
+    def _build(self, parallel: int) -> None:
+        """Start the pools and the agents (`experiment.cycles_per_agent` slots each)."""
         import math
 
         import ray
@@ -54,18 +58,53 @@ class ExperimentDriver:
         per_agent = cfg.experiment.cycles_per_agent
         # One thread more than its slots, so `flush` gets through while cycles run.
         agent_cls = placement.actor(ExperimentAgent, "run-dir-writer", num_cpus=0, max_concurrency=per_agent + 1)
-        agents = [agent_cls.remote(cfg, self.run_id, self.run_dir, generators, runners, n * per_agent)
-                  for n in range(math.ceil(parallel / per_agent))]
+        self._new_agent = lambda n: agent_cls.remote(cfg, self.run_id, self.run_dir, generators, runners, n * per_agent)
+        self.per_agent, self.runners = per_agent, runners
+        agents = [self._new_agent(n) for n in range(math.ceil(parallel / per_agent))]
         self.handles = [*agents, *runners, *generators]
         self.agents = agents
         # Surface construction errors (a missing model, engine or git) now, with their own message.
-        ray.get([g.weights_version.remote() for g in generators] + [r.owner.remote() for r in runners]
-                + [a.__ray_ready__.remote() for a in agents])
+        ray.get([g.weights_version.remote() for g in generators] + [r.owner.remote() for r in runners])
+        self.owners = ray.get([a.owner_token.remote() for a in agents])
         capacity = cfg.sandbox.runners * cfg.sandbox.concurrency
         if parallel > capacity:
             log.warning("%d parallel cycles share %d sandbox slots (sandbox.runners x sandbox.concurrency): "
                         "their execs will wait for each other", parallel, capacity)
-        return [(agents[slot // per_agent], slot) for slot in range(parallel)]
+
+    def _replace_agent(self, k: int, exc: Exception, store) -> list[int]:
+        """Agent `k` died (killed, or its process lost): what its cycles were doing ends as failed,
+        the sandbox sessions they held are closed, and a new agent takes its slots. Its experiment
+        rows and git commits are its own writes, so Ray does not restart it (placement.py); this
+        is the driver doing it, once the dead agent's writes are settled. Returns the ids of the
+        experiments it left running."""
+        import ray
+
+        from ouroboros.sandbox import reaper
+
+        self.replaced += 1
+        if self.replaced > self.cfg.ray.max_restarts:
+            raise exc  # past the run's restart budget: stop, and the CLI says which actor died
+        owner = self.owners[k]
+        deadline = time.monotonic() + 10
+        while reaper.is_alive(owner) and time.monotonic() < deadline:  # its process takes a moment to go
+            time.sleep(0.1)
+        lost = [eid for (eid,) in store.query(
+            "SELECT id FROM experiments WHERE status='running' AND owner=? ORDER BY id", (owner,))]
+        reason = "its experiment agent died mid-cycle (the process was killed or lost)"
+        for eid in lost:
+            store.finish(eid, "failed", reason, {}, {})
+        try:  # runners being restarted themselves have lost these sessions anyway
+            ray.get([r.close_sessions_of.remote(owner) for r in self.runners], timeout=60)
+        except ray.exceptions.RayError as err:
+            log.warning("could not close every session of the dead agent (%s); its runners' janitors will", err)
+        agent = self._new_agent(k)
+        self.owners[k] = ray.get(agent.owner_token.remote())
+        self.handles[self.handles.index(self.agents[k])] = agent
+        self.agents[k] = agent
+        log.warning("experiment agent %d died (%s); %d running experiment(s) marked failed, a new agent "
+                    "takes its slots (%d of %d replacements, ray.max_restarts)", k, type(exc).__name__,
+                    len(lost), self.replaced, self.cfg.ray.max_restarts)
+        return lost
 
     def run(self, cycles: int | None, parallel: int, interval_s: float = 0.0, forever: bool = False,
             wait_first: bool = False) -> list[dict]:
@@ -84,11 +123,14 @@ class ExperimentDriver:
         status = "failed"
         init_ray(self.cfg)
         try:
-            agents = self._build(parallel)
+            self._build(parallel)
+            self.replaced = 0
+            slots = list(range(parallel))
             started = 0
-            running: dict = {}  # ref -> (agent, start time)
-            next_start = {i: time.monotonic() + (interval_s if wait_first else 0.0) for i in range(len(agents))}
-            idle = list(range(len(agents)))
+            running: dict = {}  # ref -> (slot, the agent that runs it)
+            next_start = {i: time.monotonic() + (interval_s if wait_first else 0.0) for i in slots}
+            idle = list(slots)
+            lost_ids: dict = {}  # dead agent handle -> ids of the experiments it left running
             while True:
                 now = time.monotonic()
                 for slot in list(idle):
@@ -96,8 +138,8 @@ class ExperimentDriver:
                         break
                     if next_start[slot] <= now:
                         idle.remove(slot)
-                        agent, slot_id = agents[slot]
-                        running[agent.run_cycle.remote(started, slot_id)] = slot
+                        agent = self.agents[slot // self.per_agent]
+                        running[agent.run_cycle.remote(started, slot)] = (slot, agent)
                         next_start[slot] = now + interval_s
                         started += 1
                 if not running and (total is not None and started >= total):
@@ -110,12 +152,21 @@ class ExperimentDriver:
                     continue
                 done, _ = ray.wait(list(running), num_returns=1, timeout=min(wait_s, 5.0))
                 for ref in done:
-                    slot = running.pop(ref)
+                    slot, agent = running.pop(ref)
                     idle.append(slot)
-                    # A cycle ends its own failures in its row; what raises here is a dead agent,
-                    # generator or runner, which would fail every later cycle too: stop, and the
-                    # CLI says which (cli.actor_failure).
-                    row = ray.get(ref)
+                    try:
+                        row = ray.get(ref)
+                    except ray.exceptions.RayActorError as exc:
+                        # A RayTaskError here is the live agent's cycle raising: a generator
+                        # or runner past its restarts, which would fail every later cycle
+                        # too. Stop; the CLI says which. Otherwise the agent itself died.
+                        if isinstance(exc, ray.exceptions.RayTaskError):
+                            raise
+                        if agent not in lost_ids:
+                            lost_ids[agent] = self._replace_agent(self.agents.index(agent), exc, store)
+                        ids = lost_ids[agent]
+                        row = {"experiment_id": ids.pop(0) if ids else None, "status": "failed", "actions": 0,
+                               "end_reason": "its experiment agent died mid-cycle"}
                     self.results.append(row)
                     self.on_result(row)
             status = "finished"

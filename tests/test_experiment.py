@@ -377,18 +377,6 @@ def test_api_providers_drive_a_cycle_with_retries_and_cost(tmp_path, runner, pro
     assert key.encode() not in db_text and all(key not in p for p in h.prompts)
 
 
-@pytest.mark.slow
-def test_interval_schedules_a_slots_next_cycle(tmp_path):
-    out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "ouroboros.cli", "experiment", str(ROOT / "configs/smoke-experiment.yaml"),
-                           "--cycles", "2", "--parallel", "1", "--interval-minutes", "0.1", "--out", str(out),
-                           "--set", "generator.count=1"],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    starts = [s for (s,) in ExperimentStore(out / "ouroboros.db").query("SELECT started_at FROM experiments ORDER BY id")]
-    assert len(starts) == 2 and starts[1] - starts[0] >= 5.9  # 0.1 min after the first one started
-
-
 def test_research_actions_when_enabled(tmp_path, runner, monkeypatch, loopback_only):
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -437,3 +425,72 @@ def test_research_actions_when_enabled(tmp_path, runner, monkeypatch, loopback_o
     assert steps[1][3] and "page-marker-7" in steps[1][5] and "x()" not in steps[1][5]
     assert not steps[2][3] and "non-public" in steps[2][5]
     assert "AIza-exp-test-key" not in json.dumps(steps)
+
+
+def test_sessions_of_a_dead_holder_are_closed_for_it(tmp_path, runner):
+    """An experiment agent that dies mid-cycle never closes its sessions; the driver closes
+    them by the holder the agent named when it opened them, and no one else's."""
+    dead = RunnerPool([runner], holder="111-dead")
+    alive = RunnerPool([runner], holder="222-alive")
+    mine = [dead.open(), dead.open()]
+    other = alive.open()
+    workdirs = [runner.sessions[s].workdir().path for s in mine]
+    assert all(os.path.isdir(w) for w in workdirs)
+    assert runner.close_sessions_of("111-dead") == 2
+    assert set(runner.sessions) == {other}
+    runner.cleanup()  # waits for the background teardowns
+    assert not any(os.path.exists(w) for w in workdirs)
+    assert runner.close_sessions_of("111-dead") == 0
+
+
+@pytest.mark.slow
+def test_a_killed_agent_costs_its_cycle_and_a_new_agent_keeps_the_schedule(tmp_path):
+    """SIGKILL of the experiment agent mid-cycle: that cycle's row ends failed with the reason,
+    the schedule (a slot's next cycle 0.1 min after its last one started) goes on with a new
+    agent, and the run ends normally."""
+    import signal
+    import time
+
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "configs/smoke-experiment.yaml").read_text())
+    cfg["generator"]["script"] = [
+        act("run", "import time\ntime.sleep(4)\nprint('slept')", "a slow step"),
+        act("finalize", "done", "done")]
+    cfg["experiment"]["max_errors"] = 2
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "ouroboros.cli", "experiment", str(path), "--cycles", "3",
+                             "--parallel", "1", "--interval-minutes", "0.1", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT)
+    try:
+        owner = None
+        deadline = time.monotonic() + 240
+        while owner is None and time.monotonic() < deadline and proc.poll() is None:
+            if (out / "ouroboros.db").exists():
+                try:
+                    rows = ExperimentStore(out / "ouroboros.db").query(
+                        "SELECT owner FROM experiments WHERE status='running'")
+                    owner = rows[0][0] if rows else None
+                except Exception:
+                    pass  # the schema is being made
+            time.sleep(0.2)
+        assert owner, "no cycle started"
+        time.sleep(1.0)  # into its 4 s step (a kill before it costs the cycle just the same)
+        os.kill(int(owner.split("-")[0]), signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr[-3000:]
+    rows = ExperimentStore(out / "ouroboros.db").query(
+        "SELECT id, status, end_reason, owner, started_at FROM experiments ORDER BY id")
+    assert [r[1] for r in rows].count("failed") == 1 and [r[1] for r in rows].count("finalized") == 2
+    failed = next(r for r in rows if r[1] == "failed")
+    assert failed[3] == owner and "agent died" in failed[2]
+    assert all(r[3] != owner for r in rows if r[1] == "finalized")  # the new agent ran the others
+    starts = [r[4] for r in rows]
+    assert starts[1] - starts[0] >= 5.9 and starts[2] - starts[1] >= 5.9  # 0.1 min after the last one started
+    assert "a new agent takes its slots" in stderr
+    assert "its experiment agent died mid-cycle" in " ".join(stderr.split())  # the lost cycle, as it ends

@@ -756,3 +756,30 @@ def test_an_images_entrypoint_and_logs_do_not_run(fresh, built_images):
     assert result.exit_code == 0 and "sleep 1000" not in result.stdout, result.stdout
     fresh._container.reload()
     assert fresh._container.attrs["HostConfig"]["LogConfig"]["Type"] == "none"
+
+
+def test_built_environments_are_held_to_keep_images(client, built_images):
+    """A run that builds an environment every cycle keeps only the newest `keep_images` of
+    them, and never one that a container still runs."""
+    from ouroboros.sandbox.docker import DockerSandbox
+
+    builder = DockerSandbox(limits=LIMITS, run_id=FRESH_RUN_ID, keep_images=2)
+    user = DockerSandbox(limits=LIMITS, run_id=FRESH_RUN_ID)
+    try:
+        first = builder.build(HEAD + "RUN echo 0 > /opt/k\n")
+        built_images.append(first)
+        user.use_environment(first)
+        assert run_ok(user, "cat", "/opt/k").stdout == "0\n"  # a container of it runs from here on
+        ids = [first]
+        for k in range(1, 5):
+            ids.append(builder.build(HEAD + f"RUN echo {k} > /opt/k\n"))
+            built_images.append(ids[-1])
+        left = {i.id for i in our_images(client, FRESH_RUN_ID)}
+        # The two newest, and the one a container uses; the others are gone.
+        assert left == {ids[4], ids[3], first}
+        assert run_ok(user, "cat", "/opt/k").stdout == "0\n"
+        builder.use_environment(ids[4])
+        assert run_ok(builder, "cat", "/opt/k").stdout == "4\n"
+    finally:
+        user.cleanup()
+        builder.cleanup()

@@ -28,8 +28,8 @@ from ouroboros.types import Completion, ExecResult, Request, Trajectory
 class RunnerPool:
     """The `Sandboxes` protocol over SandboxRunner handles (Ray actors) or plain runners."""
 
-    def __init__(self, runners: list, start: int = 0) -> None:
-        self.runners = runners
+    def __init__(self, runners: list, start: int = 0, holder: str | None = None) -> None:
+        self.runners, self.holder = runners, holder
         self._next = itertools.count(start)
         self.sessions: dict[str, tuple[object, str]] = {}
 
@@ -51,7 +51,7 @@ class RunnerPool:
 
     def open(self) -> str:
         runner = self.runners[next(self._next) % len(self.runners)]
-        session = self._call(runner.open_session)
+        session = self._call(runner.open_session, self.holder) if self.holder else self._call(runner.open_session)
         self.sessions[session] = (runner, session)
         return session
 
@@ -112,7 +112,9 @@ class ExperimentAgent:
         # Built here, from this process's environment: secret values never travel as Ray arguments.
         self.redactor = redactor_for(cfg)
         self.generators = generators
-        self.pool = RunnerPool(runners, start=slot)
+        self.owner = reaper.owner_token()
+        # Sessions carry this process's token: if it dies mid-cycle, the driver has them closed.
+        self.pool = RunnerPool(runners, start=slot, holder=self.owner)
         paths = RunPaths(run_dir, run_id)
         paths.run.mkdir(parents=True, exist_ok=True)
         self.db_path = paths.db
@@ -121,9 +123,13 @@ class ExperimentAgent:
         # Commits happen in the background, batched across this agent's cycles.
         self.committer = Committer(ExperimentRepo(paths.experiments), self.db_path, self.log_path)
         self.research = ResearchTools(cfg) if (cfg.experiment.research.web_search or cfg.experiment.research.load_url) else None
-        self.owner = reaper.owner_token()
         self._local = threading.local()
         self._episode_pool: ThreadPoolExecutor | None = None
+
+    def owner_token(self) -> str:
+        """This agent's process as an owner (`<pid>-<start time>`): its experiment rows and its
+        sandbox sessions carry it."""
+        return self.owner
 
     def _generator_for(self, slot: int, session: str, temperature: float | None = None, top_p: float = 1.0,
                        seed: str | None = None):

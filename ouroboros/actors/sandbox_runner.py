@@ -58,7 +58,7 @@ def make_sandbox(cfg: SandboxConfig, run_id: str = "adhoc", session: bool = Fals
         kwargs["unsafe"] = cfg.unsafe
     if cfg.backend == "docker":
         kwargs.update(image=cfg.image, run_id=run_id, gpus=cfg.gpus, build_timeout_s=cfg.build_timeout_s,
-                      build_memory_mb=cfg.build_memory_mb, build_network=cfg.build_network)
+                      build_memory_mb=cfg.build_memory_mb, build_network=cfg.build_network, keep_images=cfg.keep_images)
     return sandbox_class(cfg.backend)(**kwargs)
 
 
@@ -74,6 +74,7 @@ class SandboxRunner:
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(cfg.concurrency)  # execs running at once
         self.sessions: dict[str, Sandbox] = {}
+        self._holders: dict[str, str] = {}  # session -> who opened it (close_sessions_of)
         self.processes: dict[str, tuple] = {}  # start_process: key -> (sandbox, hosted object)
         self._spares: list[Sandbox] = []
         self._closing = False
@@ -148,7 +149,9 @@ class SandboxRunner:
             with self._lock:
                 self._idle_scratch.append(scratch)
 
-    def open_session(self) -> str:
+    def open_session(self, holder: str | None = None) -> str:
+        """A new session. `holder` names who opened it (an experiment agent's owner token), so
+        that if it dies mid-cycle its sessions can be closed for it (`close_sessions_of`)."""
         session = secrets.token_hex(8)
         with self._lock:
             sandbox = self._spares.pop(0) if self._spares else None
@@ -156,6 +159,8 @@ class SandboxRunner:
         if sandbox is None:
             sandbox = make_sandbox(self.cfg, self.run_id, session=True)
         self.sessions[session] = sandbox
+        if holder is not None:
+            self._holders[session] = holder
         self._start_spares()
         return session
 
@@ -184,10 +189,20 @@ class SandboxRunner:
         """Close the session; its sandbox is torn down in the background (the caller's experiment
         is over and need not wait for a namespace to die). `cleanup` waits for every teardown."""
         sandbox = self.sessions.pop(session, None)
+        self._holders.pop(session, None)
         if sandbox is not None:
             with self._lock:
                 self._teardowns = [t for t in self._teardowns if not t.done()]
                 self._teardowns.append(self._closer.submit(sandbox.cleanup))
+
+    def close_sessions_of(self, holder: str) -> int:
+        """Close every session `holder` opened: it died with them open (its cycles never reach
+        their own `close_session`), and each would otherwise keep a container or a workdir for
+        the rest of the run. Returns how many were closed."""
+        mine = [s for s, h in list(self._holders.items()) if h == holder]
+        for session in mine:
+            self.close_session(session)
+        return len(mine)
 
     # -- long-lived processes (a survival episode's object) ----------------------------------
     def start_process(self, factory, *args) -> str:

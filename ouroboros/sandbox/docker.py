@@ -81,6 +81,7 @@ class DockerSandbox(Sandbox):
         build_timeout_s: float = 600.0,
         build_memory_mb: int = 2048,
         build_network: bool = False,
+        keep_images: int = 5,
     ):
         global _reaped
         import docker.errors
@@ -93,6 +94,9 @@ class DockerSandbox(Sandbox):
         self.build_timeout_s = build_timeout_s
         self.build_memory_mb = build_memory_mb
         self.build_network = build_network
+        if keep_images < 1:
+            raise ValueError(f"keep_images must be at least 1, not {keep_images}")
+        self.keep_images = keep_images
         self.extra_env = dict(env or {})
         self.env = runner.base_env("/work", self.extra_env)
         self.client = _client()
@@ -415,7 +419,33 @@ class DockerSandbox(Sandbox):
             image = self.client.images.get(tag)
         except self._errors.DockerException as exc:
             raise BuildFailed(f"the build reported success but {tag} is missing: {exc}", text) from None
+        self._prune_environments(keep=image.id)
         return image.id
+
+    def _prune_environments(self, keep: str) -> int:
+        """Hold this run's built environments to `keep_images` (the newest; the original system's
+        KeepLastNImages): a run that builds an environment every cycle would otherwise fill the
+        engine's disk. Never removes `keep` (just built), the environment this sandbox uses, or
+        one a container uses (the engine refuses that removal, and the image stays). Other runs'
+        images are theirs to prune. Returns how many were removed."""
+        try:
+            built = self.client.images.list(filters={"label": f"{reaper.RUN_LABEL}={self.labels[reaper.RUN_LABEL]}"})
+        except self._errors.DockerException as exc:
+            log.warning("could not list this run's environments to prune them: %s", exc)
+            return 0
+        built = [i for i in built if any(t.startswith(ENV_REPO + ":") for t in i.tags)]
+        built.sort(key=lambda i: (i.id == keep, i.attrs.get("Created", "")), reverse=True)
+        removed = 0
+        for image in built[self.keep_images:]:
+            if image.id in (keep, self.environment) or image.id in self.allowed_images:
+                continue
+            try:
+                for tag in image.tags:  # by tag: an id with two tags would need force
+                    self.client.images.remove(tag, force=False, noprune=False)
+                removed += 1
+            except self._errors.DockerException:
+                pass  # in use by a container, or pruned by another runner first
+        return removed
 
     def use_environment(self, environment: str) -> None:
         try:
