@@ -783,3 +783,23 @@ def test_built_environments_are_held_to_keep_images(client, built_images):
     finally:
         user.cleanup()
         builder.cleanup()
+
+
+def test_an_environment_pruned_before_its_first_use_is_built_again(client, built_images):
+    """Another session's build may prune (keep_images) the environment this one just built,
+    before a container of it starts: the session builds it again from its Dockerfile."""
+    from ouroboros.sandbox.docker import DockerSandbox
+
+    box = DockerSandbox(limits=LIMITS, run_id=FRESH_RUN_ID, keep_images=1)
+    other = DockerSandbox(limits=LIMITS, run_id=FRESH_RUN_ID, keep_images=1)
+    try:
+        mine = box.build(HEAD + "RUN echo mine > /opt/k\n")
+        built_images.append(mine)
+        built_images.append(other.build(HEAD + "RUN echo other > /opt/k\n"))  # prunes `mine`
+        assert mine not in {i.id for i in our_images(client, FRESH_RUN_ID)}
+        box.use_environment(mine)
+        built_images.append(box.environment)
+        assert run_ok(box, "cat", "/opt/k").stdout == "mine\n"
+    finally:
+        box.cleanup()
+        other.cleanup()

@@ -126,7 +126,8 @@ class SandboxRunner:
         try:
             return self.sessions[session]
         except KeyError:
-            raise SandboxError(f"no open sandbox session {session!r} on this runner") from None
+            raise SandboxError(f"no open sandbox session {session!r} on this runner (a runner that was "
+                               "restarted has lost the sessions it held, with their files)") from None
 
     def exec(self, program: str | None = None, files: dict | None = None, limits: dict | None = None,
              *, command: list[str] | None = None, session: str | None = None) -> ExecResult:

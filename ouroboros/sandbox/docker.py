@@ -115,6 +115,10 @@ class DockerSandbox(Sandbox):
             reaper.reap(self.client)
         reaper.Janitor.ensure().track_docker()
         self._workdir: HostWorkdir | None = None
+        # What each environment this sandbox built was built from: another session's build may
+        # prune it (keep_images) before this one starts a container of it, and then it is built
+        # again rather than lost.
+        self._sources: dict[str, tuple[str, dict]] = {}
         self._container = None
         self._container_key: tuple | None = None
         self._cgroup_dirs: dict[str, str] = {}
@@ -149,6 +153,9 @@ class DockerSandbox(Sandbox):
             return self._container
         self._remove_container()
         import docker.types
+
+        if self.environment in self._sources and not self._image_exists(self.environment):
+            self.environment = self._rebuild(self.environment)
 
         mem = f"{limits.memory_mb}m"
         disk = limits.disk_mb * runner.MIB
@@ -419,6 +426,7 @@ class DockerSandbox(Sandbox):
             image = self.client.images.get(tag)
         except self._errors.DockerException as exc:
             raise BuildFailed(f"the build reported success but {tag} is missing: {exc}", text) from None
+        self._sources[image.id] = (dockerfile_text, dict(files or {}))
         self._prune_environments(keep=image.id)
         return image.id
 
@@ -428,26 +436,46 @@ class DockerSandbox(Sandbox):
         engine's disk. Never removes `keep` (just built), the environment this sandbox uses, or
         one a container uses (the engine refuses that removal, and the image stays). Other runs'
         images are theirs to prune. Returns how many were removed."""
-        try:
-            built = self.client.images.list(filters={"label": f"{reaper.RUN_LABEL}={self.labels[reaper.RUN_LABEL]}"})
+        try:  # the low-level list: the high-level one fetches each image again, racing other prunes
+            listed = self.client.api.images(filters={"label": f"{reaper.RUN_LABEL}={self.labels[reaper.RUN_LABEL]}"})
         except self._errors.DockerException as exc:
             log.warning("could not list this run's environments to prune them: %s", exc)
             return 0
-        built = [i for i in built if any(t.startswith(ENV_REPO + ":") for t in i.tags)]
-        built.sort(key=lambda i: (i.id == keep, i.attrs.get("Created", "")), reverse=True)
+        built = [i for i in listed if any(t.startswith(ENV_REPO + ":") for t in i.get("RepoTags") or ())]
+        built.sort(key=lambda i: (i["Id"] == keep, i.get("Created", 0)), reverse=True)
         removed = 0
         for image in built[self.keep_images:]:
-            if image.id in (keep, self.environment) or image.id in self.allowed_images:
+            if image["Id"] in (keep, self.environment) or image["Id"] in self.allowed_images:
                 continue
             try:
-                for tag in image.tags:  # by tag: an id with two tags would need force
+                for tag in image["RepoTags"]:  # by tag: an id with two tags would need force
                     self.client.images.remove(tag, force=False, noprune=False)
                 removed += 1
             except self._errors.DockerException:
                 pass  # in use by a container, or pruned by another runner first
         return removed
 
+    def _image_exists(self, image_id: str) -> bool:
+        try:
+            self.client.api.inspect_image(image_id)
+            return True
+        except self._errors.NotFound:
+            return False
+
+    def _rebuild(self, environment: str) -> str:
+        """`environment` was pruned (keep_images) by another session's build before a container
+        of it started here: build it again from the Dockerfile it came from."""
+        text, files = self._sources.pop(environment)
+        log.info("environment %s was pruned before its first use here; building it again", environment[:19])
+        try:
+            return self.build(text, files)
+        except BuildFailed as exc:
+            raise SandboxError(f"environment {environment[:19]} was removed to hold sandbox.keep_images, and "
+                               f"building it again failed: {exc} (if this repeats, raise sandbox.keep_images)") from None
+
     def use_environment(self, environment: str) -> None:
+        if environment in self._sources and not self._image_exists(environment):
+            environment = self._rebuild(environment)
         try:
             image = self.client.images.get(environment)
         except self._errors.ImageNotFound:
@@ -540,9 +568,11 @@ def _cgroup_dirs(container_id: str) -> dict[str, str]:
 def _our_images(client) -> set[str]:
     """Environments built by Ouroboros on this engine (any run): tags and ids."""
     names: set[str] = set()
-    for image in client.images.list(filters={"label": reaper.RUN_LABEL}):
-        names.add(image.id)
-        names.update(image.tags)
+    # The low-level list: the high-level one fetches each listed image again, and fails if
+    # another session's build pruned one meanwhile (keep_images).
+    for image in client.api.images(filters={"label": reaper.RUN_LABEL}):
+        names.add(image["Id"])
+        names.update(t for t in image.get("RepoTags") or () if t != "<none>:<none>")
     return names
 
 

@@ -112,20 +112,22 @@ def reap_docker(client, only: str | None = None) -> tuple[int, int]:
         return token == only if only is not None else not is_alive(token)
 
     containers = images = 0
-    for container in client.containers.list(all=True, filters={"label": OWNER_LABEL}):
+    # Objects listed may vanish before they are looked at (other runs' janitors and prunes work
+    # at the same time): the container list skips those, and images come from the low-level list.
+    for container in client.containers.list(all=True, filters={"label": OWNER_LABEL}, ignore_removed=True):
         if dead(container.labels):
             try:
                 container.remove(force=True)
                 containers += 1
             except Exception as exc:  # gone already, or the engine is busy: the next reap retries
                 log.warning("could not remove leftover container %s: %s", container.short_id, exc)
-    for image in client.images.list(filters={"label": OWNER_LABEL}):
-        if dead(image.labels):
+    for image in client.api.images(filters={"label": OWNER_LABEL}):
+        if dead(image.get("Labels")):
             try:
-                client.images.remove(image.id, force=True, noprune=False)
+                client.images.remove(image["Id"], force=True, noprune=False)
                 images += 1
             except Exception as exc:
-                log.warning("could not remove leftover image %s: %s", image.short_id, exc)
+                log.warning("could not remove leftover image %s: %s", image["Id"][7:19], exc)
     return containers, images
 
 
