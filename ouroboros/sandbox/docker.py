@@ -154,8 +154,6 @@ class DockerSandbox(Sandbox):
         self._remove_container()
         import docker.types
 
-        if self.environment in self._sources and not self._image_exists(self.environment):
-            self.environment = self._rebuild(self.environment)
 
         mem = f"{limits.memory_mb}m"
         disk = limits.disk_mb * runner.MIB
@@ -191,10 +189,29 @@ class DockerSandbox(Sandbox):
         )
         if self.gpus:
             kwargs["device_requests"] = [docker.types.DeviceRequest(count=self.gpus, capabilities=[["gpu"]])]
-        try:
-            self._container = self.client.containers.run(**kwargs)
-        except self._errors.DockerException as exc:
-            raise SandboxError(f"could not start a sandbox container from {self.environment[:19]}: {exc}") from exc
+        # Created, then started: `containers.run` would try to pull a missing image from a
+        # registry. An environment of ours that another session's build pruned (keep_images)
+        # since this session switched to it is built again, and the start retried.
+        for attempt in range(3):
+            if self.environment in self._sources and not self._image_exists(self.environment):
+                self.environment = self._rebuild(self.environment)
+            kwargs["image"] = self.environment
+            container = None
+            try:
+                container = self.client.containers.create(**{k: v for k, v in kwargs.items() if k != "detach"})
+                container.start()
+                self._container = container
+                break
+            except self._errors.DockerException as exc:
+                if container is not None:
+                    try:
+                        container.remove(force=True)
+                    except self._errors.DockerException:
+                        pass
+                if attempt < 2 and self.environment in self._sources and not self._image_exists(self.environment):
+                    continue
+                raise SandboxError(f"could not start a sandbox container from {self.environment[:19]}: {exc}") from exc
+        key = (self.environment, *key[1:])
         self._container_key = key
         self._cgroup_dirs = _cgroup_dirs(self._container.id)
         return self._container
@@ -356,6 +373,19 @@ class DockerSandbox(Sandbox):
     def build(self, dockerfile_text: str, files: dict[str, str | bytes] | None = None,
               limits: Limits | None = None) -> str:
         """Build `dockerfile_text` (no network, time and memory limits) and return the image id."""
+        for attempt in range(3):
+            try:
+                return self._build_once(dockerfile_text, files, limits)
+            except _Pruned as exc:
+                # Another session's prune (keep_images) removed a cached layer this build
+                # started from, or the result before it was looked up: build it again.
+                if attempt == 2:
+                    raise BuildFailed(str(exc), exc.log) from None
+                log.info("a build raced a prune (%s); building again", exc)
+        raise AssertionError("unreachable")
+
+    def _build_once(self, dockerfile_text: str, files: dict[str, str | bytes] | None,
+                    limits: Limits | None) -> str:
         if not isinstance(dockerfile_text, str):
             raise BuildFailed("the Dockerfile must be text")
         allowed = self.allowed_images | _our_images(self.client)
@@ -421,11 +451,12 @@ class DockerSandbox(Sandbox):
         if timed_out:
             raise BuildFailed(f"the build did not finish within {timeout_s:g} s and was cancelled", text)
         if failure:
-            raise BuildFailed(f"the build failed: {failure[-1][:500]}", text + "\n" + failure[-1])
+            error = _Pruned if "unknown parent image" in failure[-1] else BuildFailed
+            raise error(f"the build failed: {failure[-1][:500]}", text + "\n" + failure[-1])
         try:
             image = self.client.images.get(tag)
         except self._errors.DockerException as exc:
-            raise BuildFailed(f"the build reported success but {tag} is missing: {exc}", text) from None
+            raise _Pruned(f"the build reported success but {tag} is missing: {exc}", text) from None
         self._sources[image.id] = (dockerfile_text, dict(files or {}))
         self._prune_environments(keep=image.id)
         return image.id
@@ -442,7 +473,20 @@ class DockerSandbox(Sandbox):
             log.warning("could not list this run's environments to prune them: %s", exc)
             return 0
         built = [i for i in listed if any(t.startswith(ENV_REPO + ":") for t in i.get("RepoTags") or ())]
-        built.sort(key=lambda i: (i["Id"] == keep, i.get("Created", 0)), reverse=True)
+        if len(built) <= self.keep_images:
+            return 0
+
+        def last_built(image: dict) -> str:
+            # When it was last tagged: a build that reuses an image from the cache tags it
+            # again, so an old image just rebuilt counts as new (its `Created` stays old).
+            try:
+                info = self.client.api.inspect_image(image["Id"])
+            except self._errors.DockerException:
+                return ""
+            return (info.get("Metadata") or {}).get("LastTagTime") or info.get("Created") or ""
+
+        stamps = {i["Id"]: last_built(i) for i in built}
+        built.sort(key=lambda i: (i["Id"] == keep, stamps[i["Id"]]), reverse=True)
         removed = 0
         for image in built[self.keep_images:]:
             if image["Id"] in (keep, self.environment) or image["Id"] in self.allowed_images:
@@ -493,6 +537,10 @@ class DockerSandbox(Sandbox):
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+class _Pruned(BuildFailed):
+    """A build lost a race with another session's prune (keep_images); building again works."""
 
 
 class _FrameReader:

@@ -60,3 +60,28 @@ TRAITS: dict[str, Traits] = {
         "neither root nor able to make cgroups.",
     ),
 }
+
+
+# Inspect AI's sandbox conformance checks (inspect_ai.util._sandbox.self_check) that a backend,
+# run as an Inspect sandbox provider (sandbox/inspect_provider.py), fails on purpose, and why.
+# tests/test_inspect_sandbox.py runs every check and expects exactly these to fail.
+_NO_ROOT = ("every program runs as one unprivileged user; there is no root (or other user) to "
+            "run as, so `user=` other than nobody raises SandboxUserUnsupportedError")
+INSPECT_DIFFERENCES: dict[str, dict[str, str]] = {
+    "bwrap": {
+        "test_exec_as_user": _NO_ROOT,
+        # /tmp is a fresh tmpfs for each exec: what must last goes in the workdir. Binding a
+        # persistent host directory there instead would be bound by path each exec, and a
+        # program could swap that path for a symlink to a host directory.
+        "test_read_and_write_file_including_directory_absolute": "/tmp is private to each exec",
+        "test_write_text_file_is_directory": "/tmp is private to each exec",
+        "test_write_binary_file_is_directory": "/tmp is private to each exec",
+        "test_cwd_absolute": "/tmp is private to each exec",
+        # Only /usr (and the system library directories) of the host are mounted: no /etc.
+        "test_read_file_is_directory": "there is no /etc in the sandbox (the check reads /etc)",
+        "test_exec_permission_error": "there is no /etc in the sandbox (the check runs /etc/passwd)",
+    },
+    "docker": {
+        "test_exec_as_user": _NO_ROOT,
+    },
+}

@@ -204,5 +204,15 @@ class HostWorkdir:
         finally:
             os.close(dirfd)
 
+    def unlink(self, rel: str) -> None:
+        """Remove one file (not a directory); a missing one is fine."""
+        dirfd, name = self._open_parent(rel, create=False)
+        try:
+            os.unlink(name, dir_fd=dirfd)
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(dirfd)
+
     def remove(self) -> None:
         remove_tree(self.path)
