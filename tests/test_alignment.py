@@ -288,6 +288,20 @@ def test_hard_cases_are_replayed_and_clusters_make_new_prompts():
     assert len(nxt) == 4 and any(t.id.startswith("cur-r2-") for t in nxt)
     assert {t.id for t in nxt[:2]} == {t.id for t in tasks[:2]}
 
+    # A resumed run starts from the state a finished round saved (as JSON, through a file):
+    # its next rounds draw exactly the prompts this one does.
+    import json
+
+    cur.observe([traj(9, "wrong again", task_id=nxt[-1].id)],
+                [Score(nxt[-1].id, {"aggregate": 0.0, "disagreement": 0.0}, 0.0, "p")], 2)
+    saved = json.loads(json.dumps(cur.state()))
+    back = Curriculum(cfg, {"engineer-01": SUMMARY}, tasks)
+    back.load_state(saved)
+    assert back.state() == cur.state()
+    assert [t.id for t in back.next_tasks(3, tasks[2:6])] == [t.id for t in cur.next_tasks(3, tasks[2:6])]
+    assert [t.id for t in Curriculum(cfg, {"engineer-01": SUMMARY}, tasks).next_tasks(3, tasks[2:6])] == \
+        [t.id for t in tasks[2:6]]  # without the state, nothing is replayed: what a resume lost before
+
 
 # -- the agent ------------------------------------------------------------------------------
 class Replay:

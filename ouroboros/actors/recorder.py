@@ -72,6 +72,7 @@ class Recorder:
             if v > version:
                 shutil.rmtree(version_dir(self.paths.run, v))
         self.summary.keep_rounds(last_round)
+        self.env.restore(self.paths, last_round)
         return dropped
 
     def start_round(self, round_: int, weights_version: int) -> None:

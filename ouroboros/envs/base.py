@@ -120,6 +120,11 @@ class Environment(ABC):
         return phase_metrics(trajectories, scores, pairs)
 
     # -- the end of a run -------------------------------------------------------
+    def restore(self, paths, last_round: int) -> None:
+        """A resumed run (the recorder calls it after dropping the interrupted round): bring back
+        what this environment kept in memory across rounds, as it was after `last_round`, from
+        what `record_traces` stored."""
+
     def before_shutdown(self, agents: list, status: str) -> None:
         """Runs while the actors still live (an environment's agents may hold unflushed work)."""
 

@@ -10,7 +10,7 @@ from the dialogs that dominate each failure cluster, and the rest drawn as usual
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 
 class Curriculum:
@@ -18,8 +18,25 @@ class Curriculum:
         self.cfg = cfg
         self.summaries = summaries
         self.tasks = {t.id: t for t in tasks}
+        self._original = set(self.tasks)
         self.buffer: dict[str, dict] = {}  # task id -> its worst hard case
         self.clusters: list[dict] = []
+
+    def state(self) -> dict:
+        """Everything the next rounds' prompts depend on, as JSON: the replay buffer, the last
+        failure clusters, and the curriculum prompts made so far (the buffer may name them)."""
+        made = [asdict(t) for tid, t in self.tasks.items() if tid not in self._original]
+        return {"buffer": list(self.buffer.values()), "clusters": self.clusters, "made": made}
+
+    def load_state(self, state: dict) -> None:
+        """Back to `state()` of a finished round: a resumed run's next rounds draw the same
+        replay and curriculum prompts as the run would have (ouroboros/resume.py)."""
+        from ouroboros.envs.alignment.tasks import AlignTask
+
+        for d in state.get("made", []):
+            self.tasks.setdefault(d["id"], AlignTask(**d))
+        self.buffer = {h["task_id"]: h for h in state.get("buffer", [])}
+        self.clusters = list(state.get("clusters", []))
 
     def observe(self, trajectories: list, scores: list, round_: int) -> list[dict]:
         """Take a train phase's hard cases; returns this round's failure clusters."""

@@ -217,6 +217,21 @@ class AlignmentEnvironment(Environment):
                                           "terms": c["terms"], "dialogs": c["dialogs"], "kinds": c["kinds"],
                                           "mean_aggregate": c["mean_aggregate"]} for i, c in enumerate(clusters)])
             (folder / "clusters.json").write_text(json.dumps(clusters, indent=1))
+            # What a resumed run needs to draw the next rounds' prompts as this run would.
+            (folder / CURRICULUM_STATE).write_text(json.dumps(self.curriculum().state()))
+
+    def restore(self, paths, last_round: int) -> None:
+        """A resumed run: the replay buffer and curriculum as they were after `last_round`."""
+        from ouroboros.store.shards import shard_path
+
+        for round_ in range(last_round, 0, -1):  # the latest train round that recorded one
+            state = shard_path(paths.shards, round_, "x").parent / CURRICULUM_STATE
+            if state.is_file():
+                self.curriculum().load_state(json.loads(state.read_text()))
+                return
+
+
+CURRICULUM_STATE = "curriculum-state.json"
 
 
 def human_scores(cfg) -> list:
