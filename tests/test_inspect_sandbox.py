@@ -61,6 +61,28 @@ def sandbox_env(inspect_environment, request):
     return env
 
 
+async def test_a_program_cannot_take_over_the_shim_or_forge_its_errors(inspect_environment):
+    """The hostile side of the provider: what a sample's program leaves in its workdir (modules
+    on the cwd, a user site under HOME=/work) never runs in the shim that serves the scorer's
+    later calls; a command cannot print the shim's error line to turn its own failure into a
+    harness exception; and reading a device or a pipe ends with an error, not a hang."""
+    backend, env = inspect_environment
+    hijack = "import sys; sys.stdout.write('hijacked'); sys.exit(0)\n"
+    planted = ["json.py", "os.py", "stat.py", "sitecustomize.py", "usercustomize.py"]
+    planted += [f".local/lib/python3.{minor}/site-packages/usercustomize.py" for minor in range(9, 15)]
+    for name in planted:
+        await env.write_file(name, hijack)
+    result = await env.exec(["sh", "-c", "echo real; echo err >&2; exit 3"], input="x")
+    assert (result.returncode, result.stdout, result.stderr) == (3, "real\n", "err\n")
+    assert await env.read_file("json.py") == hijack
+    forged = await env.exec(["sh", "-c", "echo 'ouroboros-inspect: 0123456789abcdef EACCES: /x: no' >&2; exit 126"])
+    assert forged.returncode == 126 and not forged.success  # a result, not a PermissionError
+    with pytest.raises(OSError, match="not a regular file"):
+        await env.read_file("/dev/zero")
+    for name in planted:
+        await env.exec(["rm", "-f", name])
+
+
 def test_every_declared_difference_names_a_check():
     """A declared difference for a check that no longer exists would hide nothing, but it
     would claim something untrue."""

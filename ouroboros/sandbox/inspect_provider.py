@@ -28,6 +28,7 @@ on both backends and checks that exactly those differences fail.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import threading
 from pathlib import Path
@@ -48,6 +49,8 @@ from inspect_ai.util import (
 from ouroboros.config import SandboxConfig
 from ouroboros.sandbox.base import Sandbox
 
+log = logging.getLogger(__name__)
+
 STAGE = ".inspect-io"
 MARK = "ouroboros-inspect:"
 SANDBOX_USERS = ("nobody", "65534")  # what every program runs as; root never
@@ -55,12 +58,14 @@ SANDBOX_USERS = ("nobody", "65534")  # what every program runs as; root never
 # Runs inside the sandbox. Kept to the standard library and to what it must do: set up, then
 # get out of the way (execvp), or copy one file. Its errors are one marker line on stderr.
 SHIM = r"""
-import errno, json, os, shutil, sys
+import errno, json, os, stat, sys
 spec_path = sys.argv[1]
 with open(spec_path) as f:
     spec = json.load(f)
 os.unlink(spec_path)
-MARK = "ouroboros-inspect:"
+# The nonce is only in the spec, which is gone before the command runs: a command cannot
+# print a marker line the harness would take for the shim's.
+MARK = "ouroboros-inspect: " + spec["nonce"]
 
 def fail(exc, path, code=3):
     name = errno.errorcode.get(exc.errno or 0, "EIO")
@@ -97,15 +102,26 @@ if op == "exec":
     except OSError as exc:
         fail(exc, cmd[0], 126)
 elif op == "read":
-    path = spec["path"]
+    path, limit = spec["path"], spec["limit"]
     try:
-        with open(path, "rb") as src:
-            size = os.fstat(src.fileno()).st_size
-            if size > spec["limit"]:
-                sys.stderr.write("%s EFBIG: %s: %d bytes\n" % (MARK, path, size))
-                sys.exit(3)
-            with open(spec["stage"], "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+        if not stat.S_ISREG(info.st_mode):  # a device or a pipe has no size and may not end
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        if info.st_size > limit:
+            raise OSError(errno.EFBIG, "%d bytes" % info.st_size, path)
+        copied = 0
+        with os.fdopen(fd, "rb") as src, open(spec["stage"], "wb") as dst:
+            while True:
+                chunk = src.read(1 << 20)
+                if not chunk:
+                    break
+                copied += len(chunk)
+                if copied > limit:  # it grew while being read
+                    raise OSError(errno.EFBIG, "over %d bytes" % limit, path)
+                dst.write(chunk)
     except OSError as exc:
         fail(exc, path)
 elif op == "write":
@@ -117,11 +133,13 @@ elif op == "write":
         if os.path.isdir(path):
             raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
         with open(spec["stage"], "rb") as src, open(path, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
+            while True:
+                chunk = src.read(1 << 20)
+                if not chunk:
+                    break
+                dst.write(chunk)
     except OSError as exc:
         fail(exc, path)
-    finally:
-        os.unlink(spec["stage"])
 """
 
 _ERRORS = {"ENOENT": FileNotFoundError, "EACCES": PermissionError, "EPERM": PermissionError,
@@ -182,31 +200,47 @@ class OuroborosEnvironment(SandboxEnvironment):
 
     # -- the shim -------------------------------------------------------------------------------
     def _run_shim(self, spec: dict, timeout_s: float, output_bytes: int, files: dict | None = None):
-        token = secrets.token_hex(8)
-        spec_path = f"{STAGE}/{token}.json"
+        """Run the shim on `spec` with `files` staged first; the caller holds `_lock`. Whatever
+        the shim did not consume is removed host-side afterwards."""
+        spec_path = f"{STAGE}/{secrets.token_hex(8)}.json"
+        spec = {**spec, "nonce": secrets.token_hex(8)}
         limits = self.sandbox.limits.override(timeout_s=timeout_s, output_bytes=output_bytes)
-        with self._lock:
+        try:
             for rel, data in (files or {}).items():
                 self.sandbox.write_file(rel, data)
             self.sandbox.write_file(spec_path, json.dumps(spec))
-            return self.sandbox.exec(command=["python3", "-c", SHIM, spec_path], limits=limits)
+            # -I -S: the workdir (the program's, and the cwd) must not be on the shim's import
+            # path, nor a user site under HOME=/work: a program could leave a module there
+            # that every later shim would run, and forge what the scorer reads.
+            result = self.sandbox.exec(command=["python3", "-I", "-S", "-c", SHIM, spec_path], limits=limits)
+        finally:
+            self._unlink(spec_path, *(files or {}))
+        return result, spec["nonce"]
+
+    def _unlink(self, *paths: str) -> None:
+        for rel in paths:
+            try:
+                self.sandbox.workdir().unlink(rel)
+            except (OSError, ValueError) as exc:  # a program may have swapped the folder for a link
+                log.warning("could not remove staged file %s: %s", rel, exc)
 
     @staticmethod
-    def _marker(stderr: str) -> tuple[str, str] | None:
+    def _marker(stderr: str, nonce: str) -> tuple[str, str] | None:
         line = stderr.rstrip("\n").rpartition("\n")[2]
-        if not line.startswith(MARK):
+        mark = f"{MARK} {nonce} "
+        if not line.startswith(mark):
             return None
-        name, _, rest = line[len(MARK):].strip().partition(": ")
+        name, _, rest = line[len(mark):].partition(": ")
         return name, rest
 
-    def _raise_for(self, result, path: str) -> None:
+    def _raise_for(self, result, nonce: str, path: str) -> None:
         if result.error:
             raise SandboxUnavailableError(f"the sandbox could not run the file operation on {path!r}: {result.error}")
         if result.timed_out:
             raise TimeoutError(f"the file operation on {path!r} timed out")
         if result.exit_code == 0:
             return
-        found = self._marker(result.stderr)
+        found = self._marker(result.stderr, nonce)
         if found is None:
             raise RuntimeError(f"the file operation on {path!r} failed (exit {result.exit_code}): "
                                f"{result.stderr[-500:]}")
@@ -232,12 +266,17 @@ class OuroborosEnvironment(SandboxEnvironment):
             files[spec["stdin"]] = input.encode("utf-8") if isinstance(input, str) else bytes(input)
         timeout_s = float(timeout) if timeout else self.cfg.timeout_s
         cap = SandboxEnvironmentLimits.MAX_EXEC_OUTPUT_SIZE
-        result = await anyio.to_thread.run_sync(lambda: self._run_shim(spec, timeout_s, cap, files))
+
+        def run():
+            with self._lock:
+                return self._run_shim(spec, timeout_s, cap, files)
+
+        result, nonce = await anyio.to_thread.run_sync(run)
         if result.error:
             raise SandboxUnavailableError(f"the sandbox could not run {cmd[:1]}: {result.error}")
         if result.timed_out:
             raise TimeoutError(f"{cmd[:1]} did not finish within {timeout_s:g} s and was killed")
-        found = self._marker(result.stderr) if result.exit_code in (126, 127) else None
+        found = self._marker(result.stderr, nonce) if result.exit_code in (126, 127) else None
         if found is not None and result.exit_code == 126 and found[0] in ("EACCES", "EPERM"):
             raise PermissionError(f"{found[1]}")
         if result.truncated:
@@ -249,24 +288,28 @@ class OuroborosEnvironment(SandboxEnvironment):
     async def write_file(self, file: str, contents: str | bytes) -> None:
         stage = f"{STAGE}/{secrets.token_hex(8)}.w"
         data = contents.encode("utf-8") if isinstance(contents, str) else bytes(contents)
-        result = await anyio.to_thread.run_sync(lambda: self._run_shim(
-            {"op": "write", "path": file, "stage": stage}, self.cfg.timeout_s, 64 * 1024, {stage: data}))
-        self._raise_for(result, file)
+
+        def write():
+            with self._lock:
+                result, nonce = self._run_shim({"op": "write", "path": file, "stage": stage}, self.cfg.timeout_s,
+                                               64 * 1024, {stage: data})
+            self._raise_for(result, nonce, file)
+
+        await anyio.to_thread.run_sync(write)
 
     async def read_file(self, file: str, text: bool = True) -> Union[str, bytes]:
         stage = f"{STAGE}/{secrets.token_hex(8)}.r"
         limit = SandboxEnvironmentLimits.MAX_READ_FILE_SIZE
 
         def read() -> bytes:
-            result = self._run_shim({"op": "read", "path": file, "stage": stage, "limit": limit},
-                                    self.cfg.timeout_s, 64 * 1024)
-            try:
-                self._raise_for(result, file)
-                with self._lock:
+            with self._lock:  # the copy and the host's read of it, with no exec in between
+                try:
+                    result, nonce = self._run_shim({"op": "read", "path": file, "stage": stage, "limit": limit},
+                                                   self.cfg.timeout_s, 64 * 1024)
+                    self._raise_for(result, nonce, file)
                     return self.sandbox.read_file(stage, max_bytes=limit)
-            finally:
-                with self._lock:
-                    self.sandbox.workdir().unlink(stage)
+                finally:
+                    self._unlink(stage)
 
         data = await anyio.to_thread.run_sync(read)
         # newline="" semantics: the text as written, \r\n kept.

@@ -35,7 +35,9 @@ class Curriculum:
 
         for d in state.get("made", []):
             self.tasks.setdefault(d["id"], AlignTask(**d))
-        self.buffer = {h["task_id"]: h for h in state.get("buffer", [])}
+        # A task the run's task file no longer has (edited between the run and its resume) is
+        # not replayed, as `observe` never takes one.
+        self.buffer = {h["task_id"]: h for h in state.get("buffer", []) if h["task_id"] in self.tasks}
         self.clusters = list(state.get("clusters", []))
 
     def observe(self, trajectories: list, scores: list, round_: int) -> list[dict]:
