@@ -85,25 +85,35 @@ class ExperimentDriver:
         if self.replaced > self.cfg.ray.max_restarts:
             raise exc  # past the run's restart budget: stop, and the CLI says which actor died
         owner = self.owners[k]
-        deadline = time.monotonic() + 10
+        # An agent Ray cannot reach is not necessarily dead: make sure it is, before its rows are
+        # settled and another agent takes its slots (two agents on one slot would write twice).
+        try:
+            ray.kill(self.agents[k], no_restart=True)
+        except Exception:  # gone already
+            pass
+        deadline = time.monotonic() + 30
         while reaper.is_alive(owner) and time.monotonic() < deadline:  # its process takes a moment to go
             time.sleep(0.1)
+        if reaper.is_alive(owner):
+            log.error("experiment agent %d (process %s) is still alive after it was killed; stopping", k, owner)
+            raise exc
         lost = [eid for (eid,) in store.query(
             "SELECT id FROM experiments WHERE status='running' AND owner=? ORDER BY id", (owner,))]
         reason = "its experiment agent died mid-cycle (the process was killed or lost)"
         for eid in lost:
             store.finish(eid, "failed", reason, {}, {})
+        closed = 0
         try:  # runners being restarted themselves have lost these sessions anyway
-            ray.get([r.close_sessions_of.remote(owner) for r in self.runners], timeout=60)
+            closed = sum(ray.get([r.close_sessions_of.remote(owner) for r in self.runners], timeout=60))
         except ray.exceptions.RayError as err:
             log.warning("could not close every session of the dead agent (%s); its runners' janitors will", err)
         agent = self._new_agent(k)
         self.owners[k] = ray.get(agent.owner_token.remote())
         self.handles[self.handles.index(self.agents[k])] = agent
         self.agents[k] = agent
-        log.warning("experiment agent %d died (%s); %d running experiment(s) marked failed, a new agent "
-                    "takes its slots (%d of %d replacements, ray.max_restarts)", k, type(exc).__name__,
-                    len(lost), self.replaced, self.cfg.ray.max_restarts)
+        log.warning("experiment agent %d died (%s); %d running experiment(s) marked failed, %d sandbox "
+                    "session(s) closed, a new agent takes its slots (%d of %d replacements, ray.max_restarts)", k,
+                    type(exc).__name__, len(lost), closed, self.replaced, self.cfg.ray.max_restarts)
         return lost
 
     def run(self, cycles: int | None, parallel: int, interval_s: float = 0.0, forever: bool = False,

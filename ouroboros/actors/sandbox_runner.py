@@ -184,7 +184,7 @@ class SandboxRunner:
                 raise
             raise BuildFailed(self.redactor.redact(str(exc)), self.redactor.redact(exc.log)) from None
         sandbox.use_environment(environment)
-        return environment
+        return sandbox.environment  # another id if a prune made it build the environment again
 
     def close_session(self, session: str) -> None:
         """Close the session; its sandbox is torn down in the background (the caller's experiment

@@ -66,6 +66,28 @@ def _client():
     return client
 
 
+STUCK_HINT = ("it may be stuck (`docker info` hangs too): restart it with `cluster/start_dockerd.sh` "
+              "(or `systemctl restart docker`)")
+
+
+def _engine_answers(method):
+    """An engine call that times out or loses its connection is a SandboxError that says so,
+    not a raw `requests` exception: a wedged engine (a container removal that never ends
+    holds its locks) otherwise surfaces as `ReadTimeout: None` in every experiment."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapped(self, *args, **kwargs):
+        import requests
+
+        try:
+            return method(self, *args, **kwargs)
+        except requests.exceptions.RequestException as exc:
+            raise SandboxError(f"the Docker engine did not answer {method.__name__} ({type(exc).__name__}); "
+                               f"{STUCK_HINT}") from None
+    return wrapped
+
+
 class DockerSandbox(Sandbox):
     name = "docker"
 
@@ -120,12 +142,15 @@ class DockerSandbox(Sandbox):
         # again rather than lost.
         self._sources: dict[str, tuple[str, dict]] = {}
         self._container = None
+        self._closed = False  # set by cleanup(): a call still in flight then makes nothing new
         self._container_key: tuple | None = None
         self._cgroup_dirs: dict[str, str] = {}
 
     # ------------------------------------------------------------------ files
 
     def workdir(self) -> HostWorkdir:
+        if self._closed:
+            raise SandboxError("this sandbox was closed")
         if self._workdir is None:
             uid = int(SANDBOX_USER.split(":")[0])
             # Owned by the sandbox uid; without root we cannot chown, and the program (65534)
@@ -136,14 +161,17 @@ class DockerSandbox(Sandbox):
                 os.chmod(self._workdir.path, 0o777)
         return self._workdir
 
+    @_engine_answers
     def write_file(self, path: str, data: str | bytes) -> None:
         self.workdir().write(path, data)
 
+    @_engine_answers
     def read_file(self, path: str, max_bytes: int = 16 << 20) -> bytes:
         return self.workdir().read(path, max_bytes)
 
     # ------------------------------------------------------------------ container
 
+    @_engine_answers
     def prewarm(self) -> None:
         self._ensure_container(self.limits)
 
@@ -226,6 +254,7 @@ class DockerSandbox(Sandbox):
             except self._errors.DockerException as exc:
                 log.warning("could not remove sandbox container %s: %s (the reaper retries)", container.short_id, exc)
 
+    @_engine_answers
     def reset(self) -> None:
         self._remove_container()
         if self._workdir is not None:
@@ -234,6 +263,7 @@ class DockerSandbox(Sandbox):
 
     # ------------------------------------------------------------------ exec
 
+    @_engine_answers
     def exec(
         self,
         program: str | None = None,
@@ -370,6 +400,7 @@ class DockerSandbox(Sandbox):
 
     # ------------------------------------------------------------------ environments
 
+    @_engine_answers
     def build(self, dockerfile_text: str, files: dict[str, str | bytes] | None = None,
               limits: Limits | None = None) -> str:
         """Build `dockerfile_text` (no network, time and memory limits) and return the image id."""
@@ -451,7 +482,8 @@ class DockerSandbox(Sandbox):
         if timed_out:
             raise BuildFailed(f"the build did not finish within {timeout_s:g} s and was cancelled", text)
         if failure:
-            error = _Pruned if "unknown parent image" in failure[-1] else BuildFailed
+            raced = ("unknown parent image", "failed to get digest")  # a cached layer pruned mid-build
+            error = _Pruned if any(r in failure[-1] for r in raced) else BuildFailed
             raise error(f"the build failed: {failure[-1][:500]}", text + "\n" + failure[-1])
         try:
             image = self.client.images.get(tag)
@@ -505,6 +537,8 @@ class DockerSandbox(Sandbox):
             return True
         except self._errors.NotFound:
             return False
+        except self._errors.DockerException as exc:
+            raise SandboxError(f"the Docker engine did not say whether {image_id[:19]} exists: {exc}") from None
 
     def _rebuild(self, environment: str) -> str:
         """`environment` was pruned (keep_images) by another session's build before a container
@@ -517,6 +551,7 @@ class DockerSandbox(Sandbox):
             raise SandboxError(f"environment {environment[:19]} was removed to hold sandbox.keep_images, and "
                                f"building it again failed: {exc} (if this repeats, raise sandbox.keep_images)") from None
 
+    @_engine_answers
     def use_environment(self, environment: str) -> None:
         if environment in self._sources and not self._image_exists(environment):
             environment = self._rebuild(environment)
@@ -533,6 +568,7 @@ class DockerSandbox(Sandbox):
             self._remove_container()  # the workdir stays; the next exec starts the new image
 
     def cleanup(self) -> None:
+        self._closed = True
         self.reset()
 
 

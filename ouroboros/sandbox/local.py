@@ -9,7 +9,7 @@ import abc
 from typing import Sequence
 
 from ouroboros.sandbox import reaper, runner
-from ouroboros.sandbox.base import Limits, Sandbox
+from ouroboros.sandbox.base import SandboxError, Limits, Sandbox
 from ouroboros.sandbox.workdir import HostWorkdir, check_path
 from ouroboros.types import ExecResult
 
@@ -53,6 +53,8 @@ class LocalSandbox(Sandbox):
         return runner.sandbox_ids()
 
     def workdir(self) -> HostWorkdir:
+        if getattr(self, "_closed", False):  # a call still in flight when the sandbox was closed
+            raise SandboxError("this sandbox was closed")
         if self._workdir is None:
             ids = self._ids()
             if ids is not None:  # the janitor kills this uid's processes if we die mid-exec
@@ -155,6 +157,7 @@ class LocalSandbox(Sandbox):
             workdir.remove()
 
     def cleanup(self) -> None:
+        self._closed = True  # nothing new after this: a late call must not leave a workdir behind
         self.reset()
         runner.remove_stale_cgroups(wait_s=1.0)
 
