@@ -310,20 +310,41 @@ class TracedProcess:
             self.kill(f"monitor: {stop}")
 
     def _read_stream(self, stream, sink: list[bytes]) -> None:
+        # Every read of the pipe happens under the lock, as does `take_output`'s last drain: what
+        # the program wrote before its `done` is in the pipe when `done` arrives, so the step it
+        # belongs to gets it however late this thread is scheduled (under load it was cut off
+        # and went to the next step).
+        fd = stream.fileno()
+        os.set_blocking(fd, False)
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLHUP)
         while True:
             try:
-                data = stream.read1(1 << 16)
+                poller.poll(200)
             except (OSError, ValueError):
                 return
-            if not data:
-                return
             with self._lock:
-                room = self.output_bytes - self._written
-                self._written += len(data)
-                if room > 0:
-                    sink.append(data[:room])
-            if self._written > self.output_bytes:
+                ended, over = self._drain_locked(fd, sink)
+            if over:
                 self.kill("output")  # keeps reading, so the pipe never blocks the kill
+            if ended:
+                return
+
+    def _drain_locked(self, fd: int, sink: list[bytes]) -> tuple[bool, bool]:
+        """Read what the pipe holds now (the caller holds the lock): (at its end, over the cap)."""
+        while True:
+            try:
+                data = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                return False, self._written > self.output_bytes
+            except (OSError, ValueError):
+                return True, self._written > self.output_bytes
+            if not data:
+                return True, self._written > self.output_bytes
+            room = self.output_bytes - self._written
+            self._written += len(data)
+            if room > 0:
+                sink.append(data[:room])
 
     # -- the caller's side ---------------------------------------------------------
     def send(self, message: dict) -> bool:
@@ -354,6 +375,11 @@ class TracedProcess:
     def take_output(self) -> tuple[str, str, int]:
         """(stdout, stderr) written since the last call, and the bytes written in all."""
         with self._lock:
+            for stream, sink in ((self.proc.stdout, self._out), (self.proc.stderr, self._err)):
+                try:
+                    self._drain_locked(stream.fileno(), sink)
+                except ValueError:  # closed already: its reader took everything
+                    pass
             out, err = b"".join(self._out), b"".join(self._err)
             self._out.clear()
             self._err.clear()
