@@ -182,7 +182,6 @@ class DockerSandbox(Sandbox):
         self._remove_container()
         import docker.types
 
-
         mem = f"{limits.memory_mb}m"
         disk = limits.disk_mb * runner.MIB
         kwargs = dict(
@@ -221,7 +220,7 @@ class DockerSandbox(Sandbox):
         # registry. An environment of ours that another session's build pruned (keep_images)
         # since this session switched to it is built again, and the start retried.
         for attempt in range(3):
-            if self.environment in self._sources and not self._image_exists(self.environment):
+            if self._pruned(self.environment):
                 self.environment = self._rebuild(self.environment)
             kwargs["image"] = self.environment
             container = None
@@ -236,7 +235,7 @@ class DockerSandbox(Sandbox):
                         container.remove(force=True)
                     except self._errors.DockerException:
                         pass
-                if attempt < 2 and self.environment in self._sources and not self._image_exists(self.environment):
+                if attempt < 2 and self._pruned(self.environment):
                     continue
                 raise SandboxError(f"could not start a sandbox container from {self.environment[:19]}: {exc}") from exc
         key = (self.environment, *key[1:])
@@ -531,14 +530,17 @@ class DockerSandbox(Sandbox):
                 pass  # in use by a container, or pruned by another runner first
         return removed
 
-    def _image_exists(self, image_id: str) -> bool:
-        try:
-            self.client.api.inspect_image(image_id)
-            return True
-        except self._errors.NotFound:
+    def _pruned(self, environment: str) -> bool:
+        """Whether `environment`, built by this sandbox, is gone (another session's prune)."""
+        if environment not in self._sources:
             return False
+        try:
+            self.client.api.inspect_image(environment)
+            return False
+        except self._errors.NotFound:
+            return True
         except self._errors.DockerException as exc:
-            raise SandboxError(f"the Docker engine did not say whether {image_id[:19]} exists: {exc}") from None
+            raise SandboxError(f"the Docker engine did not say whether {environment[:19]} exists: {exc}") from None
 
     def _rebuild(self, environment: str) -> str:
         """`environment` was pruned (keep_images) by another session's build before a container
@@ -553,7 +555,7 @@ class DockerSandbox(Sandbox):
 
     @_engine_answers
     def use_environment(self, environment: str) -> None:
-        if environment in self._sources and not self._image_exists(environment):
+        if self._pruned(environment):
             environment = self._rebuild(environment)
         try:
             image = self.client.images.get(environment)
