@@ -9,7 +9,7 @@ import abc
 from typing import Sequence
 
 from ouroboros.sandbox import reaper, runner
-from ouroboros.sandbox.base import SandboxError, Limits, Sandbox
+from ouroboros.sandbox.base import Limits, Sandbox, SandboxError
 from ouroboros.sandbox.workdir import HostWorkdir, check_path
 from ouroboros.types import ExecResult
 
@@ -38,6 +38,7 @@ class LocalSandbox(Sandbox):
         self.extra_env = dict(env or {})
         runner.base_env("/", self.extra_env)  # validate now, not on the first exec
         self._workdir: HostWorkdir | None = None
+        self._closed = False  # set by cleanup(): a call still in flight then makes nothing new
         reap_once()
 
     @abc.abstractmethod
@@ -53,7 +54,7 @@ class LocalSandbox(Sandbox):
         return runner.sandbox_ids()
 
     def workdir(self) -> HostWorkdir:
-        if getattr(self, "_closed", False):  # a call still in flight when the sandbox was closed
+        if self._closed:
             raise SandboxError("this sandbox was closed")
         if self._workdir is None:
             ids = self._ids()
