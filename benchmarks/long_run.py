@@ -106,9 +106,11 @@ def kind_of(pid: int) -> str:
     return name if not name.startswith("python") else f"{name} {os.path.basename(argv[1]) if len(argv) > 1 else ''}"
 
 
-def proc_memory(pid: int) -> tuple[int, int]:
-    """(RSS, PSS) in bytes; PSS is what the process's pages cost when shared pages are split."""
-    rss = pss = 0
+def proc_memory(pid: int) -> tuple[int, int, int]:
+    """(RSS, PSS, anonymous PSS) in bytes. PSS is what the process's pages cost when shared pages
+    are split; its anonymous part is the heap and other private allocations, the rest is files
+    mapped (libraries, SQLite's shared memory), which grows as more of their pages are touched."""
+    rss = pss = anon = 0
     try:
         with open(f"/proc/{pid}/smaps_rollup") as fh:
             for line in fh:
@@ -116,9 +118,11 @@ def proc_memory(pid: int) -> tuple[int, int]:
                     rss = int(line.split()[1]) * 1024
                 elif line.startswith("Pss:"):
                     pss = int(line.split()[1]) * 1024
+                elif line.startswith("Pss_Anon:"):
+                    anon = int(line.split()[1]) * 1024
     except OSError:
         pass
-    return rss, pss
+    return rss, pss, anon
 
 
 def dir_bytes(path: str) -> int:
@@ -166,7 +170,7 @@ def sample(client, tag: bytes, run_id: str | None, out: Path) -> dict:
             fds += len(os.listdir(f"/proc/{pid}/fd"))
         except OSError:
             pass
-        r, p = proc_memory(pid)
+        r, p, _ = proc_memory(pid)
         rss, pss = rss + r, pss + p
     label = {"label": f"ouroboros.run={run_id}"} if run_id else None
     containers = len(client.containers.list(all=True, filters=label, ignore_removed=True)) if label else 0
@@ -187,10 +191,14 @@ def sample(client, tag: bytes, run_id: str | None, out: Path) -> dict:
     fs = os.statvfs(ENGINE_ROOT)
     row["engine_fs_used_bytes"] = (fs.f_blocks - fs.f_bfree) * fs.f_frsize
     kinds: dict[str, int] = {}
+    anon: dict[str, int] = {}
     for pid in pids:
         kind = kind_of(pid)
-        kinds[kind] = kinds.get(kind, 0) + proc_memory(pid)[1]
+        _, p, a = proc_memory(pid)
+        kinds[kind] = kinds.get(kind, 0) + p
+        anon[kind] = anon.get(kind, 0) + a
     row["pss_by_kind"] = kinds
+    row["anon_pss_by_kind"] = anon
     return row
 
 
@@ -311,6 +319,9 @@ def main() -> int:
         "growth": {k: growth(samples, k, window, warm) for k in keys},
         "pss_by_kind": {k: growth([{"v": s["pss_by_kind"].get(k, 0)} for s in samples], "v", window, warm)
                         for k in sorted({k for s in samples for k in s["pss_by_kind"]})},
+        "anon_pss_by_kind": {k: growth([{"v": s.get("anon_pss_by_kind", {}).get(k, 0)} for s in samples], "v",
+                                       window, warm)
+                             for k in sorted({k for s in samples for k in s.get("anon_pss_by_kind", {})})},
         "after": {k: after[k] for k in ("processes", "containers", "images", "workdir_owners", "workdirs")},
         "samples": samples,
     }
@@ -326,7 +337,9 @@ def main() -> int:
         print(f"{k + unit:24s} {g['first'] / scale:12.1f} {g['last'] / scale:12.1f} {g['max'] / scale:12.1f} {grow:>8s}")
     for k, g in result["pss_by_kind"].items():
         grow = "-" if g["growth"] is None else f"{100 * g['growth']:+.1f}%"
-        print(f"  pss {k[:30]:30s} {g['first'] / 2**20:9.1f} {g['last'] / 2**20:12.1f} MiB {grow:>8s}")
+        a = result["anon_pss_by_kind"].get(k)
+        anon = "" if not a else f"  (anonymous {a['first'] / 2**20:.1f} -> {a['last'] / 2**20:.1f} MiB)"
+        print(f"  pss {k[:30]:30s} {g['first'] / 2**20:9.1f} {g['last'] / 2**20:12.1f} MiB {grow:>8s}{anon}")
     print(f"left after the run: {result['after']}")
     dest = ROOT / "benchmarks" / "results" / f"long_run-{stamp}.json"
     dest.write_text(json.dumps(result, indent=1))

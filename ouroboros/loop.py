@@ -78,8 +78,17 @@ def init_ray(cfg: Config, runs: int = 1) -> bool:
     # "local": a Ray of our own, always. Without it Ray joins whatever cluster `ray start` last
     # started on this host (another user's, another test's), with other resources.
     ray.init(address="local", num_cpus=num_cpus * runs, resources={k: v * runs for k, v in resources.items()},
-             include_dashboard=False, log_to_driver=False, configure_logging=False)
+             include_dashboard=False, log_to_driver=False, configure_logging=False,
+             _system_config=task_events(cfg.ray.task_events_kept))
     return True
+
+
+def task_events(kept: int) -> dict:
+    """Ray's system config for `ray.task_events_kept`: none reported at all (which also spares each
+    call the reporting), or the GCS's store of them capped."""
+    if kept == 0:
+        return {"task_events_report_interval_ms": 0}
+    return {"task_events_max_num_task_in_gcs": kept}
 
 
 def sandbox_runners(cfg: Config, run_id: str, sessions: bool = False) -> list:
