@@ -1,6 +1,3 @@
-# Imported first: the package sets torch's OpenMP wait policy, which counts only if set before torch
-# loads (ouroboros/__init__.py says why), and test modules import torch themselves.
-import ouroboros as _ouroboros  # noqa: F401
 
 # --- loopback fakes of the Anthropic / OpenAI HTTP APIs (tests/api_servers.py) -------
 import ipaddress as _ipaddress
