@@ -493,7 +493,7 @@ class RayConfig(Section):
     task_events_kept: int = Field(
         0, ge=0, description="Task records the GCS of a Ray this run starts keeps for `ray list tasks` and the "
                              "dashboard; 0 records none, since a Ray this run starts has no dashboard. Each record "
-                             "costs the GCS about 3.5 KiB, and reporting them costs every call CPU: Ray's default "
+                             "costs the GCS about 3.6 KiB, and reporting them costs every call CPU: Ray's default "
                              "keeps 100,000, and grew a 30-minute run of 32 experiment cycles by 50 MiB. A "
                              "cluster's head sets its own (ray_cluster.yaml keeps 10,000).")
 
