@@ -165,13 +165,18 @@ ENGINE_ROOT = "/var/lib/docker"
 def sample(client, tag: bytes, run_id: str | None, out: Path) -> dict:
     pids = tagged(tag)
     fds = rss = pss = 0
+    kinds: dict[str, int] = {}
+    anon: dict[str, int] = {}
     for pid in pids:
         try:
             fds += len(os.listdir(f"/proc/{pid}/fd"))
         except OSError:
             pass
-        r, p, _ = proc_memory(pid)
+        r, p, a = proc_memory(pid)  # one read of smaps_rollup per process and sample
         rss, pss = rss + r, pss + p
+        kind = kind_of(pid)
+        kinds[kind] = kinds.get(kind, 0) + p
+        anon[kind] = anon.get(kind, 0) + a
     label = {"label": f"ouroboros.run={run_id}"} if run_id else None
     containers = len(client.containers.list(all=True, filters=label, ignore_removed=True)) if label else 0
     # The low-level list: the high-level one fetches each image again, racing the run's prunes.
@@ -190,13 +195,6 @@ def sample(client, tag: bytes, run_id: str | None, out: Path) -> dict:
     # takes minutes on a busy engine). Anything else writing there shows too: run nothing else.
     fs = os.statvfs(ENGINE_ROOT)
     row["engine_fs_used_bytes"] = (fs.f_blocks - fs.f_bfree) * fs.f_frsize
-    kinds: dict[str, int] = {}
-    anon: dict[str, int] = {}
-    for pid in pids:
-        kind = kind_of(pid)
-        _, p, a = proc_memory(pid)
-        kinds[kind] = kinds.get(kind, 0) + p
-        anon[kind] = anon.get(kind, 0) + a
     row["pss_by_kind"] = kinds
     row["anon_pss_by_kind"] = anon
     return row
@@ -319,9 +317,8 @@ def main() -> int:
         "growth": {k: growth(samples, k, window, warm) for k in keys},
         "pss_by_kind": {k: growth([{"v": s["pss_by_kind"].get(k, 0)} for s in samples], "v", window, warm)
                         for k in sorted({k for s in samples for k in s["pss_by_kind"]})},
-        "anon_pss_by_kind": {k: growth([{"v": s.get("anon_pss_by_kind", {}).get(k, 0)} for s in samples], "v",
-                                       window, warm)
-                             for k in sorted({k for s in samples for k in s.get("anon_pss_by_kind", {})})},
+        "anon_pss_by_kind": {k: growth([{"v": s["anon_pss_by_kind"].get(k, 0)} for s in samples], "v", window, warm)
+                             for k in sorted({k for s in samples for k in s["anon_pss_by_kind"]})},
         "after": {k: after[k] for k in ("processes", "containers", "images", "workdir_owners", "workdirs")},
         "samples": samples,
     }
