@@ -70,11 +70,11 @@ def test_a_row_draws_the_same_tokens_whatever_rows_share_its_batch():
     assert torch.isfinite(out).sum(-1).tolist() == [1, 1]
 
 
-def test_tied_tokens_are_drawn_alike_whether_the_batch_took_topk_or_the_whole_sort():
+def test_tied_tokens_are_drawn_alike_whether_their_row_took_topk_or_the_whole_sort():
     vocab = 5000
     tied = torch.full((vocab,), -20.0)
     tied[torch.arange(40, 4000, 400)] = 5.0  # ten equal top tokens; top-p 0.5 keeps five of them
-    flat = torch.zeros(vocab)  # its nucleus is wider than the first k: the batch sorts everything
+    flat = torch.zeros(vocab)  # its nucleus is wider than the first k: that row is sorted whole
     for seed in range(50):
         alone = SeededSampler([seed], 1.0, 0.5)(None, tied.unsqueeze(0)).argmax(-1).item()
         mixed = SeededSampler([seed, 1], 1.0, 0.5)(None, torch.stack([tied, flat]))[0].argmax().item()
