@@ -292,7 +292,9 @@ class ModelJudge:
             mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunk], device=self.backend.device)
             with torch.no_grad():
                 self.calls += 1
-                logits = model(input_ids=input_ids, attention_mask=mask).logits[:, -1, :].float()
+                # Only the last position's logits: all of them over a 49k vocabulary were most of
+                # the judge's time (the prompts are left-padded, so the last is each one's own).
+                logits = model(input_ids=input_ids, attention_mask=mask, logits_to_keep=1).logits[:, -1, :].float()
             probs = torch.softmax(logits, dim=-1)
             for row, opts in zip(probs, options[start:start + batch]):
                 out.append([float(sum(row[i] for i in ids_of[o])) if ids_of[o] else 0.0 for o in opts])
@@ -334,7 +336,7 @@ class ModelJudge:
             k = len(criteria)
             with torch.no_grad():
                 self.calls += 1
-                head = model(input_ids=ids, attention_mask=mask, use_cache=True)
+                head = model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1)  # its cache only
                 cache = head.past_key_values
                 cache.batch_repeat_interleave(k)
                 full_mask = torch.cat([mask.repeat_interleave(k, dim=0),
