@@ -226,6 +226,9 @@ def processes_tagged(tag: str) -> list[int]:
 # Tests of a run's processes find them by a tag in their environment, never by looking at the
 # whole host, since the other worker's runs and sandboxes are there too.
 SHARED_FIXTURE_GROUPS = {"align_smoke_run": "align-smoke-run", "killed_actors_run": "killed-actors-run"}
+# Modules whose module-scoped fixtures cost seconds (a vLLM engine; every bundled goal's references
+# run in a sandbox): each was built once per worker, about 20 s and 8 s twice.
+SHARED_MODULE_GROUPS = ("test_vllm_backend.py", "test_forging_review_experiment.py")
 
 
 @_pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
@@ -234,6 +237,8 @@ def pytest_collection_modifyitems(config, items):
         for fixture, group in SHARED_FIXTURE_GROUPS.items():
             if fixture in getattr(item, "fixturenames", ()):
                 item.add_marker(_pytest.mark.xdist_group(group))
+        if item.path.name in SHARED_MODULE_GROUPS:
+            item.add_marker(_pytest.mark.xdist_group(item.path.stem))
 
 
 def pytest_collection_finish(session):
