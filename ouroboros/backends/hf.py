@@ -136,8 +136,11 @@ class HFBackend(ModelBackend):
                 **kwargs,
             )
         new = gen.sequences[:, width:]
-        logits = torch.stack(gen.logits, dim=1).float()  # [batch, steps, vocab], raw
-        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
+        # The sampled tokens' log-probabilities under the raw logits, a step at a time: stacking
+        # every step first held [batch, steps, vocab] floats three times over (600 MB each for
+        # 32 rows of 96 tokens over a 49k vocabulary).
+        logprobs = torch.stack([torch.log_softmax(step.float(), dim=-1).gather(-1, new[:, k:k + 1]).squeeze(-1)
+                                for k, step in enumerate(gen.logits)], dim=1)
         eos = eos_ids(self.model.generation_config.eos_token_id, self.tokenizer)
         for row, i in enumerate(idx):
             ids = new[row].tolist()
