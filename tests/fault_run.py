@@ -14,18 +14,33 @@ ARGS = ["--set", "env.heldout_tasks=4", "--set", "env.train_tasks_per_round=4", 
 TARGETS = ("ray::Generator", "ray::SandboxRunner", "ray::TasksJudge", "ray::TasksAgent")
 
 
+def _title(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return int(fh.read().rpartition(b")")[2].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def actor_pids(tag: str, processes_tagged) -> dict[str, list[int]]:
     """This run's live actor processes by class (Ray names a worker `ray::Class` or
-    `ray::Class.method` while it runs a call)."""
+    `ray::Class.method` while it runs a call). A child the actor forked keeps its title until it
+    execs (a runner's sandbox launch, between fork and exec): it is not the actor, and killing it
+    is a sandbox launch failing, not a lost actor, so only processes whose parent is not a Ray
+    worker count."""
     found: dict[str, list[int]] = {t: [] for t in TARGETS}
     for pid in processes_tagged(tag):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                title = fh.read().split(b"\0")[0].decode(errors="replace")
-        except OSError:
-            continue
+        title = _title(pid)
         for target in TARGETS:
-            if title == target or title.startswith(target + "."):
+            if (title == target or title.startswith(target + ".")) and not _title(_parent(pid)).startswith("ray::"):
                 found[target].append(pid)
     return found
 
