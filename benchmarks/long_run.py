@@ -49,6 +49,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # fault_run: which processes are a run's actors
 
 from ouroboros.sandbox import workdir  # noqa: E402
 
@@ -79,14 +80,6 @@ def tagged(tag: bytes) -> list[int]:
         except OSError:
             pass
     return pids
-
-
-def title(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return fh.read().split(b"\0")[0].decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def kind_of(pid: int) -> str:
@@ -201,8 +194,12 @@ def sample(client, tag: bytes, run_id: str | None, out: Path) -> dict:
 
 
 def kill_one(tag: bytes, rng: random.Random) -> str | None:
-    found = [(pid, t) for pid in tagged(tag) for t in [title(pid)]
-             if any(t == target or t.startswith(target + ".") for target in TARGETS)]
+    """SIGKILL one live actor of TARGETS, chosen at random (the fault test's choice of processes:
+    an actor, never a child it forked and has not exec'ed yet, which still carries its title)."""
+    from fault_run import actor_pids
+
+    found = [(pid, name) for name, pids in actor_pids(tag.decode(), lambda t: tagged(t.encode()), TARGETS).items()
+             for pid in pids]
     if not found:
         return None
     pid, what = rng.choice(found)

@@ -30,16 +30,16 @@ def _parent(pid: int) -> int:
         return 0
 
 
-def actor_pids(tag: str, processes_tagged) -> dict[str, list[int]]:
+def actor_pids(tag: str, processes_tagged, targets: tuple[str, ...] = TARGETS) -> dict[str, list[int]]:
     """This run's live actor processes by class (Ray names a worker `ray::Class` or
     `ray::Class.method` while it runs a call). A child the actor forked keeps its title until it
     execs (a runner's sandbox launch, between fork and exec): it is not the actor, and killing it
     is a sandbox launch failing, not a lost actor, so only processes whose parent is not a Ray
     worker count."""
-    found: dict[str, list[int]] = {t: [] for t in TARGETS}
+    found: dict[str, list[int]] = {t: [] for t in targets}
     for pid in processes_tagged(tag):
         title = _title(pid)
-        for target in TARGETS:
+        for target in targets:
             if (title == target or title.startswith(target + ".")) and not _title(_parent(pid)).startswith("ray::"):
                 found[target].append(pid)
     return found
