@@ -21,18 +21,9 @@ $(STAMP): requirements.txt pyproject.toml Makefile cluster/install_venv.sh
 	touch $(STAMP)
 
 # System packages the sandboxes and the viewer's browser tests (Debian's Chromium) need,
-# installed when we are root and they are missing.
+# installed when we are root and they are missing (cluster/system_packages.sh).
 system-packages:
-	@missing=""; \
-	command -v bwrap >/dev/null || missing="$$missing bubblewrap"; \
-	command -v strace >/dev/null || missing="$$missing strace"; \
-	command -v dockerd >/dev/null || missing="$$missing docker.io"; \
-	command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
-	command -v chromium >/dev/null || missing="$$missing chromium"; \
-	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ]; then echo "installing$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	  else echo "missing system packages:$$missing (sudo apt-get install -y$$missing)"; fi; fi
+	@cluster/system_packages.sh all
 
 # A Docker engine (started if none answers) and the sandbox base image (built once, cached).
 sandbox-image:
@@ -45,16 +36,23 @@ system: system-packages sandbox-image
 models: venv
 	$(VENV)/bin/ouroboros models prepare smollm2-135m-instruct
 
-# On a fresh machine the sandbox image (debootstrap: the network and dpkg) builds while the
-# model is prepared (the CPU): one waits for the other instead of both in turn.
-run: venv system-packages
-	@$(MAKE) --no-print-directory sandbox-image & image=$$!; \
-	$(MAKE) --no-print-directory models; made=$$?; wait $$image; exit $$made
+# On a fresh machine the slow set-up steps run two at a time: the Docker engine, debootstrap and
+# Chromium are installed and the sandbox image is built (apt, the network and dpkg) while the venv
+# is installed and the model prepared (the network, then the CPU). bwrap comes first, alone: the
+# tiny model's build runs reference programs in it, and two apt-gets cannot run at once.
+define set_up
+	@cluster/system_packages.sh sandbox
+	@{ cluster/system_packages.sh rest && $(MAKE) --no-print-directory sandbox-image; } & side=$$!; \
+	$(MAKE) --no-print-directory venv && $(VENV)/bin/ouroboros models prepare $(1); made=$$?; \
+	wait $$side; side_rc=$$?; [ $$made = 0 ] && [ $$side_rc = 0 ]
+endef
+
+run:
+	$(call set_up,smollm2-135m-instruct)
 	$(VENV)/bin/ouroboros run $(CONFIG)
 
-test: venv system-packages
-	@$(MAKE) --no-print-directory sandbox-image & image=$$!; \
-	$(VENV)/bin/ouroboros models prepare tiny-smollm2; made=$$?; wait $$image; exit $$made
+test:
+	$(call set_up,tiny-smollm2)
 	$(PY) -m pytest -q -rs -n $(TEST_WORKERS) --dist loadgroup -m "not cluster" $(PYTEST_ARGS)
 	# The multi-node cluster test alone: beside the other worker's runs its head's job server
 	# sometimes did not come up on 2 cores (2 of 3 full runs); alone it did every time.

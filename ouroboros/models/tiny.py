@@ -121,9 +121,11 @@ def _build(tmp: Path, log) -> None:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from ouroboros.envs.tasks import build_messages, load_tasks, reference_reply
+    from ouroboros.learn.cpu_memory import reuse_freed_memory
     from ouroboros.models import smollm2
 
     started = time.monotonic()
+    reuse_freed_memory()
     tokenizer = AutoTokenizer.from_pretrained(smollm2.prepare(log=log))
     torch.manual_seed(RECIPE["seed"])
     config = LlamaConfig(
