@@ -377,3 +377,46 @@ def test_the_dialogue_stage_in_the_browser_saves_what_the_terminal_chat_saves(tm
     assert [(t.role, t.text) for t in dialog.turns] == [
         ("human", "How long is the bridge?"), ("assistant", "<script>alert(1)</script> reply 1"),
         ("human", "Are you sure?"), ("assistant", "<script>alert(1)</script> reply 2")]
+
+
+def test_the_console_fragment_the_page_polls_holds_each_waiting_request_escaped(client, run_dir):
+    from ouroboros.backends.human import PENDING, write_whole
+
+    assert "section" not in client.get("/d/0/console/asks").text  # nothing waiting
+    page = client.get("/d/0/console")
+    assert 'data-fragment="/d/0/console/asks"' in page.text and '<p id="empty">' in page.text
+    write_whole(run_dir / "console" / PENDING / "k1.json", {
+        "key": "k1", "request_id": "r1", "session": "cycle-1", "asked_at": 1.0,
+        "messages": [{"role": "user", "content": "<script>window.__pwned = 1</script> what next?"}]})
+    fragment = client.get("/d/0/console/asks").text
+    assert '<section class="ask" data-key="k1">' in fragment and 'name="key" value="k1"' in fragment
+    assert "&lt;script&gt;window.__pwned = 1&lt;/script&gt;" in fragment and "<script>" not in fragment
+    csrf = fragment.split('name="csrf" value="')[1].split('"')[0]
+    assert csrf and csrf in client.get("/d/0/console").text  # this session's token, as the page's forms
+    assert '<p id="empty" hidden>' in client.get("/d/0/console").text
+
+
+def test_an_experiments_commit_and_diff_open_from_its_page_and_only_its_commit_is_shown(run_dir):
+    from ouroboros.store.experiments import ExperimentStore
+    from ouroboros.store.git_repo import ExperimentRepo, show_commit
+
+    store = ExperimentStore(run_dir / "ouroboros.db")
+    eid = store.start("align-test-1", 0, "agent-0", "FROM python", goal="sum the squares")
+    repo = ExperimentRepo(run_dir / "experiments")
+    commit = repo.commit_experiment(eid, {"run_1.py": "print(sum(i * i for i in range(10)))  # <b>285</b>\n"},
+                                    "experiment 1: finalized")
+    store.set_commit(eid, commit)
+    other = store.start("align-test-1", 1, "agent-0", "FROM python", goal="no commit yet")
+    store.close()
+    with open_client([run_dir]) as c:
+        page = c.get(f"/d/0/experiment/{eid}")
+        assert f'href="/d/0/experiment/{eid}/diff"' in page.text
+        diff = c.get(f"/d/0/experiment/{eid}/diff")
+        assert diff.status_code == 200 and commit in diff.text and "experiment 1: finalized" in diff.text
+        assert "+print(sum(i * i for i in range(10)))  # &lt;b&gt;285&lt;/b&gt;" in diff.text  # the patch, escaped
+        assert c.get(f"/d/0/experiment/{other}/diff").status_code == 404  # no commit: nothing to show
+    # Only a plain commit id reaches git: not an option, a revision expression or another repository.
+    for forged in ("--output=/tmp/x", "HEAD", f"{commit[:12]}~1", "../x", ""):
+        assert show_commit(run_dir / "experiments", forged) is None, forged
+    assert show_commit(run_dir / "no-repo", commit) is None
+    assert show_commit(run_dir / "experiments", commit, limit=50).endswith("characters)")

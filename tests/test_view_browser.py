@@ -4,6 +4,7 @@ over the alignment smoke run (shared with the loop's tests) and a run holding ho
 Screenshots go to test-artifacts/view/ (ignored by git) for a person to look at."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ from ouroboros.store.human_inbox import HumanInbox
 
 TOKEN = "browser-test-token"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "view"
+GENERATE_SPAN = "//li[span[@class='kind' and text()='generate']]/a"  # a model call's span in a tree
 HOSTILE = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">' + "B" * 300_000
 
 
@@ -59,8 +61,9 @@ def hostile_run(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
-def server(align_smoke_run, hostile_run):
+@contextlib.contextmanager
+def serving(run_dirs: list[str]):
+    """`ouroboros view` over `run_dirs` on a free loopback port, in a thread: its base URL."""
     import uvicorn
 
     from ouroboros.view.server import create_app
@@ -69,17 +72,25 @@ def server(align_smoke_run, hostile_run):
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    app = create_app([str(align_smoke_run), str(hostile_run)], TOKEN)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    srv = uvicorn.Server(uvicorn.Config(create_app(run_dirs, TOKEN), host="127.0.0.1", port=port,
+                                        log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not srv.started and time.monotonic() < deadline:
         time.sleep(0.05)
     assert srv.started, "the viewer did not start"
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(align_smoke_run, hostile_run):
+    with serving([str(align_smoke_run), str(hostile_run)]) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -181,3 +192,102 @@ def test_a_hostile_reply_is_inert_in_the_browser(server, browser):
     assert browser.find_element(By.CSS_SELECTOR, "section.pair pre.prompt").text == "<b>hi</b>"
     assert browser.execute_script("return window.__pwned === undefined")
     shot(browser, "hostile")
+
+
+def test_a_person_acts_in_an_experiment_cycle_from_a_live_console_and_opens_its_trace(browser, tmp_path):
+    """An experiment cycle on the `human` backend waits in the console. A person types each turn in
+    the browser: a run whose program takes a few seconds, whose next request appears on the open
+    page without a reload, then a finalize. The cycle ends with those answers as its completions,
+    and the person opens its trace down to a turn's span, where the reply's markup shows as text."""
+    import subprocess
+    import sys
+
+    from selenium.webdriver.common.by import By
+
+    from conftest import viewer_client
+    from ouroboros.backends.human import pending
+
+    out = tmp_path / "exp"
+    proc = subprocess.Popen([sys.executable, "-m", "ouroboros", "experiment", "configs/smoke-experiment.yaml",
+                             "--cycles", "1", "--parallel", "1", "--out", str(out), "--set", "generator.backend=human",
+                             "--set", "generator.human.timeout_s=120"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The run's program sleeps, so its next request comes seconds after the answer that ran it.
+    run = '{"action": "run", "data": "import time\\ntime.sleep(6)\\nprint(285)", "notes": "by hand"}'
+    final = ('{"action": "finalize", "data": "The sum of the squares below 10 is 285.", '
+             '"notes": "answered by a person <script>window.__pwned = 3</script>"}')
+
+    def answer(text: str) -> None:
+        ask = browser.find_element(By.CSS_SELECTOR, "section.ask")
+        assert "finalize" in ask.text  # the prompt the model would have seen, with its actions
+        ask.find_element(By.TAG_NAME, "textarea").send_keys(text)
+        ask.find_element(By.TAG_NAME, "button").click()
+        assert browser.find_element(By.ID, "saved").text == "Sent."
+
+    def wait_for(condition, what: str, seconds: float = 120) -> None:
+        deadline = time.monotonic() + seconds
+        while not condition():
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, what
+            time.sleep(0.2)
+
+    try:
+        wait_for(lambda: pending(out / "console") and (out / "ouroboros.db").is_file(), "the cycle never asked")
+        # What the console's form is checked for, from outside a page: a forged CSRF token, and a
+        # key that names a file outside the console. Neither answers the cycle.
+        with viewer_client(out) as client:
+            page = client.get("/d/0/console")
+            csrf = page.text.split('name="csrf" value="')[1].split('"')[0]
+            assert client.post("/d/0/console/answer", data={"csrf": "x", "key": "k", "text": run}).status_code == 403
+            assert client.post("/d/0/console/answer", data={"csrf": csrf, "key": "../../etc/passwd",
+                                                            "text": "x"}).status_code == 404
+        with serving([str(out)]) as url:
+            browser.get(f"{url}/?token={TOKEN}")
+            browser.get(f"{url}/d/0/console")
+            answer(run)
+            # The page after sending has nothing waiting; the next turn's request appears on it.
+            assert browser.find_element(By.ID, "empty").is_displayed()
+            assert not browser.find_elements(By.CSS_SELECTOR, "section.ask")
+            wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "section.ask"), "no live request", 60)
+            assert not browser.find_element(By.ID, "empty").is_displayed()
+            shot(browser, "console-live-request")
+            answer(final)
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err[-3000:]
+
+            # The trace: the experiments list, the experiment, its span tree opened down to a turn
+            # that called the model, and that span.
+            browser.get(f"{url}/d/0/experiments")
+            browser.find_element(By.CSS_SELECTOR, "#experiments tbody a").click()
+            commit = browser.find_element(By.ID, "commit").text  # committed to the experiments repo
+            experiment_page = browser.current_url
+            deadline = time.monotonic() + 30
+            while len(browser.find_elements(By.XPATH, GENERATE_SPAN)) < 2:
+                assert time.monotonic() < deadline, browser.find_element(By.ID, "trace").text
+                for button in browser.find_elements(By.CSS_SELECTOR, "#trace button.open:not([disabled])"):
+                    button.click()  # it fetches that span's children into the tree, and goes
+                time.sleep(0.3)
+            shot(browser, "experiment-trace")
+            browser.find_elements(By.XPATH, GENERATE_SPAN)[-1].click()
+            body = browser.find_element(By.TAG_NAME, "main").text
+            assert body.startswith("generate") and "human" in body  # the turn's backend: the person
+            assert "<script>window.__pwned = 3</script>" in body  # the reply's markup, as text
+            assert browser.execute_script("return window.__pwned") is None
+            shot(browser, "experiment-span")
+            # The experiment's commit: what the cycle wrote, the person's program among it.
+            browser.get(experiment_page)
+            browser.find_element(By.ID, "diff").click()
+            shown = browser.find_element(By.ID, "diff").text
+            assert shown.startswith(f"commit {commit}") and "time.sleep(6)" in shown
+            shot(browser, "experiment-diff")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    db = sqlite3.connect(out / "ouroboros.db")
+    status, actions = db.execute("SELECT status, actions FROM experiments").fetchone()
+    assert status == "finalized" and actions == 2
+    result, ok = db.execute("SELECT result, ok FROM steps WHERE action='run'").fetchone()
+    assert ok == 1 and "285" in result  # the person's program ran in the sandbox
+    attrs = [json.loads(a) for (a,) in db.execute("SELECT attrs FROM traces WHERE kind='generate' ORDER BY started_at")]
+    assert [a["backend"] for a in attrs] == ["human", "human"] and [a["reply"] for a in attrs] == [run, final]
+    assert not pending(out / "console")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -144,6 +145,28 @@ class ExperimentRepo:
         with self._lock():
             if self._tip(self._branch()):
                 self._git("reset", "-q")
+
+
+def show_commit(repo: str | Path, commit: str, limit: int = 200_000) -> str | None:
+    """`git show` of one experiment's commit (its message, the files it changed and the diff),
+    read-only, cut to `limit` characters; None when `repo` is no repository or has no such commit.
+    The viewer calls this: `commit` comes from the run's DB, so only a plain commit id is taken,
+    never something git would read as an option or a revision expression, and no diff driver or
+    text conversion a config could name runs."""
+    if not re.fullmatch(r"[0-9a-f]{7,64}", commit or "") or not (Path(repo) / ".git").is_dir():
+        return None
+    env = {k: v for k, v in os.environ.items() if k in _ENV_KEEP}
+    env.update(GIT_TERMINAL_PROMPT="0", GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL="/dev/null")
+    try:
+        proc = subprocess.run(["git", "-C", str(repo), "show", "--no-color", "--no-ext-diff", "--no-textconv",
+                               "--stat", "--patch", "--format=fuller", f"{commit}^{{commit}}", "--"],
+                              capture_output=True, env=env, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if proc.returncode != 0:
+        return None
+    text = proc.stdout.decode("utf-8", errors="replace")
+    return text if len(text) <= limit else text[:limit] + f"\n… (cut at {limit:,} of {len(text):,} characters)"
 
 
 def _data(payload: bytes) -> bytes:

@@ -276,6 +276,16 @@ def create_app(run_dirs: list[str | Path], token: str, hosts: list[str] | None =
         return page(request, "experiment.html", d=d, e=exp, steps=rd.steps(eid), spans=rd.spans(eid))
 
     @with_dir
+    def experiment_diff(request: Request, rd: RunDir, d: int):
+        from ouroboros.store.git_repo import show_commit
+
+        exp = rd.experiment(_int(request.path_params["eid"]))
+        shown = show_commit(rd.path / "experiments", exp.get("git_commit") or "")
+        if shown is None:
+            raise NotFound(f"experiment {exp['id']} has no commit in {rd.path / 'experiments'}")
+        return page(request, "diff.html", d=d, e=exp, diff=shown)
+
+    @with_dir
     def spans_fragment(request: Request, rd: RunDir, d: int):
         q = request.query_params
         eid = _int(request.path_params["eid"])
@@ -357,11 +367,12 @@ def create_app(run_dirs: list[str | Path], token: str, hosts: list[str] | None =
 
     @with_dir
     def console(request: Request, rd: RunDir, d: int):
-        from ouroboros.backends.human import pending
+        return page(request, "console.html", d=d, requests=console_asks(rd), saved=request.query_params.get("saved", ""))
 
-        asks = [a for folder in console_dirs(rd) for a in pending(folder)]
-        return page(request, "console.html", d=d, requests=sorted(asks, key=lambda a: a.get("asked_at") or 0),
-                    saved=request.query_params.get("saved", ""))
+    @with_dir
+    def console_asks_fragment(request: Request, rd: RunDir, d: int):
+        # What the console page polls: the requests waiting now, each with its form.
+        return page(request, "console_asks.html", d=d, requests=console_asks(rd))
 
     @with_dir
     def console_answer(request: Request, rd: RunDir, d: int, form):
@@ -446,10 +457,12 @@ def create_app(run_dirs: list[str | Path], token: str, hosts: list[str] | None =
         Route("/d/{d:int}/run/{run_id}/rate/pair", rate_pair, methods=["POST"]),
         Route("/d/{d:int}/run/{run_id}/rate/score", rate_score, methods=["POST"]),
         Route("/d/{d:int}/console", console),
+        Route("/d/{d:int}/console/asks", console_asks_fragment),
         Route("/d/{d:int}/console/answer", console_answer, methods=["POST"]),
         Route("/d/{d:int}/experiments", experiments),
         Route("/d/{d:int}/experiment/{eid:int}", experiment),
         Route("/d/{d:int}/experiment/{eid:int}/spans", spans_fragment),
+        Route("/d/{d:int}/experiment/{eid:int}/diff", experiment_diff),
         Route("/d/{d:int}/span/{sid:path}", span),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
@@ -462,6 +475,13 @@ def create_app(run_dirs: list[str | Path], token: str, hosts: list[str] | None =
                     exception_handlers={404: not_found})
     app.state.viewer = viewer
     return app
+
+
+def console_asks(rd: RunDir) -> list[dict]:
+    """The requests waiting in the consoles of this directory's runs, oldest first."""
+    from ouroboros.backends.human import pending
+
+    return sorted((a for folder in console_dirs(rd) for a in pending(folder)), key=lambda a: a.get("asked_at") or 0)
 
 
 def console_dirs(rd: RunDir) -> list[Path]:

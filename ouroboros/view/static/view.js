@@ -49,4 +49,29 @@ function spanTree() {
   });
 }
 
-document.addEventListener("DOMContentLoaded", () => { liveRounds(); spanTree(); });
+// The console: requests that arrive are added, and ones answered elsewhere or timed out are
+// dropped, unless the person has started typing an answer there (sending it then says why).
+function liveConsole() {
+  const box = document.getElementById("asks");
+  if (!box) return;
+  const tick = async () => {
+    try {
+      const holder = document.createElement("div");
+      holder.innerHTML = await (await fetch(box.dataset.fragment, { credentials: "same-origin" })).text();
+      const now = Array.from(holder.querySelectorAll("section.ask"));
+      const waiting = new Set(now.map((s) => s.dataset.key));
+      for (const shown of box.querySelectorAll("section.ask")) {
+        if (!waiting.has(shown.dataset.key) && !shown.querySelector("textarea").value) shown.remove();
+      }
+      const shown = new Set(Array.from(box.querySelectorAll("section.ask")).map((s) => s.dataset.key));
+      for (const ask of now) if (!shown.has(ask.dataset.key)) box.appendChild(ask);
+      document.getElementById("empty").hidden = box.querySelector("section.ask") !== null;
+    } catch (e) {
+      // the server is away for a moment: try again at the next tick
+    }
+    setTimeout(tick, 2000);
+  };
+  setTimeout(tick, 2000);
+}
+
+document.addEventListener("DOMContentLoaded", () => { liveRounds(); spanTree(); liveConsole(); });
