@@ -15,7 +15,6 @@ import time
 from ouroboros.actors.generator import lora_settings
 from ouroboros.actors.handles import gather
 from ouroboros.config import Config
-from ouroboros.learn.cpu_memory import reuse_freed_memory
 from ouroboros.types import WeightsRef
 from ouroboros.weights import checksum, pack
 
@@ -36,8 +35,6 @@ class Learner:
         torch.manual_seed(cfg.run.seed)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         cuda = self.device == "cuda"
-        if not cuda:
-            reuse_freed_memory()
         if l.quantize == "4bit" and not cuda:
             raise RuntimeError("learner.quantize is 4bit (QLoRA), which needs a GPU, and this learner has none: "
                                "give it one (learner.num_gpus) or set learner.quantize: none")

@@ -4,13 +4,16 @@ glibc gives every allocation over 32 MB its own mapping and unmaps it when it is
 training step's big tensors are of that size (the logits of 1,000 reply tokens over a 49k-token
 vocabulary are 196 MB, and so are their gradients), so every step the kernel maps, faults in and
 zeroes those pages again, and frees them. `reuse_freed_memory()` turns that off for this process:
-big blocks come from the heap, and freed ones stay there for the next step. Ten steps of the tiny
-model's warm start went from about 27 to 18 CPU-seconds, and a smoke run's learner from 24 to
-20 (benchmarks/README.md). The cost is memory: the process keeps its working set, and the small
-objects a step allocates between its big blocks fragment the heap, so a freed block is not always
-reused and the heap grows until it holds enough of them. Over 120 such steps the peak resident
-memory was 2.0 GB against 1.5 GB, and it stopped growing after the first 40; up to `keep_bytes`
-of it may stay free at the heap's top.
+big blocks come from the heap, and freed ones stay there for the next step.
+
+The tiny model's build calls it: the build went from 217 to 158 s (CPU 422 to 315 s), the same
+model bit for bit. The cost is memory: the process keeps its working set, and
+the small objects a step allocates between its big blocks fragment the heap, so a freed block is
+not always reused and the heap grows until it holds enough of them (over 120 warm-start steps the
+peak resident memory was 2.0 GB against 1.5 GB, flat after the first 40). The learner does not
+call it: on the default policy (SmolLM2-135M, GRPO on 2 cores) it gained nothing, 35.4 against
+37.3 tokens/s without it (two runs each, alternated; benchmarks/README.md), though it saved the
+tiny model's learner about a fifth of its CPU.
 
 Only glibc has these settings; elsewhere (musl, macOS) this does nothing.
 """
