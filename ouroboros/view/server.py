@@ -278,11 +278,16 @@ def create_app(run_dirs: list[str | Path], token: str, hosts: list[str] | None =
     @with_dir
     def experiment_diff(request: Request, rd: RunDir, d: int):
         from ouroboros.store.git_repo import show_commit
+        from ouroboros.store.layout import RunPaths
 
         exp = rd.experiment(_int(request.path_params["eid"]))
-        shown = show_commit(rd.path / "experiments", exp.get("git_commit") or "")
+        try:
+            repo = RunPaths(rd.path, exp["run_id"]).experiments
+        except ValueError:  # a run id no run of ours writes: the row is not ours to follow
+            raise NotFound(f"experiment {exp['id']} names no run of this directory") from None
+        shown = show_commit(repo, exp.get("git_commit") or "")
         if shown is None:
-            raise NotFound(f"experiment {exp['id']} has no commit in {rd.path / 'experiments'}")
+            raise NotFound(f"experiment {exp['id']} has no commit in {repo}")
         return page(request, "diff.html", d=d, e=exp, diff=shown)
 
     @with_dir
