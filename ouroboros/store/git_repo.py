@@ -30,6 +30,14 @@ from pathlib import Path
 _ENV_KEEP = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
 
 
+def _git_env() -> dict[str, str]:
+    """The environment git runs with: nothing of ours but the basics, no prompt, no system or
+    user config."""
+    env = {k: v for k, v in os.environ.items() if k in _ENV_KEEP}
+    env.update(GIT_TERMINAL_PROMPT="0", GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL="/dev/null")
+    return env
+
+
 class GitError(RuntimeError):
     pass
 
@@ -40,8 +48,7 @@ class ExperimentRepo:
             raise GitError("git is not installed: apt-get install -y git")
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
-        self._env = {k: v for k, v in os.environ.items() if k in _ENV_KEEP}
-        self._env.update(GIT_TERMINAL_PROMPT="0", GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL="/dev/null")
+        self._env = _git_env()
         with self._lock():
             if not (self.path / ".git" / "HEAD").is_file():
                 self._git("init", "-q")
@@ -155,12 +162,10 @@ def show_commit(repo: str | Path, commit: str, limit: int = 200_000) -> str | No
     text conversion a config could name runs."""
     if not re.fullmatch(r"[0-9a-f]{7,64}", commit or "") or not (Path(repo) / ".git").is_dir():
         return None
-    env = {k: v for k, v in os.environ.items() if k in _ENV_KEEP}
-    env.update(GIT_TERMINAL_PROMPT="0", GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL="/dev/null")
     try:
         proc = subprocess.run(["git", "-C", str(repo), "show", "--no-color", "--no-ext-diff", "--no-textconv",
                                "--stat", "--patch", "--format=fuller", f"{commit}^{{commit}}", "--"],
-                              capture_output=True, env=env, timeout=30)
+                              capture_output=True, env=_git_env(), timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if proc.returncode != 0:
