@@ -237,6 +237,15 @@ def test_container_hardening(client, sandbox):
     assert host["CapDrop"] == ["ALL"] or "ALL" in host["CapDrop"]
     assert host["ReadonlyRootfs"] is True
     assert host["NetworkMode"] == "none"
+    # No network, and none of the engine's network code either: no libnetwork sandbox or
+    # endpoint is made for the container (docker.io 20.10 deadlocked in that code under churn).
+    assert container.attrs["Config"].get("NetworkDisabled") is True
+    assert not container.attrs["NetworkSettings"]["SandboxKey"]
+    assert not container.attrs["NetworkSettings"]["Networks"]
+    # Its own namespace still has loopback, as with `--network none` and in bwrap.
+    loop = run_ok(sandbox, "python3", "-c", "import socket\ns = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n"
+                  "socket.create_connection(s.getsockname(), timeout=2).close(); print('loopback ok')")
+    assert loop.stdout.strip() == "loopback ok"
     assert "no-new-privileges" in host["SecurityOpt"]
     assert host["Privileged"] is False
     assert host["Memory"] == host["MemorySwap"] == LIMITS.memory_mb << 20

@@ -6,8 +6,8 @@ The container (from `ouroboros-sandbox:base`, or an environment built from a Doc
 - has a read-only root, a tmpfs /tmp, and the host workdir (`workdir.HostWorkdir`, a size-
   capped tmpfs when we are root) bind-mounted at /work as its only writable, persistent place;
 - drops every capability, sets no-new-privileges, uses private PID, IPC, UTS and network
-  namespaces (`--network none` unless the config enables it), and caps memory (no swap),
-  pids, CPU and file size (`fsize` ulimit);
+  namespaces (no network, outside the engine's network code, unless the config enables it),
+  and caps memory (no swap), pids, CPU and file size (`fsize` ulimit);
 - gets the environment allowlist per exec, never the harness's environment;
 - carries the labels `ouroboros.run` and `ouroboros.owner` (see `reaper.py`).
 
@@ -199,6 +199,13 @@ class DockerSandbox(Sandbox):
             working_dir="/work",
             hostname="sandbox",
             network_mode="bridge" if self.network else "none",
+            # Without network, the container gets a fresh namespace holding only loopback (runc
+            # brings it up) and the engine's network code is skipped altogether. `--network none`
+            # alone still joins its libnetwork sandbox: twice the start time (320 against 148 ms
+            # median here), and docker.io 20.10's libnetwork deadlocked (controller against
+            # network lock, endpoint join against endpoint delete) under a long run's container
+            # churn, which hung every later engine call (benchmarks/README.md, "A long run").
+            network_disabled=not self.network,
             ipc_mode="private",
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
