@@ -92,8 +92,10 @@ def test_ctrl_c_in_a_run_on_the_experiment_environment_marks_rows_and_leaves_no_
     sleeper = json.dumps({"action": "run", "data": "import time\nprint('working', flush=True)\ntime.sleep(30)",
                           "notes": "long"})
     proc = interruptible_popen(
+        # --rounds 0: Ctrl-C comes during round 0's held-out cycles, so a learner would be built
+        # (torch, PEFT, the model) and never used.
         [sys.executable, "-m", "ouroboros", "run", "configs/smoke-run-experiment.yaml", "--out", str(out),
-         "--set", "generator.backend=scripted", "--set", f"generator.script=[{json.dumps(sleeper)}]",
+         "--rounds", "0", "--set", "generator.backend=scripted", "--set", f"generator.script=[{json.dumps(sleeper)}]",
          "--set", "experiment.max_new_tokens=512", "--set", "sandbox.timeout_s=60",
          "--set", f"sandbox.env={{OUROBOROS_TAG: {tag}}}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=tagged_env(tag))

@@ -30,13 +30,16 @@ def test_a_grid_point_that_is_not_a_config_stops_the_sweep_before_ray(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_trials_run_as_whole_runs_and_report_to_tune(tiny_model_path, tmp_path):
-    """Two trials at once, each a whole run that only evaluates (no learner to build, to keep the
-    suite fast; a trial's learning rounds report the same way, one report per round)."""
+def test_two_trials_run_as_whole_runs_and_report_to_tune(tmp_path):
+    """Two trials at once, each a whole run that only evaluates, on the scripted backend (no model
+    or learner to build, to keep the suite fast: what is tested is Tune around whole runs, and
+    whole runs of the hf backend are tested elsewhere; a trial's learning rounds report the same
+    way, one report per round)."""
     require_bwrap()
     proc = subprocess.run(
         [sys.executable, "-m", "ouroboros", "tune", "configs/smoke.yaml", "--grid", "env.heldout_tasks=2,4",
-         "--rounds", "0", "--parallel", "2", "--metric", "heldout_valid_rate", "--out", str(tmp_path)],
+         "--rounds", "0", "--parallel", "2", "--metric", "heldout_valid_rate", "--out", str(tmp_path),
+         "--set", "generator.backend=scripted", "--set", 'generator.script=["{}"]'],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "results.csv")))

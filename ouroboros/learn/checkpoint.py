@@ -170,9 +170,6 @@ def _read_config(path: Path) -> dict:
 def export(path: str | Path, out: str | Path, version: int | None = None) -> dict:
     """Merge version `version` (default: the latest checkpoint; 0: the base model) into its base
     and save a Hugging Face model folder at `out`, tokenizer included."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from ouroboros import models
 
     run_path = run_path_of(path)
@@ -192,6 +189,11 @@ def export(path: str | Path, out: str | Path, version: int | None = None) -> dic
     base_name = cfg["policy"]["model"]
     source = models.resolve(base_name)
     dtype = cfg["policy"].get("dtype", "float32")
+    # Imported only now: a refused request (no such version, a used --out) answers at once,
+    # without seconds of torch and transformers imports.
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype if dtype in (
             "float32", "bfloat16", "float16") else "float32"))
