@@ -128,8 +128,13 @@ class PolicyGradient:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         L = max(len(e.input_ids) for e in batch)
         T = max(e.n_scored for e in batch)
+        # Padded on the right, with no padding mask: under the causal mask no real token sees
+        # the padding after it, and no padded position is scored. The hidden states of the real
+        # tokens are the same bit for bit, and attention takes its causal path (no mask built,
+        # the upper triangle skipped): the decoder's forward and backward on 8 rows of up to 400
+        # tokens, 9% faster on SmolLM2 and 14% on the tiny test model (the learner benchmark's
+        # shorter turns showed no change beyond its noise).
         ids = torch.full((len(batch), L), pad, dtype=torch.long)
-        attn = torch.zeros((len(batch), L), dtype=torch.long)
         # The hidden state at position p predicts token p + 1: a turn's k-th sampled token is
         # predicted at n_prompt + k - 1.
         pos = torch.zeros((len(batch), T), dtype=torch.long)
@@ -138,15 +143,14 @@ class PolicyGradient:
         for i, e in enumerate(batch):
             n = len(e.input_ids)
             ids[i, :n] = torch.tensor(e.input_ids)
-            attn[i, :n] = 1
             k = e.n_scored
             pos[i, :k] = torch.arange(e.n_prompt - 1, e.n_prompt - 1 + k)
             targets[i, :k] = torch.tensor(e.turn.token_ids[:k])
             mask[i, :k] = 1.0
         d = self.device
-        return ids.to(d), attn.to(d), pos.to(d), targets.to(d), mask.to(d)
+        return ids.to(d), pos.to(d), targets.to(d), mask.to(d)
 
-    def _forward(self, ids, attn, pos, targets, values: bool):
+    def _forward(self, ids, pos, targets, values: bool):
         """Per-token log-probs of the sampled tokens (B, T), and the value head's estimates."""
         import torch
 
@@ -155,7 +159,7 @@ class PolicyGradient:
         ctx = self.autocast() if self.autocast else _null()
         with ctx:
             # No KV cache: a training forward never decodes further, and building one copies every layer's K and V.
-            hidden = decoder(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state
+            hidden = decoder(input_ids=ids, use_cache=False).last_hidden_state
             at = hidden.gather(1, pos.unsqueeze(-1).expand(-1, -1, hidden.size(-1)))
             # Only the scored positions go through the vocabulary-sized head.
             logits = base.get_output_embeddings()(at).float()
@@ -163,11 +167,11 @@ class PolicyGradient:
         v = self.value_head(at.float()).squeeze(-1) if values and self.value_head is not None else None
         return logps, v
 
-    def _reference(self, ids, attn, pos, targets):
+    def _reference(self, ids, pos, targets):
         import torch
 
         with torch.no_grad(), self.model.disable_adapter():
-            return self._forward(ids, attn, pos, targets, values=False)[0]
+            return self._forward(ids, pos, targets, values=False)[0]
 
     # -- 4-6: the update -----------------------------------------------------------------------
     def update(self, turns: list[Turn], version: int, optimizer, first_step: int, seed: int) -> tuple[dict, list[dict]]:
@@ -215,8 +219,8 @@ class PolicyGradient:
             for s in range(0, n, mb):
                 idx = order[s:s + mb]
                 batch = [encoded[i] for i in idx]
-                ids, attn, pos, targets, mask = self._collate(batch)
-                logps, values = self._forward(ids, attn, pos, targets, values=needs_values)
+                ids, pos, targets, mask = self._collate(batch)
+                logps, values = self._forward(ids, pos, targets, values=needs_values)
                 for i in idx:
                     if i not in old:
                         old[i] = {"logps": logps[idx.index(i), : encoded[i].n_scored].detach()}
@@ -299,9 +303,9 @@ class PolicyGradient:
 
     def _remember(self, encoded, idx, old, needs_values, needs_ref):
         batch = [encoded[i] for i in idx]
-        ids, attn, pos, targets, mask = self._collate(batch)
-        logps, values = self._forward(ids, attn, pos, targets, values=needs_values)
-        ref = self._reference(ids, attn, pos, targets) if needs_ref else None
+        ids, pos, targets, mask = self._collate(batch)
+        logps, values = self._forward(ids, pos, targets, values=needs_values)
+        ref = self._reference(ids, pos, targets) if needs_ref else None
         for row, i in enumerate(idx):
             k = encoded[i].n_scored
             old[i] = {"logps": logps[row, :k].detach()}

@@ -33,6 +33,9 @@ RECIPE = {
     # Each batch is drawn from examples of about the same length: an experiment turn (~1.5k
     # tokens) no longer pads a batch of ~250-token task replies to its length.
     "sft_length_buckets": 5,
+    # Batches are padded on the right and attend with the causal mask alone (below): part of
+    # the recipe, since it changes the trained weights in their last bits.
+    "sft_attention": "causal",
     "seed": 0,
 }
 
@@ -167,10 +170,13 @@ def _build(tmp: Path, log) -> None:
         pad = config.pad_token_id
         input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in batch])
         labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
-        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch])
+        # No padding mask: the padding is on the right, so under the causal mask no real token
+        # sees it, and the padded positions have no label. The same loss, and attention takes
+        # its causal path (no mask built, the upper triangle skipped): a batch of experiment
+        # turns (~1.5k tokens) trains about a third faster.
         # The LM head runs only where there is a label: a 49k-vocab head over the whole
         # prompt would cost several times the rest of the step.
-        hidden = model.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        hidden = model.model(input_ids=input_ids).last_hidden_state
         keep = labels[:, 1:] != -100
         logits = model.lm_head(hidden[:, :-1][keep])
         loss = torch.nn.functional.cross_entropy(logits, labels[:, 1:][keep])
