@@ -173,7 +173,7 @@ def _build(tmp: Path, log) -> None:
         # No padding mask: the padding is on the right, so under the causal mask no real token
         # sees it, and the padded positions have no label. The same loss, and attention takes
         # its causal path (no mask built, the upper triangle skipped): a batch of experiment
-        # turns (~1.5k tokens) trains about a third faster.
+        # turns (~1.5k tokens) trains 12-35% faster, and the whole build 141 -> 124 s.
         # The LM head runs only where there is a label: a 49k-vocab head over the whole
         # prompt would cost several times the rest of the step.
         hidden = model.model(input_ids=input_ids).last_hidden_state

@@ -202,9 +202,10 @@ class DockerSandbox(Sandbox):
             # Without network, the container gets a fresh namespace holding only loopback (runc
             # brings it up) and the engine's network code is skipped altogether. `--network none`
             # alone still joins its libnetwork sandbox: twice the start time (320 against 148 ms
-            # median here), and docker.io 20.10's libnetwork deadlocked (controller against
-            # network lock, endpoint join against endpoint delete) under a long run's container
-            # churn, which hung every later engine call (benchmarks/README.md, "A long run").
+            # median here), and docker.io 20.10's libnetwork deadlocked under a long run's container
+            # churn (its endpoint watch loop held the controller's lock waiting for a network's,
+            # container starts and exits the other way round), which hung every later engine call
+            # (benchmarks/README.md, "A long run").
             network_disabled=not self.network,
             ipc_mode="private",
             cap_drop=["ALL"],
