@@ -95,6 +95,7 @@ def test_goals_are_families_drawn_per_run_round_and_goal():
         assert a.program.startswith(f"PARAMS = {a.params!r}\n")
 
 
+@pytest.mark.fresh_process
 def test_bundled_references_print_one_unguessable_answer_quickly_in_a_sandbox(runner):
     """Every bundled goal, 20 drawn instances each, run in bwrap: its reference prints one number,
     no answer matches more than 10% of the instances (nor pi or e any), nor does any of the
