@@ -210,6 +210,8 @@ class LearnerConfig(Section):
     )
     learning_rate: float = Field(2e-4, gt=0, description="AdamW learning rate (kept across rounds).")
     beta: float = Field(0.1, gt=0, description="DPO temperature beta.")
+    pair_margin: float = Field(0.0, ge=0, description="dpo: the least reward gap between a pair's chosen and "
+                                                      "rejected; a smaller gap is judge noise, not a preference.")
     batch_size: int = Field(8, ge=1, description="Pairs (dpo) or turns (policy gradients) per optimizer step.")
     epochs: int = Field(2, ge=1, description="Passes over each round's pairs or turns.")
     max_length: int = Field(768, ge=32, description="Prompt plus completion tokens kept per pair or turn.")

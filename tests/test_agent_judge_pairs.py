@@ -57,6 +57,10 @@ def test_episode_rewards_and_pairs_follow_what_the_code_did(runner):
     assert len(pairs) == 1
     assert pairs[0].chosen == replies[0] and pairs[0].rejected == replies[3]
     assert pairs[0].chosen_reward > pairs[0].rejected_reward
+    # A gap smaller than the margin is what a noisy judge decides alone: no pair.
+    gap = pairs[0].chosen_reward - pairs[0].rejected_reward
+    assert build_pairs(trajs, scores, round_=1, margin=gap + 1e-6) == []
+    assert len(build_pairs(trajs, scores, round_=1, margin=gap)) == 1
 
 
 def test_ties_give_no_pair_and_hostile_code_cannot_forge_results(runner):

@@ -82,7 +82,7 @@ class Environment(ABC):
     def pairs(self, trajectories: list[Trajectory], scores: list[Score], round_: int) -> list[PreferencePair]:
         from ouroboros.learn.pairs import build_pairs
 
-        return build_pairs(trajectories, scores, round_)
+        return build_pairs(trajectories, scores, round_, margin=self.cfg.learner.pair_margin)
 
     def human_pairs(self, paths, db, round_: int) -> list[PreferencePair]:
         """Preference pairs people made in the viewer since the last training round (the run's human

@@ -36,8 +36,11 @@ def branch_point(a: Trajectory, b: Trajectory) -> int | None:
 
 
 def build_pairs(trajectories: list[Trajectory], scores: list[Score], round_: int,
-                rank: dict[str, tuple] | None = None) -> list[PreferencePair]:
-    """`rank`: what makes an episode better, by trajectory id (higher is better); the reward if None."""
+                rank: dict[str, tuple] | None = None, margin: float = 0.0) -> list[PreferencePair]:
+    """`rank`: what makes an episode better, by trajectory id (higher is better); the reward if None.
+    `margin`: the least reward by which the best must beat the worst. A smaller gap is what a noisy
+    judge decides alone (a model judge's few hundredths), and DPO would learn that noise as surely
+    as a real preference."""
     reward = {s.trajectory_id: s.total for s in scores}
     order = rank if rank is not None else {k: (v,) for k, v in reward.items()}
     by_task: dict[str, list[Trajectory]] = defaultdict(list)
@@ -51,7 +54,7 @@ def build_pairs(trajectories: list[Trajectory], scores: list[Score], round_: int
         # Sort by reward, then id, so equal rewards never depend on arrival order.
         ranked = sorted(group, key=lambda t: (tuple(-x for x in order[t.id]), t.id))
         best, worst = ranked[0], ranked[-1]
-        if order[best.id] == order[worst.id]:
+        if order[best.id] == order[worst.id] or reward[best.id] - reward[worst.id] < margin:
             continue
         at = branch_point(best, worst)
         if at is None:

@@ -129,7 +129,7 @@ class AlignmentEnvironment(Environment):
         from ouroboros.learn.pairs import build_pairs
 
         ok = [s for s in scores if self.trains_on(s)]
-        pairs = build_pairs(trajectories, ok, round_)
+        pairs = build_pairs(trajectories, ok, round_, margin=self.cfg.learner.pair_margin)
         by_id = {t.id: t for t in trajectories}
         sc = {s.trajectory_id: s for s in ok}
         seen = {(p.chosen, p.rejected) for p in pairs}

@@ -64,7 +64,8 @@ class AlignTask:
 
         return Checkable(kind=self.kind, terms=list(self.terms), pressure=self.pressure,
                          contrast_terms=list(self.contrast_terms), constraints=list(self.constraints),
-                         scripts=scripts_of(self.prompt, *self.facts, self.voice))
+                         scripts=scripts_of(self.prompt, *self.facts, self.voice),
+                         known=(self.prompt, *self.facts))
 
     def messages(self, principles: list[str]) -> list[dict[str, str]]:
         rules = " ".join(principles)

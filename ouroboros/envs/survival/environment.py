@@ -91,7 +91,7 @@ class SurvivalEnvironment(Environment):
 
         reward = {s.trajectory_id: s.total for s in scores}
         rank = {t.id: (summary(t, self.survival)["survived_steps"], reward[t.id]) for t in trajectories if t.id in reward}
-        return build_pairs(trajectories, scores, round_, rank=rank)
+        return build_pairs(trajectories, scores, round_, rank=rank, margin=self.cfg.learner.pair_margin)
 
     def metrics(self, trajectories: list[Trajectory], scores: list[Score], pairs: int) -> dict:
         from ouroboros.envs.metrics import phase_metrics
