@@ -578,7 +578,9 @@ def align_loop(
     set_: list[str] = typer.Option([], "--set", help="Override a field (repeatable)."),
 ) -> None:
     """All stages as rounds on Ray, with replay and curriculum: the same as `ouroboros run` with env.name alignment."""
-    run(config, rounds, out, [*set_, "env.name=alignment"])
+    # Every parameter by value: called as a function, a typer command gets its options' declarations
+    # (truthy objects) for any left out, and would take --resume as given.
+    run(config, rounds, out, [*set_, "env.name=alignment"], resume=None)
 
 
 @models_app.command("prepare")

@@ -82,7 +82,7 @@ _ALIGN_RATING: dict = {}
 
 @_pytest.fixture(scope="session")
 def align_smoke_run(tiny_model_path, tmp_path_factory):
-    """One alignment smoke run (`ouroboros run configs/smoke-align.yaml`, through Ray) shared by the
+    """One alignment smoke run (`ouroboros align loop configs/smoke-align.yaml`, through Ray) shared by the
     loop's tests, the viewer's browser tests and the live-rating test: its run directory. While it
     runs, once its first training candidates are stored, a person rates one pair of them in the
     viewer (`align_smoke_rating` says which), as a user would during a run."""
@@ -92,9 +92,9 @@ def align_smoke_run(tiny_model_path, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("align") / "out"
     data = out.parent / "data"
-    proc = subprocess.Popen([sys.executable, "-m", "ouroboros", "run", "configs/smoke-align.yaml", "--out", str(out),
-                             "--set", f"align.data_dir={data}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "ouroboros", "align", "loop", "configs/smoke-align.yaml",
+                             "--out", str(out), "--set", f"align.data_dir={data}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 240
         while _train_rows(out / "ouroboros.db") == 0:
