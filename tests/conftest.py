@@ -251,7 +251,6 @@ def pytest_collection_finish(session):
                                  "versions requirements.txt pins")
 
 
-
 # --- tests that spawn hundreds of sandboxes run in a fresh interpreter --------------------------
 # Each sandbox is started with a preexec_fn (rlimits, cgroups, ids), so Python forks rather than
 # vforks, and a fork copies the parent's page tables: an exec that takes 104 ms from a small
