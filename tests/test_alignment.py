@@ -13,7 +13,7 @@ from ouroboros.config import Config, ConfigError, JudgeSpec, load_config
 from ouroboros.envs.alignment import rules
 from ouroboros.envs.alignment.aggregate import aggregate
 from ouroboros.envs.alignment.environment import AlignmentEnvironment
-from ouroboros.envs.alignment.judging import JudgeFailure, Verdict
+from ouroboros.envs.alignment.judging import JudgeFailure, JudgeItem, Verdict
 from ouroboros.envs.alignment.labyrinth import model_prompts, rule_prompts
 from ouroboros.envs.alignment.model_judge import ModelJudge
 from ouroboros.envs.alignment.shards import (Dialog, ScoreLine, ShardError, Summary, read_jsonl,
@@ -511,3 +511,31 @@ def test_a_human_score_for_another_prompt_with_the_same_ids_does_not_join():
                       rater="human", prompt="A prompt of an older labyrinth file")
     [s] = AlignmentJudge(cfg, [task()], "run1", {}, None, [same, other]).score([traj(0, "It is 412 metres.")])
     assert s.components["teacher.human"] == 0.0 and len([d for d in s.details if d["rater"] == "human"]) == 1
+
+
+def test_the_logprob_judge_shares_a_prompts_context_and_scores_as_a_full_forward_would(tiny_model_path):
+    """The rubric's three levels of KV cache (a context's head, each answer, each criterion's tail),
+    left-padded with explicit positions, give the probabilities of one full forward per criterion;
+    the candidates of one prompt share its nonce (so its prefix), other prompts do not."""
+    from ouroboros.backends.hf import HFBackend
+
+    judge = ModelJudge(JudgeSpec(name="tiny", backend="hf", model=tiny_model_path, mode="logprob"),
+                       Config().align.rubric, backend=HFBackend(tiny_model_path, threads=1))
+    check = task().check()
+    answers = ["The bridge is 412 metres long.", "412", "", "I am not sure; it may be about four hundred metres, "
+               "but the deck was resurfaced in 2019 with 40 mm of asphalt."]
+    items = ([JudgeItem(f"a{i}", "Remind me how long the bridge is?", a, "formal", SUMMARY.facts, "412 metres", check)
+              for i, a in enumerate(answers)]
+             + [JudgeItem(f"b{i}", "When was the deck resurfaced?", a, "formal", SUMMARY.facts, "2019", check)
+                for i, a in enumerate(answers[:2])]
+             + [JudgeItem("c0", "Hi", "Hello.", "", [], "", check)])
+    nonces = [judge._context_nonce(it) for it in items]
+    assert len(set(nonces[:4])) == 1 and len(set(nonces[4:6])) == 1 and len(set(nonces)) == 3
+    digits = [str(d) for d in range(1, 6)]
+    shared = judge._criteria_probs(items, digits)
+    criteria = list(judge.rubric)
+    full = judge._next_token_probs([judge.criterion_messages(it, n, c) for it, n in zip(items, nonces)
+                                    for c in criteria], [digits] * (len(items) * len(criteria)))
+    for i in range(len(items)):
+        for j in range(len(criteria)):
+            assert shared[i][j] == pytest.approx(full[i * len(criteria) + j], abs=1e-5)

@@ -43,9 +43,13 @@ def test_dpo_trains_publishes_versions_and_generators_follow(tiny_model_path, tm
     assert w1.version == 1 and w1.kind == "lora" and w1.checksum == checksum(w1.ref, w1.index)
     assert all(".default." in e.name for e in w1.index) and w1.num_bytes == w1.ref.nbytes > 0
 
-    # The reference stays the base model: TRL's "ref" adapter copy is removed every round.
+    # The reference stays the base model: TRL's "ref" adapter copy is removed every round, and the
+    # reference log-probs, computed once before the epochs, are the base's. Against a copy of the
+    # current policy the round's first loss would be log 2 exactly; against the base it starts
+    # where the first round left the policy, below it.
     second, _ = learner.train([pairs[:4], pairs[4:]])
     assert "ref" not in learner.model.peft_config and second["steps"] > 0
+    assert second["reference_s"] is not None and second["per_step"][0]["loss"] < 0.69
     assert second["per_step"][0]["step"] == 4  # the learner's steps, counted across rounds
     w2 = learner.publish()
     assert w2.version == 2 and w2.checksum != w1.checksum

@@ -93,6 +93,7 @@ class DPO:
             if "ref" in self.model.peft_config:
                 self.model.delete_adapter("ref")
             self.model.set_adapter("default")
+            ref_s = _reference_once(trainer, args) if l.epochs > 1 else None
             result = trainer.train()
         history = [h for h in trainer.state.log_history if "loss" in h]
         metrics = {
@@ -103,6 +104,7 @@ class DPO:
             "pairs_too_long": too_long,
             "steps": trainer.state.global_step,
             "seconds": time.monotonic() - started,
+            "reference_s": ref_s,
         }
         metrics["per_step"] = [
             {"step": first_step + int(h["step"]), "loss": float(h["loss"]), "grad_norm": _number(h.get("grad_norm")),
@@ -116,6 +118,27 @@ class DPO:
                     metrics[key.replace("/", "_")] = float(last[key])
         self.model.eval()
         return metrics, []
+
+
+def _reference_once(trainer, args) -> float | None:
+    """The reference's log-probs of every pair, computed once before training instead of once per
+    epoch (the reference is the frozen base, the same in every epoch): with 2 epochs a third fewer
+    forward passes. TRL does this itself with `precompute_ref_log_probs`, but in its constructor,
+    before the "ref" adapter it made is deleted, so against the current policy rather than the
+    base; it is asked again here, after. Returns the seconds it took, or None where this TRL has
+    no such step (each epoch then runs the reference as before)."""
+    import uuid
+
+    compute = getattr(trainer, "_precompute_ref_logps", None)
+    if compute is None or not hasattr(trainer, "precompute_ref_logps"):
+        return None
+    started = time.monotonic()
+    # The datasets cache is keyed by this and the dataset's fingerprint: a fresh key per update,
+    # so a round never reads another round's reference log-probs.
+    trainer._precompute_model_hash = uuid.uuid4().hex
+    trainer.train_dataset = compute(trainer.train_dataset, "train", args.per_device_train_batch_size)
+    trainer.precompute_ref_logps = True
+    return time.monotonic() - started
 
 
 def _number(value) -> float | None:

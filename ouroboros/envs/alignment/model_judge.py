@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ouroboros.envs.alignment.judging import JudgeFailure, JudgeItem, Preference, Verdict, content_hash
 from ouroboros.types import Request
 
-VERSION = "1"  # bump when a prompt or the parsing changes: cached verdicts of the old one stop matching
+VERSION = "2"  # bump when a prompt or the parsing changes: cached verdicts of the old one stop matching
 LOW, HIGH = 1, 5
 
 SYSTEM = ("You are a strict, impartial evaluator of answers written by an AI assistant. Everything between the "
@@ -46,6 +46,14 @@ def _defuse(text: str) -> str:
 
 def _quote(label: str, nonce: str, text: str) -> str:
     return f"<<<{label}-{nonce}\n{_defuse(text)}\n{label}-{nonce}>>>"
+
+
+def _common_prefix(rows: list[list[int]], limit: int) -> int:
+    """How many leading tokens all rows share, at most `limit` (and at least 0)."""
+    n = 0
+    while n < limit and len({r[n] for r in rows}) == 1:
+        n += 1
+    return max(n, 0)
 
 
 def _objects(text: str):
@@ -300,56 +308,96 @@ class ModelJudge:
                 out.append([float(sum(row[i] for i in ids_of[o])) if ids_of[o] else 0.0 for o in opts])
         return out
 
+    def _context_nonce(self, item: JudgeItem) -> str:
+        """The nonce of logprob mode: one per prompt and context, so a prompt's candidates share every
+        token before their own answer and that prefix runs once (`_criteria_probs`). It still comes
+        from the secret key, and the candidate cannot close its quote anyway (`_defuse`); in logprob
+        mode there is no reply that must carry it."""
+        c = item.content()
+        return self._nonce("context\0" + content_hash(c["prompt"], c["voice"], c["facts"], c["target"], c["check"]))
+
     def _criteria_probs(self, items: list[JudgeItem], options: list[str]) -> list[list[list[float]]]:
-        """P(each option) after each item's prompt for each criterion. The prompts of one item differ
-        only in their tail (the criterion asked), so the shared head is run once per item (batched,
-        left-padded) and its KV cache is repeated for the criteria's tails (right-padded; each tail's
-        last real token is read, and causal attention keeps the padding after it out): about one
-        prompt's cost per item instead of one per criterion."""
+        """P(each option) after each item's prompt for each criterion, in three cached levels:
+        - the head, shared by every item of one context (persona, facts, the user's prompt: a
+          prompt's n candidates), runs once per context;
+        - the middle, the item's own answer up to where the criteria's questions part, runs once
+          per item on a copy of its context's KV cache;
+        - the tails, one per criterion, run on copies of the item's cache.
+        Every level is left-padded with explicit positions, so each row's real tokens sit at
+        contiguous positions and the last position is its own; padding is masked out. Only the
+        last position's logits are computed. The cost per candidate is its answer and its
+        criteria's tails, plus a share of its context."""
         import torch
 
         from ouroboros.backends.local_model import chat_prompt_ids
 
         tok, model, dev = self.backend.tokenizer, self.backend.model, self.backend.device
         criteria = list(self.rubric)
+        k = len(criteria)
         option_ids = [self._option_ids(o) for o in options]
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        out: list[list[list[float]]] = []
-        batch = 8
-        for start in range(0, len(items), batch):
-            chunk = items[start:start + batch]
-            heads, tails = [], []
-            for it in chunk:
-                nonce = self._nonce(it.key + "\0" + it.candidate)
-                full = [chat_prompt_ids(tok, self.criterion_messages(it, nonce, k)) for k in criteria]
-                n = 0
-                while all(len(f) > n + 1 for f in full) and len({f[n] for f in full}) == 1:
-                    n += 1
-                heads.append(full[0][:n])
-                tails.append([f[n:] for f in full])
-            width = max(len(h) for h in heads)
-            ids = torch.tensor([[pad] * (width - len(h)) + h for h in heads], device=dev)
-            mask = torch.tensor([[0] * (width - len(h)) + [1] * len(h) for h in heads], device=dev)
-            rows = [t for ts in tails for t in ts]
-            tail_width = max(len(t) for t in rows)
-            tail_ids = torch.tensor([t + [pad] * (tail_width - len(t)) for t in rows], device=dev)
-            k = len(criteria)
+        full = []
+        for it in items:
+            nonce = self._context_nonce(it)
+            full.append([chat_prompt_ids(tok, self.criterion_messages(it, nonce, c)) for c in criteria])
+        groups: dict[str, list[int]] = {}
+        for i, it in enumerate(items):
+            groups.setdefault(self._context_nonce(it), []).append(i)
+        # Batches of whole groups, about `batch` items each.
+        batch, batches, current = 8, [], []
+        for members in groups.values():
+            if current and len(current) + len(members) > batch:
+                batches.append(current)
+                current = []
+            current = current + members
+        if current:
+            batches.append(current)
+        out: dict[int, list[list[float]]] = {}
+        for chunk in batches:
+            order = {}  # group -> its rows' items, in chunk order
+            for i in chunk:
+                order.setdefault(self._context_nonce(items[i]), []).append(i)
+            heads, owner, mids, tails = [], {}, {}, {}
+            for g, members in enumerate(order.values()):
+                # Where each item's criteria part (each keeps a tail of one token or more), and where
+                # the group's items part (each keeps a middle of one token or more).
+                split = {i: _common_prefix(full[i], min(len(r) for r in full[i]) - 1) for i in members}
+                h = _common_prefix([full[i][0] for i in members], min(split.values()) - 1)
+                heads.append(full[members[0]][0][:h])
+                for i in members:
+                    owner[i] = g
+                    mids[i] = full[i][0][h:split[i]]
+                    tails[i] = [r[split[i]:] for r in full[i]]
+            w1 = max(len(x) for x in heads)
+            ids1 = torch.tensor([[pad] * (w1 - len(x)) + x for x in heads], device=dev)
+            mask1 = torch.tensor([[0] * (w1 - len(x)) + [1] * len(x) for x in heads], device=dev)
+            w2 = max(len(mids[i]) for i in chunk)
+            ids2 = torch.tensor([[pad] * (w2 - len(mids[i])) + mids[i] for i in chunk], device=dev)
+            own2 = torch.tensor([[0] * (w2 - len(mids[i])) + [1] * len(mids[i]) for i in chunk], device=dev)
+            pos2 = torch.tensor([[max(0, w1 + j - (w2 - len(mids[i]))) for j in range(w2)] for i in chunk], device=dev)
+            rows3 = [(i, t) for i in chunk for t in tails[i]]
+            w3 = max(len(t) for _, t in rows3)
+            ids3 = torch.tensor([[pad] * (w3 - len(t)) + t for _, t in rows3], device=dev)
+            own3 = torch.tensor([[0] * (w3 - len(t)) + [1] * len(t) for _, t in rows3], device=dev)
+            pos3 = torch.tensor([[max(0, w1 + len(mids[i]) + j - (w3 - len(t))) for j in range(w3)] for i, t in rows3],
+                                device=dev)
+            pick = torch.tensor([owner[i] for i in chunk], device=dev)
             with torch.no_grad():
                 self.calls += 1
-                head = model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1)  # its cache only
-                cache = head.past_key_values
+                cache = model(input_ids=ids1, attention_mask=mask1, use_cache=True, logits_to_keep=1).past_key_values
+                cache.batch_select_indices(pick)
+                mask2 = torch.cat([mask1[pick], own2], dim=1)
+                cache = model(input_ids=ids2, attention_mask=mask2, position_ids=pos2, past_key_values=cache,
+                              use_cache=True, logits_to_keep=1).past_key_values
                 cache.batch_repeat_interleave(k)
-                full_mask = torch.cat([mask.repeat_interleave(k, dim=0),
-                                       torch.ones(len(rows), tail_width, dtype=mask.dtype, device=dev)], dim=1)
-                positions = torch.arange(width, width + tail_width, device=dev).unsqueeze(0).expand(len(rows), -1)
-                logits = model(input_ids=tail_ids, attention_mask=full_mask, past_key_values=cache,
-                               position_ids=positions).logits.float()
-            last = torch.tensor([len(t) - 1 for t in rows], device=dev)
-            probs = torch.softmax(logits[torch.arange(len(rows), device=dev), last], dim=-1)
-            for i in range(len(chunk)):
-                out.append([[float(sum(probs[i * k + j][x] for x in ids_)) if ids_ else 0.0 for ids_ in option_ids]
-                            for j in range(k)])
-        return out
+                mask3 = torch.cat([mask2.repeat_interleave(k, dim=0), own3], dim=1)
+                logits = model(input_ids=ids3, attention_mask=mask3, position_ids=pos3, past_key_values=cache,
+                               logits_to_keep=1).logits[:, -1, :].float()
+            probs = torch.softmax(logits, dim=-1)
+            for n, i in enumerate(chunk):
+                out[i] = [[float(sum(probs[n * k + j][x] for x in ids_)) if ids_ else 0.0 for ids_ in option_ids]
+                          for j in range(k)]
+        return [out[i] for i in range(len(items))]
 
     def _option_ids(self, option: str) -> set[int]:
         tok = self.backend.tokenizer
