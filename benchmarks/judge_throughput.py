@@ -7,9 +7,11 @@ answers of several qualities):
   it scales with the cores a machine has;
 - an API judge (the OpenAI SDK against a loopback server that answers after a fixed latency,
   as a provider would): latency-bound, so it scales with the actors.
-The same batch judged again is all cache hits.
+The same batch judged again is all cache hits. With `--per-prompt 4` the batch is a training
+round's shape, four answers to each prompt, whose shared context a local judge runs once.
 
     .venv/bin/python benchmarks/judge_throughput.py [--candidates 48] [--latency 0.25] [--out FILE]
+    .venv/bin/python benchmarks/judge_throughput.py --kinds local --per-prompt 4
 """
 from __future__ import annotations
 
@@ -25,15 +27,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
-def batch(n: int):
+def batch(n: int, per_prompt: int = 1):
+    """n candidates: `per_prompt` answers (of several qualities) to each of n / per_prompt prompts."""
     from ouroboros.config import Config
     from ouroboros.envs.alignment.tasks import load_tasks
     from ouroboros.types import Action, Completion, Request, Step, Trajectory
 
-    tasks = [t for t in load_tasks(Config()) if t.split == "heldout" and t.facts][:n]
+    tasks = [t for t in load_tasks(Config()) if t.split == "heldout" and t.facts][:-(-n // per_prompt)]
     out = []
-    for i, t in enumerate(tasks):
-        text = [" ".join(t.facts), "I am not sure, maybe ask someone else.", t.facts[0] + " Anything else?"][i % 3]
+    for i in range(n):
+        t = tasks[i // per_prompt]
+        text = [" ".join(t.facts), "I am not sure, maybe ask someone else.", t.facts[0] + " Anything else?",
+                t.facts[-1] + " That is all I know."][i % (4 if per_prompt > 1 else 3)]
         c = Completion(f"b{i}", text, [], [], 0, "bench")
         out.append(Trajectory(f"b{i}", t.id, "heldout", 0, 0, [Step(0, Request(f"b{i}", []), c,
                                                                      Action("answer", text, "", True), None)]))
@@ -70,6 +75,9 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.25, help="seconds the loopback API takes per request")
     ap.add_argument("--actors", default="1,2,4")
     ap.add_argument("--kinds", default="local,api", help="which judges to measure (the file keeps the others')")
+    ap.add_argument("--per-prompt", type=int, default=1,
+                    help="answers per prompt: 4 is a training round's shape (a local judge shares each prompt's "
+                         "context); the result goes under local_per_prompt_N")
     ap.add_argument("--out", default="benchmarks/results/judge_throughput.json")
     args = ap.parse_args()
 
@@ -80,7 +88,7 @@ def main() -> None:
     from ouroboros.config import ApiConfig, Config, JudgeSpec
 
     cfg = Config()
-    tasks, trajs = batch(args.candidates)
+    tasks, trajs = batch(args.candidates, args.per_prompt)
     counts = [int(x) for x in args.actors.split(",")]
     kinds = args.kinds.split(",")
     os.environ["BENCH_KEY"] = "sk-bench"  # before Ray starts, so the judge actors inherit it
@@ -91,10 +99,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         local = JudgeSpec(name="smollm2", backend="hf", mode="logprob", model=models.resolve("smollm2-135m-instruct"))
         if "local" in kinds:
-            result["local"] = []
+            name = "local" if args.per_prompt == 1 else f"local_per_prompt_{args.per_prompt}"
+            result[name] = []
             for n in counts:
-                result["local"].append(measure(cfg, tasks, trajs, local, n, tmp + "/l"))
-                print("local", result["local"][-1], flush=True)
+                result[name].append(measure(cfg, tasks, trajs, local, n, tmp + "/l"))
+                print(name, result[name][-1], flush=True)
         with FakeOpenAIServer() as server:
             server.delay_s = args.latency
 

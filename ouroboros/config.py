@@ -212,6 +212,10 @@ class LearnerConfig(Section):
     beta: float = Field(0.1, gt=0, description="DPO temperature beta.")
     pair_margin: float = Field(0.0, ge=0, description="dpo: the least reward gap between a pair's chosen and "
                                                       "rejected; a smaller gap is judge noise, not a preference.")
+    length_desensitize: float | None = Field(
+        None, ge=0, le=1, description="dpo: the weight of each reply's tokens past the shorter reply's length in "
+                                      "its log-prob (LD-DPO); below 1 a pair teaches less by length alone, "
+                                      "either way. Unset: every token counts (plain DPO).")
     batch_size: int = Field(8, ge=1, description="Pairs (dpo) or turns (policy gradients) per optimizer step.")
     epochs: int = Field(2, ge=1, description="Passes over each round's pairs or turns.")
     max_length: int = Field(768, ge=32, description="Prompt plus completion tokens kept per pair or turn.")

@@ -1,7 +1,9 @@
 """DPO through TRL's DPOTrainer, on the learner's LoRA policy; the frozen base is the reference.
 
 The round's preference pairs become a `datasets.Dataset`, and TRL runs `epochs` passes over them
-with the learner's AdamW optimizer, which lives across rounds.
+with the learner's AdamW optimizer, which lives across rounds. The reference's log-probs are
+computed once per round, and `learner.length_desensitize` (LD-DPO) weighs a longer reply's tokens
+past the shorter one's length.
 """
 from __future__ import annotations
 
@@ -74,6 +76,7 @@ class DPO:
                 learning_rate=l.learning_rate,
                 lr_scheduler_type="constant",
                 beta=l.beta,
+                ld_alpha=l.length_desensitize,
                 max_length=l.max_length,
                 logging_steps=1,
                 report_to=[],
@@ -113,7 +116,8 @@ class DPO:
             for h in history if "step" in h]
         if history:
             last = history[-1]
-            for key in ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected"):
+            for key in ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "logps/chosen",
+                        "logps/rejected"):
                 if key in last:
                     metrics[key.replace("/", "_")] = float(last[key])
         self.model.eval()

@@ -359,8 +359,8 @@ class ModelJudge:
                 order.setdefault(self._context_nonce(items[i]), []).append(i)
             heads, owner, mids, tails = [], {}, {}, {}
             for g, members in enumerate(order.values()):
-                # Where each item's criteria part (each keeps a tail of one token or more), and where
-                # the group's items part (each keeps a middle of one token or more).
+                # split[i]: where item i's criterion questions part (each keeps a tail of a token or
+                # more); h: where the group's items part (each keeps a middle of a token or more).
                 split = {i: _common_prefix(full[i], min(len(r) for r in full[i]) - 1) for i in members}
                 h = _common_prefix([full[i][0] for i in members], min(split.values()) - 1)
                 heads.append(full[members[0]][0][:h])
