@@ -84,16 +84,17 @@ def test_dpo_trains_publishes_versions_and_generators_follow(tiny_model_path, tm
     assert "default" in learner.model.peft_config and learner.train(pairs[:2])[0]["steps"] > 0
 
 
+@pytest.mark.slow
 def test_length_desensitized_dpo_counts_a_longer_reply_only_up_to_the_shorter_ones_length(tiny_model_path):
     """`learner.length_desensitize: 0`: the rejected reply repeats the chosen one and runs on; its
     log-prob counts only its first len(chosen) tokens, so the pair cannot be won by its length.
     Plain DPO counts every token of the long reply."""
-    pairs = _pairs(4)
+    pairs = _pairs(2)
     for p in pairs:
         p.rejected = p.chosen + " and then many more words that go on and on about nothing at all" * 3
     logps = {}
     for weight in (None, 0.0):
-        sets = ["learner.epochs=1", "learner.batch_size=4"] + ([f"learner.length_desensitize={weight}"]
+        sets = ["learner.epochs=1", "learner.batch_size=2"] + ([f"learner.length_desensitize={weight}"]
                                                                 if weight is not None else [])
         metrics, _ = Learner(load_config("configs/smoke.yaml", sets)).train(pairs)
         logps[weight] = (metrics["logps_chosen"], metrics["logps_rejected"])
