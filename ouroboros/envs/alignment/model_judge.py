@@ -336,13 +336,12 @@ class ModelJudge:
         k = len(criteria)
         option_ids = [self._option_ids(o) for o in options]
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        full = []
-        for it in items:
-            nonce = self._context_nonce(it)
-            full.append([chat_prompt_ids(tok, self.criterion_messages(it, nonce, c)) for c in criteria])
+        nonces = [self._context_nonce(it) for it in items]
+        full = [[chat_prompt_ids(tok, self.criterion_messages(it, n, c)) for c in criteria]
+                for it, n in zip(items, nonces)]
         groups: dict[str, list[int]] = {}
-        for i, it in enumerate(items):
-            groups.setdefault(self._context_nonce(it), []).append(i)
+        for i, n in enumerate(nonces):
+            groups.setdefault(n, []).append(i)
         # Batches of whole groups, about `batch` items each.
         batch, batches, current = 8, [], []
         for members in groups.values():
@@ -356,7 +355,7 @@ class ModelJudge:
         for chunk in batches:
             order = {}  # group -> its rows' items, in chunk order
             for i in chunk:
-                order.setdefault(self._context_nonce(items[i]), []).append(i)
+                order.setdefault(nonces[i], []).append(i)
             heads, owner, mids, tails = [], {}, {}, {}
             for g, members in enumerate(order.values()):
                 # split[i]: where item i's criterion questions part (each keeps a tail of a token or
