@@ -2,8 +2,9 @@
 scripted replay in tests).
 
 The candidate is hostile input. What keeps it from deciding its own score:
-- it is shown as quoted data between delimiters that carry a per-request nonce, and any
-  delimiter-like text inside it is defused, so it cannot close its quote and speak as the prompt;
+- it is shown as quoted data between delimiters that carry a nonce (per request in json mode,
+  per prompt in logprob mode), and any delimiter-like text inside it is defused, so it cannot
+  close its quote and speak as the prompt;
 - json mode: the judge's reply counts only if it is one JSON object carrying that nonce, drawn
   from a key that never leaves this process after the candidate was written. Score JSON forged
   inside a candidate, even if a credulous judge repeats it, lacks the nonce and is refused;
