@@ -143,7 +143,7 @@ class AlignmentJudge:
             todo = [i for i, k in enumerate(keys) if k not in cached]
             # One chunk per worker, all in flight at once. A prompt's candidates stay in one chunk
             # (sorted by prompt, cut into contiguous runs): a local judge runs their shared context once.
-            todo.sort(key=lambda i: (items[i].prompt, items[i].target, items[i].facts, items[i].persona_voice))
+            todo.sort(key=lambda i: items[i].context_key())
             size = -(-len(todo) // len(workers))
             chunks = [todo[w * size:(w + 1) * size] for w in range(len(workers))]
             refs = [submit(w, "score", [items[i] for i in chunk]) for w, chunk in zip(workers, chunks) if chunk]

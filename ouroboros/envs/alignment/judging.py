@@ -30,6 +30,11 @@ class JudgeItem:
         return {"prompt": self.prompt, "candidate": self.candidate, "voice": self.persona_voice,
                 "facts": self.facts, "target": self.target, "check": asdict(self.check)}
 
+    def context_key(self) -> str:
+        """What the item shares with the other candidates to its prompt: everything but the candidate."""
+        c = self.content()
+        return content_hash(c["prompt"], c["voice"], c["facts"], c["target"], c["check"])
+
 
 @dataclass
 class Verdict:

@@ -50,11 +50,11 @@ def _quote(label: str, nonce: str, text: str) -> str:
 
 
 def _common_prefix(rows: list[list[int]], limit: int) -> int:
-    """How many leading tokens all rows share, at most `limit` (and at least 0)."""
+    """How many leading tokens all rows share, at most `limit` (0 where `limit` is below 1)."""
     n = 0
     while n < limit and len({r[n] for r in rows}) == 1:
         n += 1
-    return max(n, 0)
+    return n
 
 
 def _objects(text: str):
@@ -314,8 +314,7 @@ class ModelJudge:
         token before their own answer and that prefix runs once (`_criteria_probs`). It still comes
         from the secret key, and the candidate cannot close its quote anyway (`_defuse`); in logprob
         mode there is no reply that must carry it."""
-        c = item.content()
-        return self._nonce("context\0" + content_hash(c["prompt"], c["voice"], c["facts"], c["target"], c["check"]))
+        return self._nonce("context\0" + item.context_key())
 
     def _criteria_probs(self, items: list[JudgeItem], options: list[str]) -> list[list[list[float]]]:
         """P(each option) after each item's prompt for each criterion, in three cached levels:
@@ -346,19 +345,17 @@ class ModelJudge:
         # Batches of whole groups, about `batch` items each.
         batch, batches, current = 8, [], []
         for members in groups.values():
-            if current and len(current) + len(members) > batch:
+            if current and sum(map(len, current)) + len(members) > batch:
                 batches.append(current)
                 current = []
-            current = current + members
+            current.append(members)
         if current:
             batches.append(current)
         out: dict[int, list[list[float]]] = {}
-        for chunk in batches:
-            order = {}  # group -> its rows' items, in chunk order
-            for i in chunk:
-                order.setdefault(nonces[i], []).append(i)
+        for batch_groups in batches:
+            chunk = [i for members in batch_groups for i in members]
             heads, owner, mids, tails = [], {}, {}, {}
-            for g, members in enumerate(order.values()):
+            for g, members in enumerate(batch_groups):
                 # split[i]: where item i's criterion questions part (each keeps a tail of a token or
                 # more); h: where the group's items part (each keeps a middle of a token or more).
                 split = {i: _common_prefix(full[i], min(len(r) for r in full[i]) - 1) for i in members}
