@@ -104,6 +104,20 @@ class GeneratorConfig(Section):
     sync_timeout_s: float = Field(
         120.0, gt=0, description="Longest a weights load may take on one generator (it waits for requests in "
                                  "flight on a full load) before the run stops with an error.")
+    weights_transport: Literal["store", "gloo", "nccl"] = Field(
+        "store", description="How a new version reaches the generators: Ray's object store (zero copy on one node), "
+                             "or a broadcast from the learner over a gloo (TCP) or nccl (GPU to GPU, one GPU per "
+                             "rank) process group; README: vLLM generators.")
+
+    @model_validator(mode="after")
+    def _transport_fits(self):
+        if self.weights_transport != "store" and self.backend not in ("hf", "vllm"):
+            raise ValueError(f"generator.weights_transport {self.weights_transport!r} carries weights to local "
+                             f"models (hf, vllm); the {self.backend} backend loads none: set it to store")
+        if self.weights_transport == "nccl" and not self.num_gpus:
+            raise ValueError("generator.weights_transport 'nccl' moves weights GPU to GPU and generator.num_gpus "
+                             "is 0: give each generator a GPU, or use gloo or store")
+        return self
 
 
 class SandboxConfig(Section):
@@ -576,6 +590,13 @@ class Config(Section):
         if self.rlaif.judge_model and self.rlaif.judge_model not in models:
             raise ValueError(f"rlaif.judge_model {self.rlaif.judge_model!r} is not a model judge in align.judges "
                              f"({', '.join(models) or 'none'}): name one, or leave it empty")
+        return self
+
+    @model_validator(mode="after")
+    def _nccl_learner_has_a_gpu(self):
+        if self.generator.weights_transport == "nccl" and not self.learner.num_gpus:
+            raise ValueError("generator.weights_transport 'nccl' sends from the learner's GPU and learner.num_gpus "
+                             "is 0: give the learner a GPU, or use gloo or store")
         return self
 
     @model_validator(mode="after")

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from ouroboros import faults, placement
 from ouroboros.config import Config, ConfigError
 from ouroboros.store.layout import new_run_id
+from ouroboros.weights_group import Broadcaster
 
 
 class Reporter:
@@ -176,6 +177,7 @@ class Loop:
         heldout = [t for t in self.tasks if t.split == "heldout"]
         self.heldout = heldout[: cfg.env.heldout_tasks] if cfg.env.heldout_tasks else heldout
         self.rows: list[dict] = list(resume.rounds) if resume is not None else []
+        self._broadcaster = Broadcaster(cfg.generator.weights_transport, cfg.generator.sync_timeout_s)
 
     # -- phases ------------------------------------------------------------------
     def _start(self, a: Actors, round_: int, phase: str, tasks, samples: int, temperature: float) -> Rollout:
@@ -230,9 +232,9 @@ class Loop:
         # Set first: a generator restarted during or after this broadcast loads this version.
         ray.get(a.live.set.remote(weights))
         try:
-            pending = [g.load_weights.remote(weights) for g in a.generators]
+            pending = self._broadcaster.launch(a.learner, a.generators, weights)
             faults.point(row["round"], "broadcast")
-            loads = ray.get(pending, timeout=limit)
+            loads, send_s = self._broadcaster.collect(pending, len(a.generators), limit)
         except ray.exceptions.GetTimeoutError:
             from ouroboros.backends import BackendError
 
@@ -246,7 +248,10 @@ class Loop:
         row["broadcast"] = {"bytes": weights.num_bytes, "generators": len(loads),
                             "load_s_max": max(x["total_s"] for x in loads), "wall_s": broadcast_s,
                             "load_s": [round(x["total_s"], 4) for x in loads],
-                            "one_copy_s": copy_s}
+                            "one_copy_s": copy_s, "transport": self._broadcaster.transport}
+        if self._broadcaster.transport != "store":
+            row["broadcast"]["send_s"] = send_s
+            row["broadcast"]["fallbacks"] = sum(1 for x in loads if x.get("fallback"))
         return weights.version
 
     def _learn(self, a: Actors, round_: int, batch_ref, row: dict, version: int) -> int:

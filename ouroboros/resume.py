@@ -29,7 +29,8 @@ from pathlib import Path
 from ouroboros.config import Config, ConfigError, validate
 
 # Keys a resumed run may change: they decide how long and where it runs, not what it computes.
-CHANGEABLE = ("run.rounds", "run.time_budget_s", "run.out", "ray.", "tracking.", "generator.sync_timeout_s")
+CHANGEABLE = ("run.rounds", "run.time_budget_s", "run.out", "ray.", "tracking.", "generator.sync_timeout_s",
+              "generator.weights_transport")
 
 
 class ResumeError(ConfigError):

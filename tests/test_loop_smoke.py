@@ -13,7 +13,8 @@ from conftest import require_bwrap
 @pytest.mark.slow
 def test_smoke_run_grpo_on_vllm_generators_with_overlapped_rollouts_checkpoints_and_export(tiny_model_path, tmp_path):
     """configs/smoke.yaml with vLLM engines in the Generator actors, GRPO and run.async: every
-    round publishes a new version, LoRA versions go live in the running engines, the next round's
+    round publishes a new version, LoRA versions go live in the running engines (broadcast over a
+    gloo group from the learner), the next round's
     rollout runs while the learner trains, every completion says the version that made it and
     each sample how stale it was, each version is checkpointed, and `ouroboros export` turns one
     into a model folder. (The hf backend's whole runs with DPO: tests/test_faults.py and
@@ -25,7 +26,8 @@ def test_smoke_run_grpo_on_vllm_generators_with_overlapped_rollouts_checkpoints_
                            "--out", str(out), "--set", "generator.backend=vllm", "--set", "generator.vllm.kv_cache_gb=1",
                            "--set", "generator.vllm.max_model_len=2048", "--set", "env.heldout_tasks=4",
                            "--set", "env.train_tasks_per_round=4", "--set", "generator.max_new_tokens=64",
-                           "--set", "learner.algorithm=grpo", "--set", "run.async=true"],
+                           "--set", "learner.algorithm=grpo", "--set", "run.async=true",
+                           "--set", "generator.weights_transport=gloo"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((out / "latest" / "summary.json").read_text())["rounds"]
@@ -44,6 +46,9 @@ def test_smoke_run_grpo_on_vllm_generators_with_overlapped_rollouts_checkpoints_
         assert 0.0 <= r["reward_bound_hit_rate"] <= 1.0 and r["generator_learner_kl"] is not None
         assert r["heldout_reward_ci95"] is None or r["heldout_reward_ci95"][0] <= r["heldout_reward_mean"]
         assert r["broadcast"]["generators"] == 1 and r["broadcast"]["bytes"] > 0 and len(r["broadcast"]["load_s"]) == 1
+        # Each version went over the learner's gloo group, none of it through the store.
+        assert r["broadcast"]["transport"] == "gloo" and r["broadcast"]["send_s"] > 0
+        assert r["broadcast"]["fallbacks"] == 0
     # Round 2's rollout started before version 1 was live: its samples come from version 0, 1 or both.
     assert set(rows[2]["train_weights_versions"]) <= {0, 1} and rows[2]["seconds"]["rollout_overlapped"] > 0
 

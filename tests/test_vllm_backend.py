@@ -281,6 +281,52 @@ def test_weights_arrive_through_the_generator_with_their_checksum_checked(vllm_g
     assert vllm_gen.weights_version() == 12
 
 
+def test_a_full_version_broadcast_over_gloo_goes_live_in_the_engine_as_from_the_store(vllm_gen, hf_gen, versions):
+    """generator.weights_transport gloo: this test is rank 0 and broadcasts a full version's bucket;
+    the generator receives it, checks its checksum, loads it, and answers as hf with the same version
+    does. Bytes that do not match the published checksum are refused and the version stays."""
+    from ouroboros.types import WeightsRef
+    from ouroboros.weights import checksum
+    from ouroboros.weights_group import WeightsGroup
+
+    kind, bucket = versions[13]
+    ref = WeightsRef(version=15, kind=kind, ref=None, checksum=checksum(bucket.flat, bucket.index),
+                     num_bytes=bucket.flat.nbytes, base_model="tiny", index=bucket.index)
+    lead = WeightsGroup()
+    rendezvous = lead.host("gloo", 2, 1, 30)
+    joined = threading.Thread(target=vllm_gen.join_weights_group, args=(rendezvous, 1))
+    joined.start()
+    lead.join(rendezvous, 0)
+    joined.join()
+
+    def broadcast(flat, weights):
+        out = {}
+        t = threading.Thread(target=lambda: out.update(r=_catch_result(vllm_gen.load_weights, weights, True)))
+        t.start()
+        lead.send(flat)
+        t.join(120)
+        return out["r"]
+
+    timing = broadcast(bucket.flat, ref)
+    assert timing["version"] == 15 and timing["fallback"] is None and vllm_gen.weights_version() == 15
+    _load(hf_gen, kind, bucket, 15)
+    reqs = _requests(4)
+    _agree(vllm_gen.generate(reqs), hf_gen.generate(reqs))
+
+    corrupted = bucket.flat.copy()
+    corrupted[len(corrupted) // 2] += 1.0
+    refused = broadcast(corrupted, replace(ref, version=16))
+    assert isinstance(refused, BackendError) and "failed their checksum" in str(refused)
+    assert vllm_gen.weights_version() == 15
+
+
+def _catch_result(fn, *args):
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001 - the test asserts on it
+        return exc
+
+
 def test_a_broken_vllm_install_is_one_line_that_says_what_to_install(tmp_path):
     shadow = tmp_path / "vllm"
     shadow.mkdir()

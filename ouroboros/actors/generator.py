@@ -8,12 +8,15 @@ concurrently.
 """
 from __future__ import annotations
 
+import logging
 import time
 
 from ouroboros.backends import BackendError, backend_class
 from ouroboros.backends.coalesce import Coalescer
 from ouroboros.config import Config
 from ouroboros.types import Completion, Request, WeightsRef
+
+log = logging.getLogger(__name__)
 
 
 def backend_kwargs(cfg: Config) -> dict:
@@ -93,6 +96,7 @@ class Generator:
         calling this again; it then loads the version its peers serve before it takes a call."""
         from ouroboros.actors.handles import resolve, submit
 
+        self.group = None  # its end of the learner's weights group, once the driver forms one
         self.backend = backend_class(cfg.generator.backend)(**backend_kwargs(cfg))
         self.coalescer = Coalescer(self.backend.generate, cfg.generator.max_batch) \
             if cfg.generator.backend in COALESCED else None
@@ -110,14 +114,45 @@ class Generator:
         c = self.coalescer
         return {"batches": c.batches, "requests": c.requests} if c else {}
 
-    def load_weights(self, weights: WeightsRef) -> dict:
-        """Make `weights` live, after checking they are what the learner published. Returns how
+    def join_weights_group(self, rendezvous, rank: int) -> int:
+        """Join the learner's weights group as `rank` (generator.weights_transport gloo or nccl)."""
+        from ouroboros.weights_group import WeightsGroup
+
+        if self.group is None:
+            self.group = WeightsGroup()
+        self.group.join(rendezvous, rank)
+        return rendezvous.generation
+
+    def weights_group(self) -> dict:
+        """The group this generator is in (generation None: none, e.g. after a restart), and the GPU
+        it would use, so the driver can refuse two nccl ranks on one GPU."""
+        from ouroboros.weights_group import device_identity
+
+        return {"generation": self.group.generation if self.group is not None else None,
+                "device": device_identity()}
+
+    def load_weights(self, weights: WeightsRef, over_group: bool = False) -> dict:
+        """Make `weights` live, after checking they are what the learner published. `over_group`:
+        receive the buffer from the learner's broadcast instead of the object store. Returns how
         long each part took, for the broadcast benchmark."""
         from ouroboros.actors.handles import resolve
         from ouroboros.weights import checksum
+        from ouroboros.weights_group import TransferError
 
         started = time.perf_counter()
-        flat = resolve(weights.ref)  # zero-copy from the object store
+        flat, fallback = None, None
+        if over_group and self.group is not None and self.group.generation is not None:
+            try:
+                flat = self.group.receive(weights.num_bytes // 4)
+            except TransferError as exc:
+                # The group broke (a rank died, or timed out): the version is in the store as well.
+                fallback = str(exc)
+                log.warning("weights v%d: %s; loading it from the object store instead", weights.version, exc)
+        elif over_group:
+            # Not in the group: Ray restarted this generator (a retried call) after the group formed.
+            fallback = "this generator is in no weights group (restarted)"
+        if flat is None:
+            flat = resolve(weights.ref)  # zero-copy from the object store
         fetched = time.perf_counter()
         # A corrupted or mixed-up buffer would silently become the policy every agent samples.
         got = checksum(flat, weights.index)
@@ -134,7 +169,7 @@ class Generator:
             self.backend.load_weights(flat, weights.index, weights.kind, weights.version)
         done = time.perf_counter()
         return {"version": weights.version, "fetch_s": fetched - started, "checksum_s": checked - fetched,
-                "copy_s": done - checked, "total_s": done - started}
+                "copy_s": done - checked, "total_s": done - started, "fallback": fallback}
 
     def weights_version(self) -> int:
         return self.backend.weights_version

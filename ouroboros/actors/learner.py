@@ -79,7 +79,8 @@ class Learner:
         self.optimizer = torch.optim.AdamW(params, lr=l.learning_rate)
         self.version = 0
         self.steps = 0
-        self._last_published = None  # the buffer of the latest version, for copy_benchmark
+        self._last_published = None  # the buffer of the latest version, for copy_benchmark and send_weights
+        self._group = None  # rank 0 of the weights group, where the config has one
         autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if self.bf16 and cuda else None
         if l.algorithm == "dpo":
             from ouroboros.learn.dpo import DPO
@@ -159,6 +160,31 @@ class Learner:
     def weights_version(self) -> int:
         """The latest published version (0 before any): also a cheap call to see the actor is up."""
         return self.version
+
+    # -- a weights group (generator.weights_transport gloo or nccl; ouroboros/weights_group.py) --
+    def host_weights_group(self, backend: str, world: int, generation: int, timeout_s: float):
+        """Open the rendezvous of a new group, with the learner as rank 0."""
+        from ouroboros.weights_group import WeightsGroup
+
+        if self._group is None:
+            self._group = WeightsGroup()
+        return self._group.host(backend, world, generation, timeout_s)
+
+    def weights_device(self) -> str | None:
+        from ouroboros.weights_group import device_identity
+
+        return device_identity()
+
+    def join_weights_group(self, rendezvous) -> int:
+        self._group.join(rendezvous, 0)
+        return rendezvous.generation
+
+    def send_weights(self, version: int) -> float:
+        """Broadcast the buffer of `version` (the latest published) to the group; returns seconds."""
+        if self._group is None or self._last_published is None or version != self.version:
+            raise RuntimeError(f"send_weights(v{version}): the learner holds v{self.version} and "
+                               f"{'a' if self._group is not None else 'no'} weights group")
+        return self._group.send(self._last_published)
 
     def copy_benchmark(self) -> float:
         """Seconds for one in-memory copy of the last published buffer (into memory already
