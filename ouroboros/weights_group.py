@@ -97,6 +97,8 @@ class WeightsGroup:
         if backend not in ("gloo", "nccl"):
             raise TransferError(f"unknown weights transport {backend!r}: expected one of {', '.join(TRANSPORTS)}")
         self.close()
+        # The store listens on every interface whatever host it is given (README: vLLM generators
+        # says what that means for a cluster's network); port 0 takes a free one.
         self._store = dist.TCPStore("0.0.0.0", 0, world, True, timeout=datetime.timedelta(seconds=timeout_s),
                                     wait_for_workers=False)
         return Rendezvous(backend, node_address(), int(self._store.port), world, generation, timeout_s)
