@@ -443,4 +443,33 @@ def stop_actors(handles: list, shutdown_ray: bool = True) -> None:
             pass
     placement.release_pinned()
     if shutdown_ray and ray.is_initialized():
+        left = _local_ray_descendants()
         ray.shutdown()
+        _kill_survivors(left)
+
+
+def _local_ray_descendants() -> list:
+    """The processes under the raylet this driver started (none when it joined a cluster)."""
+    try:
+        import psutil
+        import ray
+        from ray._private import ray_constants
+
+        node = ray._private.worker._global_node
+        raylets = (node.all_processes.get(ray_constants.PROCESS_TYPE_RAYLET) or []) if node is not None else []
+        return [child for r in raylets for child in psutil.Process(r.process.pid).children(recursive=True)]
+    except Exception:  # noqa: BLE001 - Ray's internals moved, or the raylet is gone: nothing to collect
+        return []
+
+
+def _kill_survivors(processes: list, grace_s: float = 3.0) -> None:
+    """Ray's agents (dashboard, runtime env) outlive a shut-down raylet by a minute or more when
+    they cannot report its end to the GCS, which is gone too: kill what is still there."""
+    import psutil
+
+    _, alive = psutil.wait_procs(processes, timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
