@@ -128,7 +128,7 @@ def build_actors(cfg: Config, run_dir: str, run_id: str, task_set: list | None =
     # Resource needs sit here, next to where each actor is made; where each kind runs on a
     # cluster is ouroboros/placement.py's.
     placement.configure(cfg.ray.max_restarts)
-    runners = sandbox_runners(cfg, run_id, sessions=env.sandbox_sessions)
+    runners = sandbox_runners(cfg, run_id, sessions=env.sandbox_sessions) if env.uses_sandbox else []
     if env.uses_user_file():
         # Before any model is loaded: a refused file costs its references' runs, not a model load.
         ray.get([r.owner.remote() for r in runners])  # a missing sandbox says so first

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 
-def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ouroboros", *args], capture_output=True, text=True, timeout=timeout)
+def cli(*args: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ouroboros", *args], capture_output=True, text=True, timeout=timeout,
+                          env=env)
 
 
 @pytest.fixture
@@ -63,12 +64,17 @@ def test_align_eval_reports_win_rate_paraphrase_persona_and_safety(smoke_run):
 
 
 def test_ppo_trains_on_rubric_rewards_and_not_on_revisions(tiny_model_path, tmp_path):
+    """Also: the alignment environment runs no program, so its run starts no sandbox runner. The
+    config names the docker backend with no engine to reach: a runner would fail to start."""
+    import os
+
     import pyarrow.parquet as pq
 
     out = tmp_path / "ppo"
     proc = cli("run", "configs/smoke-align.yaml", "--out", str(out), "--rounds", "1", "--set", "learner.algorithm=ppo",
                "--set", "learner.kl_coef=0.05", "--set", "learner.reward_shaping=reference", "--set",
-               f"align.data_dir={tmp_path / 'data'}", "--set", "env.heldout_tasks=2")
+               f"align.data_dir={tmp_path / 'data'}", "--set", "env.heldout_tasks=2", "--set", "sandbox.backend=docker",
+               env={**os.environ, "DOCKER_HOST": f"unix://{tmp_path / 'no-docker.sock'}"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     turns = pq.read_table(next((out / "latest").resolve().glob("shards/round-0001/learner-turns.parquet"))).to_pylist()
     assert turns and not any(t["trajectory_id"].endswith("-rev") for t in turns)

@@ -23,6 +23,9 @@ class Environment(ABC):
     name: str = ""
     # SandboxRunners of this environment serve long-lived sessions (start their spares at once).
     sandbox_sessions: bool = False
+    # Whether its episodes or judges run programs at all: a run of an environment that runs none
+    # starts no SandboxRunner and needs no sandbox on the host.
+    uses_sandbox: bool = True
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg

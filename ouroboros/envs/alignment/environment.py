@@ -35,6 +35,7 @@ def _warn(message: str) -> None:
 
 class AlignmentEnvironment(Environment):
     name = "alignment"
+    uses_sandbox = False  # dialogues and judges only: no program of the policy's is run
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
