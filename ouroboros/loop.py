@@ -228,7 +228,7 @@ class Loop:
         self.reporter.phase(row["round"], "broadcast", len(a.generators))
         # Each generator bounds its own load (generator.sync_timeout_s); this bounds a generator
         # that does not answer at all, so a stuck sync is an error, never a hang.
-        limit = self.cfg.generator.sync_timeout_s + 60
+        limit = self._broadcaster.limit_s()
         # Set first: a generator restarted during or after this broadcast loads this version.
         ray.get(a.live.set.remote(weights))
         try:
@@ -239,7 +239,7 @@ class Loop:
             from ouroboros.backends import BackendError
 
             raise BackendError(f"weights v{weights.version} were not live on every generator after {limit:g} s "
-                               "(generator.sync_timeout_s + 60): a generator is stuck; see its log") from None
+                               "(from generator.sync_timeout_s): a generator is stuck; see its log") from None
         broadcast_s = time.monotonic() - t
         self.reporter.advance(len(a.generators))
         copy_s = ray.get(a.learner.copy_benchmark.remote())
@@ -457,7 +457,14 @@ def _local_ray_descendants() -> list:
 
         node = ray._private.worker._global_node
         raylets = (node.all_processes.get(ray_constants.PROCESS_TYPE_RAYLET) or []) if node is not None else []
-        return [child for r in raylets for child in psutil.Process(r.process.pid).children(recursive=True)]
+        out = []
+        for r in raylets:
+            if r.process.poll() is not None:
+                continue  # it ended already: its pid may name another process by now
+            raylet = psutil.Process(r.process.pid)
+            if "raylet" in raylet.name():
+                out += raylet.children(recursive=True)
+        return out
     except Exception:  # noqa: BLE001 - Ray's internals moved, or the raylet is gone: nothing to collect
         return []
 

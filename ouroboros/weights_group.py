@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import socket
 from dataclasses import dataclass
 
@@ -88,7 +89,9 @@ class WeightsGroup:
 
     @property
     def generation(self) -> int | None:
-        return self.rendezvous.generation if self._group is not None else None
+        # Read once each: a receive that fails closes the group from another of the actor's threads.
+        group, rendezvous = self._group, self.rendezvous
+        return rendezvous.generation if group is not None and rendezvous is not None else None
 
     def host(self, backend: str, world: int, generation: int, timeout_s: float) -> Rendezvous:
         """Rank 0: start the rendezvous store on a free port of this node."""
@@ -120,12 +123,23 @@ class WeightsGroup:
                     raise TransferError("generator.weights_transport is nccl but this process sees no GPU: give the "
                                         "learner and every generator a GPU (num_gpus), or use gloo or store")
                 self._device = torch.device("cuda", torch.cuda.current_device())
+                # nccl's wait otherwise only orders streams and never raises: a missing or dead rank
+                # would block the host until nccl's watchdog kills the whole process, where a
+                # blocking wait raises after the timeout and the store fallback can take over.
+                # (Read when a group is made; only groups made after this see it.)
+                os.environ["TORCH_NCCL_BLOCKING_WAIT"] = "1"
+                os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = "0"
                 options = dist.ProcessGroupNCCL.Options()
                 options._timeout = timeout
                 self._group = dist.ProcessGroupNCCL(prefixed, rank, rendezvous.world, options)
             else:
                 self._device = torch.device("cpu")
-                self._group = dist.ProcessGroupGloo(prefixed, rank, rendezvous.world, timeout)
+                # On the address other nodes reach this one by: gloo would otherwise take the
+                # hostname's, which is 127.0.1.1 on a stock Debian or Ubuntu host.
+                options = dist.ProcessGroupGloo._Options()
+                options._devices = [dist.ProcessGroupGloo.create_device(hostname=node_address())]
+                options._timeout = timeout
+                self._group = dist.ProcessGroupGloo(prefixed, rank, rendezvous.world, options)
             # The first collective is where a missing rank shows, within the timeout. A broadcast
             # on this rank's own device, not a barrier: nccl's barrier guesses a device from the
             # rank, which is wrong where each actor sees its one GPU as cuda:0.
@@ -137,11 +151,13 @@ class WeightsGroup:
             raise
         except Exception as exc:
             self._group = None
+            self._store = None  # rank 0: stop listening; the next group gets a new rendezvous
             raise TransferError(
                 f"the {rendezvous.backend} weights group (rank {rank} of {rendezvous.world}, rendezvous "
                 f"{rendezvous.host}:{rendezvous.port}) did not form within {rendezvous.timeout_s:g} s "
-                f"({type(exc).__name__}: {_first_line(exc)}); check that the nodes reach each other on that port, "
-                "or use generator.weights_transport: store") from None
+                f"({type(exc).__name__}: {_first_line(exc)}); check that the nodes reach each other on that port "
+                f"and on the {rendezvous.backend} ports each rank opens (GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME pick "
+                "the interface), or use generator.weights_transport: store") from None
         self.rendezvous, self.rank = rendezvous, rank
 
     def send(self, flat: np.ndarray) -> float:
@@ -154,7 +170,7 @@ class WeightsGroup:
         group = self._require(0)
         started = time.perf_counter()
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # a read-only buffer from the object store
+            warnings.simplefilter("ignore", UserWarning)  # numpy buffers torch did not allocate
             source = torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32))
         staging = self._staging(len(source))
         for lo in range(0, len(source), CHUNK):
@@ -229,7 +245,11 @@ class Broadcaster:
     """The driver's side of making a version live on every generator: through the object store,
     or over the learner's group, which it forms before the first broadcast and again whenever a
     generator is not in the current one (Ray restarted it; it loaded the live version from the
-    store on the way up)."""
+    store on the way up).
+
+    The group only speeds the store up; it never costs a run. Once a group has formed, a group
+    that cannot form again, or a send that fails, falls back to the store for that version. Only a
+    group that never formed at all stops the run: that is a network or config error to fix."""
 
     def __init__(self, transport: str, timeout_s: float) -> None:
         if transport not in TRANSPORTS:
@@ -237,14 +257,28 @@ class Broadcaster:
         self.transport = transport
         self.timeout_s = timeout_s
         self.generation = 0
+        self._formed = False  # a group formed once in this run
         self._broken = False  # the last send failed: form a new group even if every rank thinks it is in one
+
+    def limit_s(self) -> float:
+        """How long the driver waits for a broadcast: over a group, a receive may wait `timeout_s`
+        before it falls back to the store, whose load has its own `timeout_s`."""
+        return self.timeout_s * (1 if self.transport == "store" else 2) + 60
 
     def launch(self, learner, generators: list, weights) -> list:
         """Start the loads; returns refs whose values are each generator's load timings, and, last
         when a group carries the bytes, the learner's sending seconds."""
         if self.transport == "store":
             return [g.load_weights.remote(weights) for g in generators]
-        self._ensure(learner, generators)
+        try:
+            self._ensure(learner, generators)
+        except Exception as exc:  # noqa: BLE001 - TransferError, RayTaskError, RayActorError alike
+            if not self._formed:
+                raise
+            log.warning("the %s weights group did not form again (%s); v%d goes through the object store",
+                        self.transport, _first_line(getattr(exc, "cause", None) or exc), weights.version)
+            self._broken = True
+            return [g.load_weights.remote(weights) for g in generators]
         loads = [g.load_weights.remote(weights, True) for g in generators]
         return loads + [learner.send_weights.remote(weights.version)]
 
@@ -258,8 +292,8 @@ class Broadcaster:
         if len(refs) == generators:
             return loads, None
         try:
-            return loads, ray.get(refs[generators], timeout=timeout_s)
-        except ray.exceptions.RayTaskError as exc:
+            return loads, ray.get(refs[generators], timeout=self.timeout_s + 30)
+        except (ray.exceptions.RayTaskError, ray.exceptions.GetTimeoutError) as exc:
             log.warning("the learner's weights broadcast failed (%s); the group forms again before the next one",
                         _first_line(getattr(exc, "cause", None) or exc))
             self._broken = True
@@ -268,24 +302,24 @@ class Broadcaster:
     def _ensure(self, learner, generators: list) -> None:
         import ray
 
-        states = ray.get([g.weights_group.remote() for g in generators], timeout=self.timeout_s)
-        if self.generation and not self._broken and all(s["generation"] == self.generation for s in states):
-            return
-        if self.transport == "nccl":
-            devices = [ray.get(learner.weights_device.remote(), timeout=self.timeout_s)] + [s["device"] for s in states]
-            _check_one_rank_per_gpu(devices)
-        self.generation += 1
-        self._broken = False
-        rendezvous = ray.get(learner.host_weights_group.remote(
-            self.transport, len(generators) + 1, self.generation, self.timeout_s), timeout=self.timeout_s)
-        joins = [learner.join_weights_group.remote(rendezvous)]
-        joins += [g.join_weights_group.remote(rendezvous, rank) for rank, g in enumerate(generators, start=1)]
         try:
+            states = ray.get([g.weights_group.remote() for g in generators], timeout=self.timeout_s)
+            if self.generation and not self._broken and all(s["generation"] == self.generation for s in states):
+                return
+            if self.transport == "nccl":
+                devices = [ray.get(learner.weights_device.remote(), timeout=self.timeout_s)]
+                _check_one_rank_per_gpu(devices + [s["device"] for s in states])
+            self.generation += 1
+            rendezvous = ray.get(learner.host_weights_group.remote(
+                self.transport, len(generators) + 1, self.generation, self.timeout_s), timeout=self.timeout_s)
+            joins = [learner.join_weights_group.remote(rendezvous)]
+            joins += [g.join_weights_group.remote(rendezvous, rank) for rank, g in enumerate(generators, start=1)]
             # Each rank gives up after timeout_s; this bounds a rank that never answers at all.
             ray.get(joins, timeout=self.timeout_s + 30)
         except ray.exceptions.GetTimeoutError:
-            raise TransferError(f"the {self.transport} weights group did not form within "
-                                f"{self.timeout_s + 30:g} s: a rank is stuck; see the actors' logs") from None
+            raise TransferError(f"the {self.transport} weights group did not form within {self.timeout_s + 30:g} s: "
+                                "a rank did not answer; see the actors' logs") from None
+        self._formed, self._broken = True, False
 
 
 def _check_one_rank_per_gpu(devices: list) -> None:

@@ -108,7 +108,7 @@ def test_nccl_refuses_a_rank_without_a_gpu_and_two_ranks_on_one():
 def test_the_transport_setting_is_checked_where_it_is_read(tmp_path):
     cfg = load_config("configs/smoke.yaml", ["generator.weights_transport=gloo"])
     assert cfg.generator.weights_transport == "gloo"
-    with pytest.raises(ConfigError, match="weights_transport.*expected one of|weights_transport"):
+    with pytest.raises(ConfigError, match="generator.weights_transport.*'tcp'"):
         load_config("configs/smoke.yaml", ["generator.weights_transport=tcp"])
     with pytest.raises(ConfigError, match="the scripted backend loads none"):
         load_config("configs/smoke.yaml", ["generator.weights_transport=gloo", "generator.backend=scripted"])
@@ -177,6 +177,22 @@ def test_versions_reach_ray_generators_over_gloo_and_the_group_forms_again_after
         weights, loads, _ = broadcast("lora")
         assert broadcaster.generation == 3 and [x["fallback"] for x in loads] == [None, None]
         assert ray.get([g.weights_version.remote() for g in gens]) == [3, 3]
+
+        # A rank dies while in the group: the learner's send fails, every generator still gets the
+        # version (the restarted one from the store), and the next broadcast forms a new group.
+        pid = ray.get(gens[1].__ray_call__.remote(lambda self: os.getpid()))
+        os.kill(pid, signal.SIGKILL)
+        while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z":
+            time.sleep(0.05)
+        weights = ray.get(learner.publish.remote("lora"))
+        ray.get(live.set.remote(weights))
+        refs = [g.load_weights.remote(weights, True) for g in gens] + [learner.send_weights.remote(weights.version)]
+        loads, send_s = broadcaster.collect(refs, 2, 120)
+        assert send_s is None and broadcaster._broken and {x["version"] for x in loads} == {4}
+        assert loads[1]["fallback"]
+        weights, loads, send_s = broadcast("lora")
+        assert broadcaster.generation == 4 and send_s is not None and [x["fallback"] for x in loads] == [None, None]
+        assert ray.get([g.weights_version.remote() for g in gens]) == [5, 5]
     finally:
         placement.release_pinned()
         ray.shutdown()

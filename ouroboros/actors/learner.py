@@ -182,8 +182,8 @@ class Learner:
     def send_weights(self, version: int) -> float:
         """Broadcast the buffer of `version` (the latest published) to the group; returns seconds."""
         if self._group is None or self._last_published is None or version != self.version:
-            raise RuntimeError(f"send_weights(v{version}): the learner holds v{self.version} and "
-                               f"{'a' if self._group is not None else 'no'} weights group")
+            raise RuntimeError(f"send_weights(v{version}): the learner's latest version is v{self.version}"
+                               f"{'' if self._group is not None else ' and it is in no weights group'}")
         return self._group.send(self._last_published)
 
     def copy_benchmark(self) -> float:
