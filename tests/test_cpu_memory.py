@@ -9,6 +9,9 @@ import resource, sys, torch
 from ouroboros.learn.cpu_memory import reuse_freed_memory
 
 took = reuse_freed_memory() if sys.argv[1] == "reuse" else None
+# One thread: with more, a busy host decides which thread allocates what, and a worker thread's
+# malloc arena is not the heap these settings keep (a full `make test` saw the count vary so).
+torch.set_num_threads(1)
 torch.manual_seed(0)
 head = torch.nn.Linear(64, 49152)
 hidden = torch.randn(256, 64)
