@@ -221,7 +221,7 @@ def test_a_person_acts_in_an_experiment_cycle_from_a_live_console_and_opens_its_
         ask = browser.find_element(By.CSS_SELECTOR, "section.ask")
         assert "finalize" in ask.text  # the prompt the model would have seen, with its actions
         ask.find_element(By.TAG_NAME, "textarea").send_keys(text)
-        ask.find_element(By.TAG_NAME, "button").click()
+        click_to_next_page(browser, ask.find_element(By.TAG_NAME, "button"))
         assert browser.find_element(By.ID, "saved").text == "Sent."
 
     def wait_for(condition, what: str, seconds: float = 120) -> None:
@@ -258,7 +258,7 @@ def test_a_person_acts_in_an_experiment_cycle_from_a_live_console_and_opens_its_
             # The trace: the experiments list, the experiment, its span tree opened down to a turn
             # that called the model, and that span.
             browser.get(f"{url}/d/0/experiments")
-            browser.find_element(By.CSS_SELECTOR, "#experiments tbody a").click()
+            click_to_next_page(browser, browser.find_element(By.CSS_SELECTOR, "#experiments tbody a"))
             commit = browser.find_element(By.ID, "commit").text  # committed to the experiments repo
             experiment_page = browser.current_url
             deadline = time.monotonic() + 30
@@ -268,7 +268,7 @@ def test_a_person_acts_in_an_experiment_cycle_from_a_live_console_and_opens_its_
                     button.click()  # it fetches that span's children into the tree, and goes
                 time.sleep(0.3)
             shot(browser, "experiment-trace")
-            browser.find_elements(By.XPATH, GENERATE_SPAN)[-1].click()
+            click_to_next_page(browser, browser.find_elements(By.XPATH, GENERATE_SPAN)[-1])
             body = browser.find_element(By.TAG_NAME, "main").text
             assert body.startswith("generate") and "human" in body  # the turn's backend: the person
             assert "<script>window.__pwned = 3</script>" in body  # the reply's markup, as text
